@@ -52,6 +52,7 @@ from google.protobuf import any_pb2, descriptor_pool, duration_pb2, message_fact
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
+from asap._typing import Metadata
 from asap.v1 import error_pb2, status_pb2
 
 
@@ -151,6 +152,8 @@ class AsapError(Exception):
             raise ValueError(text)
         self.details: tuple[Message, ...] = tuple(details)
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.trailing_metadata: Metadata = ()
+        """Trailing metadata of the failed call (set on the client side)."""
         super().__init__(self.message)
 
     def __str__(self) -> str:

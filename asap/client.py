@@ -1,0 +1,372 @@
+"""Client: typed AgentService calls over any :class:`~asap.transports.base.Channel`.
+
+Everything a caller relies on (envelope defaults, deadlines, credentials, retries, ack tracking)
+is implemented here once, above the transport, so it is the same on gRPC and on the WebSocket
+bridge. Build one with :func:`asap.connect` from a URL, or from a channel directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from asap import validation
+from asap._typing import Metadata
+from asap.core.method import method
+from asap.errors import InvalidArgument, InvalidState, ShuttingDown, Unavailable
+from asap.protocol.acks import AckTracker
+from asap.transports.base import CallOptions, Channel, Reply, ResponseStream
+from asap.v1 import agent_service_pb2, envelope_pb2, manifest_pb2
+
+
+_log = logging.getLogger("asap.client")
+
+M = TypeVar("M", bound=Message)
+
+TokenSource = str | Callable[[], Awaitable[str]]
+"""A bearer token, or a coroutine function returning a current one (called before each call)."""
+
+_SEND = method("Send")
+_SEND_BATCH = method("SendBatch")
+_SUBSCRIBE = method("Subscribe")
+_PUBLISH = method("Publish")
+_STREAM = method("Stream")
+_GET_MANIFEST = method("GetManifest")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of unary calls that failed with UNAVAILABLE (exponential backoff, full jitter).
+
+    Retrying is safe because envelope ids are fixed before the first attempt and the server
+    deduplicates them.
+    """
+
+    max_attempts: int = 4
+    """Attempts in all, the first included; 1 disables retries."""
+    initial_backoff: float = 0.05
+    """Upper bound of the first delay, in seconds."""
+    max_backoff: float = 2.0
+    """Upper bound of any delay."""
+    multiplier: float = 2.0
+    """Growth of the bound per attempt."""
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """The delay before retry number ``attempt`` (1-based)."""
+        bound = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return rng.uniform(0, bound)
+
+
+class Client:
+    """Typed calls to one agent.
+
+    Args:
+        channel: The transport connection (closed by :meth:`close`).
+        sender: Default ``Envelope.sender`` for envelopes that have none.
+        timeout: Default per-call deadline in seconds (None: no deadline).
+        token: Bearer token or token provider sent as ``authorization`` metadata.
+        metadata: Metadata sent with every call.
+        retry: Retry policy for unary calls.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        sender: str = "",
+        timeout: float | None = 30.0,
+        token: TokenSource | None = None,
+        metadata: Metadata = (),
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.channel = channel
+        self.sender = sender
+        self.timeout = timeout
+        self._token = token
+        self._metadata = metadata
+        self._retry = retry or RetryPolicy()
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    async def _options(self, timeout: float | None, metadata: Metadata) -> CallOptions:
+        if self._closed:
+            message = "the client is closed"
+            raise InvalidState(message)
+        entries = self._metadata + metadata
+        if self._token is not None:
+            token = self._token if isinstance(self._token, str) else await self._token()
+            entries = (("authorization", f"Bearer {token}"), *entries)
+        return CallOptions(timeout=self.timeout if timeout is None else timeout, metadata=entries)
+
+    def prepare(self, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+        """Fill the envelope's id, timestamp, version and sender when empty (in place)."""
+        if not envelope.sender and self.sender:
+            envelope.sender = self.sender
+        validation.fill_defaults(envelope, now=time.time())
+        return envelope
+
+    async def invoke(
+        self,
+        name: str,
+        request: Message,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> Reply:
+        """Make a unary call by method name, with retries; returns the reply and its trailers."""
+        spec = method(name)
+        options = await self._options(timeout, metadata)
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        attempt = 1
+        while True:
+            try:
+                return await self.channel.unary(spec, request, options)
+            except Unavailable as error:
+                if attempt >= self._retry.max_attempts or isinstance(error, ShuttingDown):
+                    raise
+                delay = self._retry.delay(attempt, self._rng)
+                if deadline is not None:
+                    remaining = deadline - time.monotonic() - delay
+                    if remaining <= 0:
+                        raise
+                    options = CallOptions(timeout=remaining, metadata=options.metadata)
+                _log.info("%s failed (%s); retry %d in %.3fs", name, error, attempt, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    # -- the RPCs ---------------------------------------------------------------------------
+
+    async def send(
+        self,
+        envelope: envelope_pb2.Envelope,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> agent_service_pb2.SendResponse:
+        """Deliver one envelope and return the agent's answer.
+
+        Raises:
+            AsapError: the subclass the agent (or a limit) raised, with its details.
+        """
+        request = agent_service_pb2.SendRequest(envelope=self.prepare(envelope))
+        reply = await self.invoke("Send", request, timeout=timeout, metadata=metadata)
+        return _expect(reply.message, agent_service_pb2.SendResponse)
+
+    async def send_batch(
+        self,
+        envelopes: Iterable[envelope_pb2.Envelope],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> list[agent_service_pb2.DeliveryResult]:
+        """Deliver many envelopes in one call; one result (answer or error) per envelope, in order."""
+        request = agent_service_pb2.SendBatchRequest(
+            envelopes=[self.prepare(envelope) for envelope in envelopes]
+        )
+        reply = await self.invoke("SendBatch", request, timeout=timeout, metadata=metadata)
+        return list(_expect(reply.message, agent_service_pb2.SendBatchResponse).results)
+
+    async def get_manifest(
+        self, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> manifest_pb2.Manifest:
+        """Return the agent's manifest."""
+        reply = await self.invoke(
+            "GetManifest",
+            agent_service_pb2.GetManifestRequest(),
+            timeout=timeout,
+            metadata=metadata,
+        )
+        return _expect(reply.message, agent_service_pb2.GetManifestResponse).manifest
+
+    async def subscribe(
+        self,
+        envelope: envelope_pb2.Envelope,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> Subscription:
+        """Deliver an envelope and iterate over everything the agent produces for it."""
+        request = agent_service_pb2.SubscribeRequest(envelope=self.prepare(envelope))
+        options = await self._options(timeout, metadata)
+        return Subscription(self.channel.open_stream(_SUBSCRIBE, request, options))
+
+    async def publish(
+        self,
+        envelopes: AsyncIterable[envelope_pb2.Envelope] | Iterable[envelope_pb2.Envelope],
+        *,
+        timeout: float | None = None,
+        metadata: Metadata = (),
+    ) -> list[agent_service_pb2.DeliveryResult]:
+        """Stream envelopes to the agent; one result per envelope, in order."""
+        options = await self._options(timeout, metadata)
+
+        async def requests() -> AsyncIterator[Message]:
+            if isinstance(envelopes, AsyncIterable):
+                async for envelope in envelopes:
+                    yield agent_service_pb2.PublishRequest(envelope=self.prepare(envelope))
+            else:
+                for envelope in envelopes:
+                    yield agent_service_pb2.PublishRequest(envelope=self.prepare(envelope))
+
+        stream = self.channel.open_stream(_PUBLISH, requests(), options)
+        try:
+            response = await anext(stream)
+        finally:
+            await stream.cancel()
+        return list(_expect(response, agent_service_pb2.PublishResponse).results)
+
+    async def stream(
+        self, *, timeout: float | None = None, metadata: Metadata = ()
+    ) -> DuplexStream:
+        """Open a duplex stream: send envelopes any time, receive acks, updates and answers."""
+        options = await self._options(timeout, metadata)
+        return DuplexStream(self, options)
+
+    # -- conveniences -----------------------------------------------------------------------
+
+    async def request_task(
+        self,
+        recipient: str,
+        skill_id: str,
+        task_input: dict[str, object] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> envelope_pb2.Envelope:
+        """Ask ``recipient`` to run a skill and return the answer envelope (a TaskResponse)."""
+        envelope = task_envelope(recipient, skill_id, task_input)
+        response = await self.send(envelope, timeout=timeout)
+        return response.envelope
+
+    async def close(self) -> None:
+        """Close the channel; idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self.channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def task_envelope(
+    recipient: str, skill_id: str, task_input: dict[str, object] | None = None
+) -> envelope_pb2.Envelope:
+    """Build an envelope carrying a TaskRequest for ``skill_id``."""
+    envelope = envelope_pb2.Envelope(recipient=recipient)
+    envelope.task_request.skill_id = skill_id
+    if task_input:
+        json_format.ParseDict(task_input, envelope.task_request.input)
+    return envelope
+
+
+def _expect(message: Message, kind: type[M]) -> M:
+    if not isinstance(message, kind):
+        text = f"expected {kind.DESCRIPTOR.name}, got {message.DESCRIPTOR.name}"
+        raise InvalidArgument(text)
+    return message
+
+
+class Subscription:
+    """The envelopes an agent produces for a subscribed envelope, in order; the last is the answer."""
+
+    def __init__(self, stream: ResponseStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[envelope_pb2.Envelope]:
+        return self
+
+    async def __anext__(self) -> envelope_pb2.Envelope:
+        return _expect(await anext(self._stream), agent_service_pb2.SubscribeResponse).envelope
+
+    @property
+    def trailing_metadata(self) -> Metadata:
+        """Trailing metadata, once the subscription ended."""
+        return self._stream.trailing_metadata
+
+    async def cancel(self) -> None:
+        """Stop the subscription; the agent's handler is cancelled."""
+        await self._stream.cancel()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cancel()
+
+
+_END = object()
+
+
+class DuplexStream:
+    """A duplex Stream call: :meth:`send` envelopes; iterate to receive what the agent pushes.
+
+    Envelopes sent with ``requires_ack`` are tracked until their PROCESSED or REJECTED ack (or
+    error) arrives; :meth:`unsettled` lists the others, which a caller re-sends on a new stream
+    after a connection loss (the agent's dedupe keeps that exactly-once).
+    """
+
+    def __init__(self, client: Client, options: CallOptions) -> None:
+        self._client = client
+        self._outbox: asyncio.Queue[Message | object] = asyncio.Queue()
+        self._acks = AckTracker()
+        self._stream = client.channel.open_stream(_STREAM, self._requests(), options)
+        self._done_sending = False
+
+    async def _requests(self) -> AsyncIterator[Message]:
+        while (item := await self._outbox.get()) is not _END:
+            if isinstance(item, Message):
+                yield item
+
+    async def send(self, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+        """Queue an envelope for sending (filled with defaults) and return it."""
+        if self._done_sending:
+            message = "done_sending() was called on this stream"
+            raise InvalidState(message)
+        self._client.prepare(envelope)
+        self._acks.sent(envelope)
+        await self._outbox.put(agent_service_pb2.StreamRequest(envelope=envelope))
+        return envelope
+
+    async def done_sending(self) -> None:
+        """Half-close: no more envelopes; the agent finishes what it has, then ends the stream."""
+        if not self._done_sending:
+            self._done_sending = True
+            await self._outbox.put(_END)
+
+    def __aiter__(self) -> AsyncIterator[agent_service_pb2.StreamResponse]:
+        return self
+
+    async def __anext__(self) -> agent_service_pb2.StreamResponse:
+        item = _expect(await anext(self._stream), agent_service_pb2.StreamResponse)
+        if item.HasField("envelope"):
+            self._acks.received(item.envelope)
+        elif item.HasField("error"):
+            self._acks.settle(item.error.envelope_id)
+        return item
+
+    def unsettled(self) -> Sequence[envelope_pb2.Envelope]:
+        """Envelopes sent with requires_ack whose final ack has not arrived, in send order."""
+        return self._acks.pending()
+
+    async def cancel(self) -> None:
+        """Abandon the stream."""
+        self._done_sending = True
+        await self._stream.cancel()
+
+    async def __aenter__(self) -> DuplexStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.cancel()

@@ -1,0 +1,177 @@
+"""The agent API: register typed handlers for the payloads an agent serves.
+
+Example::
+
+    agent = Agent("urn:asap:agent:echo", name="Echo")
+
+    @agent.skill("echo", description="Returns its input.")
+    async def echo(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        return payload_pb2.TaskResponse(status=task_pb2.TASK_STATUS_COMPLETED, result=request.payload.input)
+
+A handler is either a coroutine function returning one reply, or an async generator yielding
+several (for example TaskUpdates, then a TaskResponse). Either kind serves every RPC: ``Send``
+answers with the last item a generator yields; ``Subscribe`` and ``Stream`` deliver every item.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeAlias, TypeVar
+
+from asap.core.context import CallContext
+from asap.errors import NoHandler, SkillNotFound
+from asap.v1 import envelope_pb2, manifest_pb2, payload_pb2
+
+
+Payload: TypeAlias = (
+    payload_pb2.TaskRequest
+    | payload_pb2.TaskResponse
+    | payload_pb2.TaskUpdate
+    | payload_pb2.TaskCancel
+    | payload_pb2.MessageSend
+    | payload_pb2.StateQuery
+    | payload_pb2.StateRestore
+    | payload_pb2.ArtifactNotify
+    | payload_pb2.McpToolCall
+    | payload_pb2.McpToolResult
+    | payload_pb2.McpResourceFetch
+    | payload_pb2.McpResourceData
+    | payload_pb2.MessageAck
+)
+"""Any payload an Envelope can carry."""
+
+Reply: TypeAlias = Payload | envelope_pb2.Envelope
+"""What a handler returns or yields: a payload (ASAP wraps it in an envelope) or a whole envelope."""
+
+P = TypeVar("P", bound=Payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming(Generic[P]):
+    """What a handler receives: the envelope, its typed payload and the call context."""
+
+    envelope: envelope_pb2.Envelope
+    payload: P
+    call: CallContext
+
+
+UnaryHandler: TypeAlias = Callable[[Incoming[P]], Awaitable[Reply | None]]
+StreamingHandler: TypeAlias = Callable[[Incoming[P]], AsyncIterator[Reply]]
+Handler: TypeAlias = UnaryHandler[P] | StreamingHandler[P]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A registered handler and whether it streams."""
+
+    handler: Handler[Payload]
+    streaming: bool
+
+
+class Agent:
+    """An agent: its identity and manifest, and the handlers for the payloads it serves.
+
+    Args:
+        agent_id: The agent URN, for example ``"urn:asap:agent:research"``.
+        name: A short name for people.
+        version: The agent's version.
+        description: What the agent does.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        name: str = "",
+        version: str = "0.1.0",
+        description: str = "",
+    ) -> None:
+        self.id = agent_id
+        self.name = name or agent_id.rsplit(":", 1)[-1]
+        self.version = version
+        self.description = description
+        self._skills: dict[str, Route] = {}
+        self._skill_docs: dict[str, manifest_pb2.Skill] = {}
+        self._routes: dict[str, Route] = {}
+        self.auth_schemes: list[manifest_pb2.AuthScheme] = []
+        """Advertised in the manifest; set by the server from its authentication config."""
+
+    def skill(
+        self, skill_id: str, *, description: str = ""
+    ) -> Callable[[Handler[payload_pb2.TaskRequest]], Handler[payload_pb2.TaskRequest]]:
+        """Register the handler for TaskRequests naming ``skill_id``; it is listed in the manifest."""
+
+        def register(handler: Handler[payload_pb2.TaskRequest]) -> Handler[payload_pb2.TaskRequest]:
+            self._skills[skill_id] = _route(handler)
+            self._skill_docs[skill_id] = manifest_pb2.Skill(id=skill_id, description=description)
+            return handler
+
+        return register
+
+    def on(self, kind: type[P]) -> Callable[[Handler[P]], Handler[P]]:
+        """Register the handler for every envelope whose payload is of type ``kind``.
+
+        For TaskRequest it serves the skills that have no handler of their own.
+        """
+
+        def register(handler: Handler[P]) -> Handler[P]:
+            self._routes[kind.DESCRIPTOR.full_name] = _route(handler)
+            return handler
+
+        return register
+
+    def route_for(self, payload: Payload) -> Route:
+        """Find the handler for a payload.
+
+        Raises:
+            SkillNotFound: a TaskRequest names a skill nobody handles.
+            NoHandler: no handler is registered for this payload kind.
+        """
+        if isinstance(payload, payload_pb2.TaskRequest):
+            route = self._skills.get(payload.skill_id) or self._routes.get(_TASK_REQUEST)
+            if route is None:
+                message = f"this agent has no skill {payload.skill_id!r}"
+                raise SkillNotFound(message, metadata={"skill_id": payload.skill_id})
+            return route
+        route = self._routes.get(payload.DESCRIPTOR.full_name)
+        if route is None:
+            message = f"this agent does not handle {payload.DESCRIPTOR.name}"
+            raise NoHandler(message, metadata={"payload": payload.DESCRIPTOR.name})
+        return route
+
+    @property
+    def skills(self) -> Sequence[manifest_pb2.Skill]:
+        """The registered skills, in registration order."""
+        return list(self._skill_docs.values())
+
+    def manifest(self, endpoints: Sequence[manifest_pb2.Endpoint] = ()) -> manifest_pb2.Manifest:
+        """Build the agent's manifest, listing the given endpoints."""
+        return manifest_pb2.Manifest(
+            id=self.id,
+            name=self.name,
+            version=self.version,
+            description=self.description,
+            capabilities=manifest_pb2.Capabilities(
+                asap_version=ASAP_VERSION, streaming=True, acks=True, deduplication=True
+            ),
+            skills=self.skills,
+            endpoints=endpoints,
+            auth_schemes=self.auth_schemes,
+        )
+
+
+ASAP_VERSION = "1.0"
+"""The protocol version this implementation speaks."""
+
+_TASK_REQUEST = payload_pb2.TaskRequest.DESCRIPTOR.full_name
+
+
+def _route(handler: Handler[P]) -> Route:
+    streaming = inspect.isasyncgenfunction(handler)
+    if not streaming and not inspect.iscoroutinefunction(handler):
+        message = "a handler must be an async function or an async generator function"
+        raise TypeError(message)
+    # A handler for P is stored as a handler for any payload: route_for only hands it P instances.
+    return Route(handler=handler, streaming=streaming)  # type: ignore[arg-type]

@@ -1,0 +1,115 @@
+"""CallContext: what a handler knows about the call it serves, the same on every transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from asap._typing import Metadata, MetadataValue
+from asap.core.method import MethodSpec
+from asap.errors import AsapError
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated principal, produced by a token verifier."""
+
+    subject: str
+    """Who the caller is, for example an agent URN ``urn:asap:agent:coordinator``."""
+    claims: Mapping[str, str] = field(default_factory=dict)
+    """Further facts the verifier established (scopes, tenant, …)."""
+
+
+class CallContext:
+    """The per-call context: method, metadata, peer, identity, deadline, cancellation, trailers.
+
+    Created by the transport for every call and passed to middleware and handlers. It is not
+    shared between calls. ``transport`` is for logs only; behaviour never depends on it.
+    """
+
+    __slots__ = (
+        "_cancelled",
+        "_trailing",
+        "deadline",
+        "identity",
+        "metadata",
+        "method",
+        "peer",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: MethodSpec,
+        metadata: Metadata,
+        peer: str,
+        transport: str,
+        timeout: float | None,
+    ) -> None:
+        self.method = method
+        self.metadata = metadata
+        self.peer = peer
+        self.transport = transport
+        self.deadline: float | None = (
+            None if timeout is None else asyncio.get_running_loop().time() + timeout
+        )
+        """The deadline on the event loop's clock (``loop.time()``), or None."""
+        self.identity: Identity | None = None
+        """Set by authentication middleware."""
+        self._trailing: list[tuple[str, MetadataValue]] = []
+        self._cancelled = False
+
+    @property
+    def principal(self) -> str:
+        """The key rate limits and quotas are kept under: the identity's subject, else the peer."""
+        return self.identity.subject if self.identity is not None else f"peer:{self.peer_host}"
+
+    @property
+    def peer_host(self) -> str:
+        """The peer's address without its port (what anonymous limits are kept under)."""
+        host = self.peer
+        for prefix in ("ipv4:", "ipv6:"):
+            host = host.removeprefix(prefix)
+        if host.startswith("["):
+            return host[1 : host.find("]")]
+        if host.count(":") == 1:
+            return host.rsplit(":", 1)[0]
+        return host
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the deadline (never negative), or None when the call has no deadline."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    def metadata_value(self, key: str) -> MetadataValue | None:
+        """Return the first request metadata value for ``key`` (lowercase), or None."""
+        for name, value in self.metadata:
+            if name == key:
+                return value
+        return None
+
+    def set_trailing_metadata(self, *entries: tuple[str, MetadataValue]) -> None:
+        """Add trailing metadata, sent with the final status (success or error)."""
+        for key, value in entries:
+            self._trailing.append((key.lower(), value))
+
+    @property
+    def trailing_metadata(self) -> Metadata:
+        """The trailing metadata set so far."""
+        return tuple(self._trailing)
+
+    def mark_cancelled(self) -> None:
+        """Record that the caller cancelled the call (called by the dispatcher)."""
+        self._cancelled = True
+
+    def cancelled(self) -> bool:
+        """True once the caller cancelled the call or its deadline passed."""
+        return self._cancelled
+
+    def abort(self, error: AsapError) -> NoReturn:
+        """End the call now with ``error``; equivalent to raising it."""
+        raise error

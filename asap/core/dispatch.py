@@ -1,0 +1,96 @@
+"""The Dispatcher: every call on every transport runs through :meth:`Dispatcher.handle`.
+
+It looks up the RPC, enforces the server-wide concurrency limit and the call's deadline, runs the
+per-call middleware, and turns whatever ends the call into an outcome: None for OK, otherwise an
+:class:`~asap.errors.AsapError`. It is the only place a call's exception becomes a wire status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from asap.core.boundary import as_asap_error
+from asap.core.context import CallContext
+from asap.core.middleware import Middleware
+from asap.core.service import AgentServiceCore, ServerCall
+from asap.errors import AsapError, DeadlineExceeded, ShuttingDown, TooManyCalls, UnknownMethod
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """Unwrap exception groups (from task groups inside an RPC) to the first real exception."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class Dispatcher:
+    """Runs calls for every transport.
+
+    Args:
+        service: The RPC implementations.
+        middleware: Guards run when each call starts, in order.
+        max_concurrent_calls: Calls beyond this many in flight fail with RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self,
+        service: AgentServiceCore,
+        middleware: Sequence[Middleware] = (),
+        *,
+        max_concurrent_calls: int = 1000,
+    ) -> None:
+        self._service = service
+        self._middleware = tuple(middleware)
+        self._max_calls = max_concurrent_calls
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+        """When True new calls fail with UNAVAILABLE (SHUTTING_DOWN); in-flight calls go on."""
+
+    @property
+    def in_flight(self) -> int:
+        """How many calls are running."""
+        return self._in_flight
+
+    async def wait_idle(self) -> None:
+        """Wait until no call is in flight."""
+        await self._idle.wait()
+
+    async def handle(self, ctx: CallContext, call: ServerCall) -> AsapError | None:
+        """Run one call to completion and return its outcome (None means OK).
+
+        A cancellation of the calling task (the caller went away) marks the context cancelled and
+        propagates; everything else is returned as an AsapError, never raised.
+        """
+        if self.draining:
+            return ShuttingDown()
+        if self._in_flight >= self._max_calls:
+            return TooManyCalls(f"more than {self._max_calls} calls in flight")
+        rpc = self._service.rpcs.get(ctx.method.name)
+        if rpc is None:
+            return UnknownMethod(f"unknown method {ctx.method.path}")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            async with asyncio.timeout_at(ctx.deadline) as scope:
+                try:
+                    for guard in self._middleware:
+                        await guard.on_call(ctx)
+                    await rpc(ctx, call)
+                except asyncio.CancelledError:
+                    ctx.mark_cancelled()
+                    raise
+        except TimeoutError as exc:
+            if scope.expired():
+                ctx.mark_cancelled()
+                return DeadlineExceeded()
+            return as_asap_error(exc, where=ctx.method.path)
+        except Exception as exc:  # noqa: BLE001 - the call boundary: every failure becomes a status
+            return as_asap_error(_first_leaf(exc), where=ctx.method.path)  # type: ignore[arg-type]
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        return None
