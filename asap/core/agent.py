@@ -20,26 +20,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
+from asap import validation
 from asap.core.context import CallContext
 from asap.errors import NoHandler, SkillNotFound
 from asap.v1 import envelope_pb2, manifest_pb2, payload_pb2
 
 
-Payload: TypeAlias = (
-    payload_pb2.TaskRequest
-    | payload_pb2.TaskResponse
-    | payload_pb2.TaskUpdate
-    | payload_pb2.TaskCancel
-    | payload_pb2.MessageSend
-    | payload_pb2.StateQuery
-    | payload_pb2.StateRestore
-    | payload_pb2.ArtifactNotify
-    | payload_pb2.McpToolCall
-    | payload_pb2.McpToolResult
-    | payload_pb2.McpResourceFetch
-    | payload_pb2.McpResourceData
-    | payload_pb2.MessageAck
-)
+Payload: TypeAlias = validation.Payload
 """Any payload an Envelope can carry."""
 
 Reply: TypeAlias = Payload | envelope_pb2.Envelope
@@ -162,7 +149,7 @@ class Agent:
         )
 
 
-ASAP_VERSION = "1.0"
+ASAP_VERSION = validation.ASAP_VERSION
 """The protocol version this implementation speaks."""
 
 _TASK_REQUEST = payload_pb2.TaskRequest.DESCRIPTOR.full_name

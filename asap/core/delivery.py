@@ -10,10 +10,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
 
 from asap import validation
-from asap.core.agent import Agent, Incoming, Payload, Reply
+from asap.core.agent import Agent, Incoming, Reply
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.dedupe import DedupeStore
@@ -116,7 +115,7 @@ class Deliverer:
         self, ctx: CallContext, envelope: envelope_pb2.Envelope, emit: Emit | None
     ) -> agent_service_pb2.DeliveryResult:
         try:
-            payload = cast("Payload", getattr(envelope, validation.payload_kind(envelope)))
+            payload = validation.payload_of(envelope)
             route = self.agent.route_for(payload)
             incoming = Incoming(envelope=envelope, payload=payload, call=ctx)
             answer: envelope_pb2.Envelope | None = None
