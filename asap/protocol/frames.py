@@ -1,0 +1,366 @@
+"""WebSocket bridge frames: ``asap.v1.Frame`` ↔ one WebSocket message, for each subprotocol.
+
+The bridge (``proto/asap/v1/bridge.proto``, "Connecting") has two subprotocols. Under
+``asap.v1.proto`` every WebSocket message is binary and holds one serialized Frame, and call
+messages travel serialized in ``MessageFrame.binary``. Under ``asap.v1.json`` every WebSocket
+message is text holding one Frame in canonical proto3 JSON, and call messages travel as a
+``google.protobuf.Any`` in ``MessageFrame.typed``. A :class:`Codec` implements one of them.
+
+Decoding failures follow bridge.proto "Errors": a WebSocket message of the wrong type (binary under
+JSON, text under proto) is a protocol error (close 1002, RFC 6455 §7.4.1); text that is not JSON is
+invalid payload data (1007); a WebSocket message over the frame cap is too big (1009); bytes or JSON
+that do not form a Frame are a protocol error unless the stream id can still be read, in which case
+the session fails only that stream. All of these raise :class:`FrameError`, a connection-level
+condition and therefore not an :class:`~asap.errors.AsapError`. A call message that does not parse
+as the expected type is the call's own fault and raises :class:`~asap.errors.MalformedFrame`.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from enum import IntEnum
+from typing import ClassVar, Literal, TypeVar
+
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2
+
+from asap.errors import MalformedFrame, MessageTooLarge
+from asap.protocol.limits import Limits
+from asap.v1 import agent_service_pb2, bridge_pb2
+
+
+SUBPROTOCOL_PROTO = "asap.v1.proto"
+"""Binary subprotocol: serialized Frames in binary WebSocket messages."""
+SUBPROTOCOL_JSON = "asap.v1.json"
+"""JSON subprotocol: canonical proto3 JSON Frames in text WebSocket messages."""
+SUBPROTOCOLS = (SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON)
+"""Supported subprotocols, most preferred first."""
+DEFAULT_PATH = "/asap/v1/ws"
+"""The bridge's default URL path."""
+
+MAX_STREAM_ID = 2**32 - 1
+"""Stream ids are ``uint32``."""
+
+# Importing these modules registers their message types in the default descriptor pool, so the
+# JSON codec can resolve the "@type" of every Any the bridge carries: AgentService requests and
+# responses in MessageFrame.typed and google.rpc details in Status.details.
+_REGISTERED_FILES = (agent_service_pb2.DESCRIPTOR, error_details_pb2.DESCRIPTOR)
+
+_M = TypeVar("_M", bound=Message)
+_DEFAULT_MAX_FRAME_BYTES = Limits().max_frame_bytes
+
+
+class CloseCode(IntEnum):
+    """The WebSocket close codes the bridge uses (RFC 6455 §7.4.1; bridge.proto "Close codes")."""
+
+    NORMAL_CLOSURE = 1000
+    """The client closed the connection normally."""
+    GOING_AWAY = 1001
+    """The server is shutting down, after draining its calls."""
+    PROTOCOL_ERROR = 1002
+    """A frame broke the bridge protocol and could not be attributed to a stream."""
+    INVALID_PAYLOAD = 1007
+    """A text message was not valid UTF-8 JSON."""
+    POLICY_VIOLATION = 1008
+    """The peer kept calling past its rate limit, or authentication was refused."""
+    MESSAGE_TOO_BIG = 1009
+    """A WebSocket message exceeded the hard frame cap (:attr:`Limits.max_frame_bytes`)."""
+    INTERNAL_ERROR = 1011
+    """The server failed, or the peer missed its heartbeats."""
+    TRY_AGAIN_LATER = 1013
+    """The server is at its connection limit."""
+
+
+class FrameError(Exception):
+    """A WebSocket message could not be decoded into a Frame.
+
+    This is a connection-level condition, not an :class:`~asap.errors.AsapError`: it never
+    travels as a call status. When ``stream_id`` is set (non-zero), the broken frame could still be
+    attributed to that stream and the session fails only the stream; otherwise the connection
+    must be closed with ``code``.
+
+    Attributes:
+        code: The close code to use when the connection is closed for this.
+        reason: A short, fixed explanation (fits a close frame's 123-byte reason).
+        stream_id: The stream the frame was for, when it could be recovered; else ``None``.
+    """
+
+    def __init__(self, code: CloseCode, reason: str, *, stream_id: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.stream_id = stream_id
+
+    def __repr__(self) -> str:
+        return f"FrameError({self.code!r}, {self.reason!r}, stream_id={self.stream_id!r})"
+
+
+class Codec(ABC):
+    """Encodes and decodes Frames for one subprotocol; stateless apart from its size cap.
+
+    Args:
+        max_frame_bytes: Largest WebSocket message :meth:`decode` accepts, in bytes.
+    """
+
+    subprotocol: ClassVar[str]
+    """The Sec-WebSocket-Protocol name."""
+    body_kind: ClassVar[Literal["binary", "typed"]]
+    """Which ``MessageFrame.body`` field carries call messages under this subprotocol."""
+
+    def __init__(self, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES) -> None:
+        if max_frame_bytes < 1:
+            msg = "max_frame_bytes must be at least 1"
+            raise ValueError(msg)
+        self.max_frame_bytes = max_frame_bytes
+
+    @abstractmethod
+    def encode(self, frame: bridge_pb2.Frame) -> bytes | str:
+        """Encode a frame as the data of one WebSocket message (bytes: binary, str: text)."""
+
+    @abstractmethod
+    def decode(self, data: bytes | str) -> bridge_pb2.Frame:
+        """Decode the data of one received WebSocket message.
+
+        Args:
+            data: ``bytes`` for a binary message, ``str`` for a text message.
+
+        Raises:
+            FrameError: The message is of the wrong type, too big, or not a Frame.
+        """
+
+    @abstractmethod
+    def pack_message(self, message: Message) -> bridge_pb2.MessageFrame:
+        """Put a call message into a MessageFrame's body field for this subprotocol."""
+
+    @abstractmethod
+    def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
+        """Get a call message of type ``cls`` out of a received MessageFrame.
+
+        Raises:
+            asap.errors.MalformedFrame: The body is missing, of the other subprotocol's kind, of
+                another message type, or does not parse.
+        """
+
+    @abstractmethod
+    def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
+        """The serialized size of the message a MessageFrame carries, as gRPC counts it."""
+
+    def encode_message(
+        self, stream_id: int, message: Message, *, max_message_bytes: int | None = None
+    ) -> bytes | str:
+        """Encode a whole ``Frame{stream_id, message}`` carrying ``message``.
+
+        Args:
+            stream_id: The call's stream.
+            message: The call message.
+            max_message_bytes: When given, refuse a message whose serialization is larger.
+
+        Raises:
+            asap.errors.MessageTooLarge: The message is over ``max_message_bytes``; nothing was
+                encoded.
+        """
+        body = self.pack_message(message)
+        _check_size(self.body_size(body), max_message_bytes)
+        return self.encode(bridge_pb2.Frame(stream_id=stream_id, message=body))
+
+
+class ProtoCodec(Codec):
+    """The ``asap.v1.proto`` subprotocol: binary messages, ``MessageFrame.binary`` bodies."""
+
+    subprotocol = SUBPROTOCOL_PROTO
+    body_kind = "binary"
+
+    def encode(self, frame: bridge_pb2.Frame) -> bytes:
+        """Serialize a frame (see :meth:`Codec.encode`)."""
+        return frame.SerializeToString()
+
+    def decode(self, data: bytes | str) -> bridge_pb2.Frame:
+        """Parse a binary message into a frame (see :meth:`Codec.decode`)."""
+        if isinstance(data, str):
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "text message on asap.v1.proto")
+        if len(data) > self.max_frame_bytes:
+            raise FrameError(CloseCode.MESSAGE_TOO_BIG, "message over the frame size limit")
+        try:
+            return bridge_pb2.Frame.FromString(data)
+        except DecodeError:
+            stream_id = _leading_stream_id(data)
+            raise FrameError(
+                CloseCode.PROTOCOL_ERROR, "frame does not parse", stream_id=stream_id
+            ) from None
+
+    def pack_message(self, message: Message) -> bridge_pb2.MessageFrame:
+        """Serialize a message into ``MessageFrame.binary``."""
+        return bridge_pb2.MessageFrame(binary=message.SerializeToString())
+
+    def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
+        """Parse ``MessageFrame.binary`` as ``cls`` (see :meth:`Codec.unpack_message`)."""
+        if frame.WhichOneof("body") != "binary":
+            msg = "asap.v1.proto message frames carry the message in 'binary'"
+            raise MalformedFrame(msg)
+        try:
+            return cls.FromString(frame.binary)
+        except DecodeError:
+            msg = f"message does not parse as {cls.DESCRIPTOR.full_name}"
+            raise MalformedFrame(msg) from None
+
+    def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
+        """Length of ``MessageFrame.binary`` (0 when another body is set)."""
+        return len(frame.binary)
+
+    def encode_message(
+        self, stream_id: int, message: Message, *, max_message_bytes: int | None = None
+    ) -> bytes:
+        """Encode ``Frame{stream_id, message{binary}}`` by hand: the hot path of every response.
+
+        Building the Frame through protobuf would copy the body three more times; the wire format
+        of these two fields is fixed, so the message is serialized once and framed with a
+        six-to-sixteen-byte header. The result is byte-for-byte what protobuf would produce.
+        """
+        if not 0 <= stream_id <= MAX_STREAM_ID:
+            msg = f"stream id out of range: {stream_id}"
+            raise ValueError(msg)
+        body = message.SerializeToString()
+        size = len(body)
+        _check_size(size, max_message_bytes)
+        header = _varint(size)
+        # Frame.stream_id (field 1, varint; omitted when 0), Frame.message (field 3,
+        # length-delimited) holding MessageFrame.binary (field 1, length-delimited).
+        prefix = b"\x08" + _varint(stream_id) if stream_id else b""
+        inner = 1 + len(header) + size
+        return b"".join((prefix, b"\x1a", _varint(inner), b"\x0a", header, body))
+
+
+class JsonCodec(Codec):
+    """The ``asap.v1.json`` subprotocol: canonical proto3 JSON text, ``MessageFrame.typed`` bodies."""
+
+    subprotocol = SUBPROTOCOL_JSON
+    body_kind = "typed"
+    pool = descriptor_pool.Default()
+    """The types an Any may name: every generated module imported so far."""
+
+    def encode(self, frame: bridge_pb2.Frame) -> str:
+        """Encode a frame as compact canonical proto3 JSON.
+
+        Raises:
+            TypeError: An Any in the frame names a type the descriptor pool does not know.
+        """
+        data = json_format.MessageToDict(frame, descriptor_pool=self.pool)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    def decode(self, data: bytes | str) -> bridge_pb2.Frame:
+        """Parse a text message into a frame (see :meth:`Codec.decode`)."""
+        if not isinstance(data, str):
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "binary message on asap.v1.json")
+        # Each character is one to four UTF-8 bytes: measure only when the bounds disagree.
+        if len(data) > self.max_frame_bytes or (
+            4 * len(data) > self.max_frame_bytes
+            and len(data.encode("utf-8", "surrogatepass")) > self.max_frame_bytes
+        ):
+            raise FrameError(CloseCode.MESSAGE_TOO_BIG, "message over the frame size limit")
+        try:
+            parsed: object = json.loads(data)
+        except (ValueError, RecursionError):
+            raise FrameError(CloseCode.INVALID_PAYLOAD, "text is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise FrameError(CloseCode.PROTOCOL_ERROR, "frame is not a JSON object")
+        frame = bridge_pb2.Frame()
+        try:
+            json_format.ParseDict(
+                parsed, frame, ignore_unknown_fields=True, descriptor_pool=self.pool
+            )
+        except (
+            json_format.ParseError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            RecursionError,
+        ):
+            stream_id = _json_stream_id(parsed)
+            raise FrameError(
+                CloseCode.PROTOCOL_ERROR, "JSON is not a Frame", stream_id=stream_id
+            ) from None
+        return frame
+
+    def pack_message(self, message: Message) -> bridge_pb2.MessageFrame:
+        """Pack a message into ``MessageFrame.typed``."""
+        frame = bridge_pb2.MessageFrame()
+        frame.typed.Pack(message)
+        return frame
+
+    def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
+        """Unpack ``MessageFrame.typed`` as ``cls`` (see :meth:`Codec.unpack_message`)."""
+        if frame.WhichOneof("body") != "typed":
+            msg = "asap.v1.json message frames carry the message in 'typed'"
+            raise MalformedFrame(msg)
+        name = cls.DESCRIPTOR.full_name
+        if frame.typed.TypeName() != name:
+            msg = f"expected a {name}, got {frame.typed.TypeName() or 'no type'}"
+            raise MalformedFrame(msg)
+        try:
+            return cls.FromString(frame.typed.value)
+        except DecodeError:
+            msg = f"message does not parse as {name}"
+            raise MalformedFrame(msg) from None
+
+    def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
+        """Length of the serialized message inside ``MessageFrame.typed`` (0 when unset)."""
+        return len(frame.typed.value)
+
+
+def codec_for(subprotocol: str, *, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES) -> Codec:
+    """Return the codec of a negotiated subprotocol.
+
+    Raises:
+        ValueError: ``subprotocol`` is not one of :data:`SUBPROTOCOLS`.
+    """
+    if subprotocol == SUBPROTOCOL_PROTO:
+        return ProtoCodec(max_frame_bytes)
+    if subprotocol == SUBPROTOCOL_JSON:
+        return JsonCodec(max_frame_bytes)
+    msg = f"unsupported subprotocol {subprotocol!r}"
+    raise ValueError(msg)
+
+
+def _check_size(size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        msg = f"message larger than max ({size} vs. {limit})"
+        raise MessageTooLarge(msg)
+
+
+def _varint(value: int) -> bytes:
+    """Encode a non-negative int as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _leading_stream_id(data: bytes) -> int | None:
+    """Read ``Frame.stream_id`` from the front of a frame that does not parse as a whole.
+
+    Encoders write fields in field-number order, so a stream id sits first: tag 0x08 then a varint.
+    """
+    if not data or data[0] != 0x08:
+        return None
+    value = 0
+    for shift, byte in zip(range(0, 35, 7), data[1:6], strict=False):
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value if 0 < value <= MAX_STREAM_ID else None
+    return None
+
+
+def _json_stream_id(parsed: dict[object, object]) -> int | None:
+    """Read ``streamId`` (or ``stream_id``) from a JSON object that is not a valid Frame."""
+    value = parsed.get("streamId", parsed.get("stream_id"))
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_STREAM_ID:
+        return value
+    return None

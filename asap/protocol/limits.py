@@ -1,0 +1,115 @@
+"""Resource limits shared by both transports, with secure defaults.
+
+One :class:`Limits` value configures a server (and, for the sizes, a client): the gRPC transport maps
+the sizes onto its channel options and the WebSocket bridge enforces all of them through
+:mod:`asap.protocol.session`. The defaults follow gRPC's where gRPC has one (4 MiB messages,
+100 concurrent streams per connection, as HTTP/2's usual ``SETTINGS_MAX_CONCURRENT_STREAMS``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+MIB = 1024 * 1024
+"""One mebibyte."""
+
+FRAME_OVERHEAD_BYTES = 64 * 1024
+"""Room for a frame's own fields (metadata, type URL, JSON quoting) on top of the message it carries."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * MIB
+"""gRPC's default maximum received message size."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits of a server or client; every field has a safe default.
+
+    Construct it with keyword arguments and override only what you need::
+
+        Limits(max_message_bytes=16 * MIB, rate_limit_per_second=0)
+
+    Raises:
+        ValueError: A field is out of range (sizes and counts must be positive, durations positive
+            and finite, ``max_frame_bytes`` at least ``max_message_bytes``).
+    """
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """Largest serialized request or response message; a larger one fails its call with
+    RESOURCE_EXHAUSTED (reason ``MESSAGE_TOO_LARGE``) and the connection goes on."""
+
+    max_frame_bytes: int = 0
+    """Hard cap on one WebSocket message; a larger one closes the connection with 1009.
+    0 (the default) means ``max_message_bytes + FRAME_OVERHEAD_BYTES``."""
+
+    max_concurrent_streams: int = 100
+    """Calls open at once on one connection; a call beyond it fails with RESOURCE_EXHAUSTED
+    (reason ``TOO_MANY_CALLS``)."""
+
+    max_connections: int = 1000
+    """Connections a server accepts at once; beyond it the WebSocket bridge refuses with 1013."""
+
+    max_concurrent_calls: int = 1000
+    """Calls in flight on the whole server, over every connection and transport."""
+
+    handshake_timeout: float = 10.0
+    """Seconds a client has to complete the WebSocket opening handshake."""
+
+    heartbeat_interval: float = 20.0
+    """Seconds between liveness pings on an idle connection."""
+
+    heartbeat_timeout: float = 20.0
+    """Seconds to wait for the answer to a ping before closing the connection (1011)."""
+
+    rate_limit_per_second: float = 100.0
+    """Calls per second each principal may start, on average; 0 disables rate limiting."""
+
+    rate_limit_burst: int = 200
+    """Calls a principal may start back to back before the average rate applies."""
+
+    rate_limit_max_principals: int = 10_000
+    """Principals whose rate-limit state is remembered; the least recently seen are forgotten."""
+
+    rate_limit_strikes_before_close: int = 20
+    """Consecutive rate-limited calls on one WebSocket connection before it is closed with 1008;
+    0 never closes the connection for this."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_message_bytes",
+            "max_concurrent_streams",
+            "max_connections",
+            "max_concurrent_calls",
+            "rate_limit_burst",
+            "rate_limit_max_principals",
+        ):
+            _require(getattr(self, name) >= 1, f"{name} must be at least 1")
+        for name in ("handshake_timeout", "heartbeat_interval", "heartbeat_timeout"):
+            value: float = getattr(self, name)
+            _require(math.isfinite(value) and value > 0, f"{name} must be positive and finite")
+        rate = self.rate_limit_per_second
+        _require(math.isfinite(rate) and rate >= 0, "rate_limit_per_second must be 0 or more")
+        _require(
+            self.rate_limit_strikes_before_close >= 0,
+            "rate_limit_strikes_before_close must be 0 or more",
+        )
+        if self.max_frame_bytes == 0:
+            # The dataclass is frozen; filling in a derived default is the one write it allows.
+            object.__setattr__(
+                self, "max_frame_bytes", self.max_message_bytes + FRAME_OVERHEAD_BYTES
+            )
+        _require(
+            self.max_frame_bytes >= self.max_message_bytes,
+            "max_frame_bytes must be at least max_message_bytes",
+        )
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        """Whether calls are rate limited per principal."""
+        return self.rate_limit_per_second > 0
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,449 @@
+"""The connection-level state machines of the WebSocket bridge: one per connection and side.
+
+Theory of operation (the python-websockets sans-I/O shape). The I/O layer owns the socket and the
+clock; a session owns every rule of bridge.proto. The I/O layer loops:
+
+1. on each received WebSocket message, :meth:`Session.receive_data` (``bytes`` for binary,
+   ``str`` for text) with the current time;
+2. :meth:`ServerSession.events_received` / :meth:`ClientSession.events_received`, and acts on
+   each event (start a handler, deliver a message, cancel, fail a call, close the connection);
+3. :meth:`Session.data_to_send`, writing each item as one WebSocket message, in order.
+
+The ``send_*`` methods queue frames the same way; call :meth:`Session.data_to_send` after them.
+
+Failures follow bridge.proto "Errors". A frame that breaks the rules for a stream it can be
+attributed to fails only that stream (:class:`~asap.protocol.events.StreamError`): the server
+answers CallStatus INVALID_ARGUMENT/MALFORMED_FRAME, the client sends Cancel. Frames for streams that
+have already finished are ignored, since the peer may not have known (ids strictly increase, so
+every id up to the highest one seen that is not open has finished). A frame that cannot be
+attributed (stream 0, or an undecodable message with no readable stream id) ends the connection
+(:class:`~asap.protocol.events.ProtocolViolation` with a close code from RFC 6455 §7.4.1); after
+that the session ignores received data, drops sends and reports nothing more. Per-stream rules live
+in :mod:`asap.protocol.stream`; this module applies them and the per-connection limits.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Self, cast
+
+from google.protobuf.message import Message
+
+from asap.errors import (
+    AsapError,
+    Cancelled,
+    InvalidState,
+    MalformedFrame,
+    MessageTooLarge,
+    ShuttingDown,
+    TooManyCalls,
+    to_status,
+)
+from asap.protocol.events import (
+    CallCancelled,
+    CallStarted,
+    Event,
+    HalfClosed,
+    MessageReceived,
+    PongReceived,
+    ProtocolViolation,
+    ServerEvent,
+    StreamError,
+)
+from asap.protocol.frames import (
+    CloseCode,
+    Codec,
+    FrameError,
+    codec_for,
+)
+from asap.protocol.limits import Limits
+from asap.protocol.metadata import metadata_from_entries, metadata_to_entries
+from asap.protocol.stream import Stream, StreamEvent
+from asap.v1 import bridge_pb2, status_pb2
+
+
+_DEFAULT_LIMITS = Limits()
+_MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
+_Handler = Callable[[int, bridge_pb2.Frame, float], None]
+_MetadataIn = Iterable[tuple[str, str | bytes]]
+
+
+class Session(ABC):
+    """What both sides share: decoding, ping/pong, stream lookup, failure handling, the queues.
+
+    Args:
+        codec: The negotiated subprotocol's codec; its ``max_frame_bytes`` is the hard cap.
+        limits: Message size and concurrency limits.
+    """
+
+    peer_message: StreamEvent
+    """The stream event a received MessageFrame is."""
+
+    def __init__(self, codec: Codec, limits: Limits = _DEFAULT_LIMITS) -> None:
+        self.codec = codec
+        """The subprotocol's codec."""
+        self.limits = limits
+        """The limits in force."""
+        self.streams: dict[int, Stream] = {}
+        """Open streams by id."""
+        self.highest_stream_id = 0
+        """The highest stream id opened or answered so far."""
+        self.closed = False
+        """Whether the connection is over (a violation, or :meth:`receive_eof`)."""
+        self.last_received: float | None = None
+        """When data was last received (for liveness checks)."""
+        self.events: list[Event] = []
+        """Events not yet returned by ``events_received``."""
+        self.outgoing: list[bytes | str] = []
+        """WebSocket messages not yet returned by :meth:`data_to_send`."""
+        self.handlers: dict[str, _Handler] = {"message": self._on_message}
+        """Call frame kinds this side receives, and what handles each."""
+
+    @classmethod
+    def for_subprotocol(cls, subprotocol: str, limits: Limits = _DEFAULT_LIMITS) -> Self:
+        """Build a session for a negotiated subprotocol, capped at ``limits.max_frame_bytes``.
+
+        Raises:
+            ValueError: The subprotocol is not supported.
+        """
+        return cls(codec_for(subprotocol, max_frame_bytes=limits.max_frame_bytes), limits)
+
+    def receive_data(self, data: bytes | str, now: float) -> None:
+        """Process one received WebSocket message; then read the events and the data to send.
+
+        Never raises on bad input: every problem becomes an event. Ignored once closed.
+
+        Args:
+            data: The message: ``bytes`` if it was binary, ``str`` if it was text.
+            now: The current time in seconds (any monotonic clock).
+        """
+        if self.closed:
+            return
+        self.last_received = now
+        try:
+            frame = self.codec.decode(data)
+        except FrameError as exc:
+            if exc.stream_id:
+                self._stream_violation(exc.stream_id, MalformedFrame(exc.reason))
+            else:
+                self._violation(exc.code, exc.reason)
+            return
+        kind = frame.WhichOneof("kind")
+        stream_id = frame.stream_id
+        if kind in ("ping", "pong", "goaway") and stream_id == 0:
+            self._on_connection_frame(frame)
+            return
+        handler = self.handlers.get(kind or "")
+        if stream_id == 0:
+            self._violation(CloseCode.PROTOCOL_ERROR, f"{kind or 'empty'} frame on stream 0")
+        elif handler is None:
+            self._stream_violation(stream_id, MalformedFrame(f"unexpected {kind or 'empty'} frame"))
+        else:
+            handler(stream_id, frame, now)
+
+    def receive_eof(self, close_code: int | None = None) -> None:
+        """Record that the connection has ended; every open call ends with it.
+
+        Args:
+            close_code: The close code received, if any.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        for stream_id in list(self.streams):
+            del self.streams[stream_id]
+            self._lost(stream_id, close_code)
+
+    def data_to_send(self) -> list[bytes | str]:
+        """Return and forget the WebSocket messages to write, in order (bytes: binary, str: text)."""
+        data, self.outgoing = self.outgoing, []
+        return data
+
+    def send_ping(self, nonce: int) -> None:
+        """Queue a Ping frame (for peers that cannot send WebSocket pings); no-op once closed."""
+        if not self.closed:
+            self._queue(bridge_pb2.Frame(ping=bridge_pb2.Ping(nonce=nonce)))
+
+    def is_open(self, stream_id: int) -> bool:
+        """Whether a stream is open (started and not yet ended)."""
+        return stream_id in self.streams
+
+    # Receiving.
+
+    def _on_connection_frame(self, frame: bridge_pb2.Frame) -> None:
+        kind = frame.WhichOneof("kind")
+        if kind == "ping":
+            self._queue(bridge_pb2.Frame(pong=bridge_pb2.Pong(nonce=frame.ping.nonce)))
+        elif kind == "pong":
+            self.events.append(PongReceived(frame.pong.nonce))
+        else:
+            self._on_goaway(frame.goaway.reason)
+
+    def _on_goaway(self, reason: str) -> None:
+        self._violation(CloseCode.PROTOCOL_ERROR, "unexpected goaway frame")
+
+    def _on_message(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
+        stream = self._stream_for(stream_id, "message")
+        if stream is None:
+            return
+        body = frame.message
+        if stream.next_state(self.peer_message) is None:
+            self._fail(stream_id, MalformedFrame("message frame not allowed now"))
+        elif body.WhichOneof("body") != self.codec.body_kind:
+            text = f"{self.codec.subprotocol} carries messages in '{self.codec.body_kind}'"
+            self._fail(stream_id, MalformedFrame(text))
+        elif (size := self.codec.body_size(body)) > self.limits.max_message_bytes:
+            text = f"received message larger than max ({size} vs. {self.limits.max_message_bytes})"
+            self._fail(stream_id, MessageTooLarge(text))
+        else:
+            stream.handle(self.peer_message)
+            self.events.append(MessageReceived(stream_id, body))
+
+    def _stream_for(self, stream_id: int, kind: str) -> Stream | None:
+        """The open stream a frame is for; ``None`` when the frame was ignored or failed."""
+        stream = self.streams.get(stream_id)
+        if stream is None and stream_id > self.highest_stream_id:
+            self._unknown_stream(stream_id, MalformedFrame(f"{kind} frame for an unopened stream"))
+        return stream
+
+    def _stream_violation(self, stream_id: int, error: AsapError) -> None:
+        if stream_id in self.streams:
+            self._fail(stream_id, error)
+        elif stream_id > self.highest_stream_id:
+            self._unknown_stream(stream_id, error)
+        # Otherwise the stream has finished and the peer may not know yet: ignore the frame.
+
+    def _unknown_stream(self, stream_id: int, error: AsapError) -> None:
+        self._fail(stream_id, error)
+
+    @abstractmethod
+    def _fail(self, stream_id: int, error: AsapError) -> None:
+        """End a stream because of ``error`` and report it (each side answers differently)."""
+
+    @abstractmethod
+    def _lost(self, stream_id: int, close_code: int | None) -> None:
+        """Report an open stream ended by the connection closing."""
+
+    def _violation(self, code: CloseCode, reason: str) -> None:
+        reason = reason.encode()[:_MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+        self.events.append(ProtocolViolation(code, reason))
+        self.closed = True
+        self.streams.clear()
+
+    # Sending.
+
+    def _sendable(self, stream_id: int) -> Stream | None:
+        """The open stream to send on; ``None`` if it has finished (the send is dropped)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None or self.closed or 0 < stream_id <= self.highest_stream_id:
+            return stream
+        msg = f"stream {stream_id} was never opened"
+        raise InvalidState(msg)
+
+    def _queue(self, frame: bridge_pb2.Frame) -> None:
+        self.outgoing.append(self.codec.encode(frame))
+
+    def _take_events(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+
+class ServerSession(Session):
+    """The server side of one bridge connection.
+
+    Receives CallStart, MessageFrame, HalfClose, Cancel, Ping and Pong; sends HeadersFrame,
+    MessageFrame, CallStatus, GoAway, Ping and Pong. Stream ids must be non-zero and strictly
+    increase: a CallStart that reuses the id of an open call fails that call with MALFORMED_FRAME;
+    one with any other id not above the highest seen closes the connection (1002), since that
+    stream has already had its CallStatus. The session answers by itself, reporting a
+    :class:`~asap.protocol.events.StreamError`: malformed frames, calls beyond
+    ``limits.max_concurrent_streams`` (TOO_MANY_CALLS), calls after :meth:`send_goaway`
+    (SHUTTING_DOWN), messages over ``limits.max_message_bytes`` (MESSAGE_TOO_LARGE), and Cancel
+    (CANCELLED, reported as :class:`~asap.protocol.events.CallCancelled`).
+    """
+
+    peer_message = StreamEvent.CLIENT_MESSAGE
+
+    def __init__(self, codec: Codec, limits: Limits = _DEFAULT_LIMITS) -> None:
+        super().__init__(codec, limits)
+        self.draining = False
+        """Whether GoAway was sent: new calls are refused with SHUTTING_DOWN."""
+        self.rate_limit_strikes = 0
+        """Consecutive rate-limited calls on this connection."""
+        self.handlers.update(
+            start=self._on_start, half_close=self._on_half_close, cancel=self._on_cancel
+        )
+
+    def events_received(self) -> list[ServerEvent]:
+        """Return and forget the events received since the last call, in order."""
+        # The server side only ever appends server events.
+        return cast("list[ServerEvent]", self._take_events())
+
+    def send_headers(self, stream_id: int, metadata: _MetadataIn = ()) -> bool:
+        """Queue response headers; allowed once, before any message.
+
+        Returns:
+            ``True`` if queued; ``False`` if the stream has already ended (nothing is sent).
+
+        Raises:
+            asap.errors.InvalidState: Headers or a message were already sent, or the stream was
+                never opened.
+            ValueError: Malformed metadata (see :func:`~asap.protocol.metadata.metadata_to_entries`).
+        """
+        stream = self._sendable(stream_id)
+        if stream is None:
+            return False
+        headers = bridge_pb2.HeadersFrame(metadata=metadata_to_entries(metadata))
+        data = self.codec.encode(bridge_pb2.Frame(stream_id=stream_id, headers=headers))
+        stream.handle(StreamEvent.HEADERS)
+        self.outgoing.append(data)
+        return True
+
+    def send_message(self, stream_id: int, message: Message) -> bool:
+        """Queue one response message.
+
+        Returns:
+            ``True`` if queued; ``False`` if the stream has already ended.
+
+        Raises:
+            asap.errors.MessageTooLarge: The message is over ``limits.max_message_bytes``; nothing
+                was queued and the call is still open (end it with that error's status).
+            asap.errors.InvalidState: The stream was never opened.
+        """
+        stream = self._sendable(stream_id)
+        if stream is None:
+            return False
+        data = self.codec.encode_message(
+            stream_id, message, max_message_bytes=self.limits.max_message_bytes
+        )
+        stream.handle(StreamEvent.SERVER_MESSAGE)
+        self.outgoing.append(data)
+        return True
+
+    def send_status(
+        self, stream_id: int, status: status_pb2.Status, trailers: _MetadataIn = ()
+    ) -> bool:
+        """Queue the call's final status and trailers; the stream is over after it.
+
+        Returns:
+            ``True`` if queued; ``False`` if the stream had already ended.
+
+        Raises:
+            asap.errors.InvalidState: The stream was never opened.
+            ValueError: Malformed trailers.
+            TypeError: Under asap.v1.json, a status detail whose type is not in the descriptor
+                pool; nothing was queued and the call is still open.
+        """
+        stream = self._sendable(stream_id)
+        if stream is None:
+            return False
+        # Encode first: if that fails (an Any the JSON codec cannot resolve) the call is still open.
+        data = self._status_data(stream_id, status, metadata_to_entries(trailers))
+        stream.handle(StreamEvent.STATUS)
+        del self.streams[stream_id]
+        self.outgoing.append(data)
+        return True
+
+    def send_error(self, stream_id: int, error: AsapError, trailers: _MetadataIn = ()) -> bool:
+        """Queue ``error`` as the call's final status (see :meth:`send_status`)."""
+        return self.send_status(stream_id, to_status(error), trailers)
+
+    def send_goaway(self, reason: str = "") -> None:
+        """Queue GoAway once and refuse calls from now on; open calls go on."""
+        if not self.closed and not self.draining:
+            self.draining = True
+            self._queue(bridge_pb2.Frame(goaway=bridge_pb2.GoAway(reason=reason)))
+
+    def record_rate_limited(self) -> bool:
+        """Count a call refused for the rate limit (after sending its RATE_LIMITED status).
+
+        Returns:
+            ``True`` when this was strike ``limits.rate_limit_strikes_before_close`` in a row: a
+            :class:`~asap.protocol.events.ProtocolViolation` (1008) is now queued in the events.
+        """
+        self.rate_limit_strikes += 1
+        limit = self.limits.rate_limit_strikes_before_close
+        if limit and self.rate_limit_strikes >= limit and not self.closed:
+            self._violation(CloseCode.POLICY_VIOLATION, "kept calling past the rate limit")
+            return True
+        return False
+
+    def record_call_ok(self) -> None:
+        """Count a call that passed the rate limit: the strikes start over."""
+        self.rate_limit_strikes = 0
+
+    def _on_start(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
+        start = frame.start
+        if stream_id <= self.highest_stream_id:
+            # Reusing an open id is attributable to that call. Any other id is a finished stream
+            # (or one skipped over): answering it would send a second CallStatus for the id.
+            if stream_id in self.streams:
+                self._fail(stream_id, MalformedFrame("stream ids must strictly increase"))
+            else:
+                self._violation(CloseCode.PROTOCOL_ERROR, "stream ids must strictly increase")
+            return
+        try:
+            metadata = metadata_from_entries(start.metadata)
+            timeout = _timeout(start)
+        except MalformedFrame as exc:
+            self._fail(stream_id, exc)
+            return
+        if self.draining:
+            self._fail(stream_id, ShuttingDown())
+        elif len(self.streams) >= self.limits.max_concurrent_streams:
+            limit = self.limits.max_concurrent_streams
+            self._fail(stream_id, TooManyCalls(f"more than {limit} calls on one connection"))
+        else:
+            stream = Stream(stream_id)
+            stream.handle(StreamEvent.START)
+            self.streams[stream_id] = stream
+            self.highest_stream_id = stream_id
+            deadline = None if timeout is None else now + timeout
+            self.events.append(CallStarted(stream_id, start.method, metadata, timeout, deadline))
+
+    def _on_half_close(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
+        stream = self._stream_for(stream_id, "half_close")
+        if stream is None:
+            return
+        if stream.next_state(StreamEvent.HALF_CLOSE) is None:
+            self._fail(stream_id, MalformedFrame("half_close frame not allowed now"))
+            return
+        stream.handle(StreamEvent.HALF_CLOSE)
+        self.events.append(HalfClosed(stream_id))
+
+    def _on_cancel(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
+        stream = self._stream_for(stream_id, "cancel")
+        if stream is None:
+            return
+        stream.handle(StreamEvent.CANCEL)
+        del self.streams[stream_id]
+        error = Cancelled("the client cancelled the call")
+        self.outgoing.append(self._status_data(stream_id, to_status(error), []))
+        self.events.append(CallCancelled(stream_id, frame.cancel.reason))
+
+    def _fail(self, stream_id: int, error: AsapError) -> None:
+        self.streams.pop(stream_id, None)
+        self.highest_stream_id = max(self.highest_stream_id, stream_id)
+        self.outgoing.append(self._status_data(stream_id, to_status(error), []))
+        self.events.append(StreamError(stream_id, error))
+
+    def _lost(self, stream_id: int, close_code: int | None) -> None:
+        self.events.append(CallCancelled(stream_id, "the connection closed"))
+
+    def _status_data(
+        self, stream_id: int, status: status_pb2.Status, trailers: list[bridge_pb2.MetadataEntry]
+    ) -> bytes | str:
+        call_status = bridge_pb2.CallStatus(status=status, trailers=trailers)
+        return self.codec.encode(bridge_pb2.Frame(stream_id=stream_id, status=call_status))
+
+
+def _timeout(start: bridge_pb2.CallStart) -> float | None:
+    """CallStart.timeout in seconds; ``None`` when unset."""
+    if not start.HasField("timeout"):
+        return None
+    seconds, nanos = start.timeout.seconds, start.timeout.nanos
+    if seconds < 0 or not 0 <= nanos < 1_000_000_000:
+        msg = "timeout must be a non-negative duration"
+        raise MalformedFrame(msg)
+    return seconds + nanos / 1e9

@@ -1,0 +1,137 @@
+"""The state machine of one call (stream) on the WebSocket bridge, as a transition table.
+
+Theory of operation (bridge.proto, "Calls (streams)"; the shape of RFC 9113 §5.1's HTTP/2 stream
+states, named from the server's side)::
+
+    client → CallStart, zero or more MessageFrame, then HalfClose (or Cancel at any time)
+    server → optional HeadersFrame, zero or more MessageFrame, then exactly one CallStatus
+
+                  START                  HALF_CLOSE
+        IDLE ─────────────▶ OPEN ─────────────────────▶ HALF_CLOSED_REMOTE
+                            │  ▲ CLIENT_MESSAGE            │  ▲ HEADERS, SERVER_MESSAGE
+                            │  │ HEADERS, SERVER_MESSAGE   │  │
+                            │  └──────┘                    │  └──────┘
+                            │ STATUS, CANCEL               │ STATUS, CANCEL
+                            └──────────────▶ CLOSED ◀──────┘
+
+Every event is named after the frame that causes it, and each frame kind has one sender, so the
+same table serves the server (which receives the client's events and sends its own) and the client
+(the other way round). Rules:
+
+1. Everything that decides whether a frame is allowed on a stream lives in this file: the table
+   :data:`TRANSITIONS` and the one fact it does not encode, whether the server has started its
+   response (HEADERS is allowed only before the first HEADERS or SERVER_MESSAGE).
+2. A (state, event) pair missing from the table is a violation. The session decides what that
+   means: a peer's violation fails the stream with MALFORMED_FRAME, our own is a bug
+   (:class:`asap.errors.InvalidState`).
+3. CLOSED is final. Once CallStatus is sent the server sends nothing more on the stream; a
+   Cancel closes it at once on both sides (the server still answers CANCELLED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import Enum
+
+from asap.errors import InvalidState
+
+
+class StreamState(Enum):
+    """Where a call is in its life."""
+
+    IDLE = "idle"
+    """No CallStart yet."""
+    OPEN = "open"
+    """Started; the client may still send messages."""
+    HALF_CLOSED_REMOTE = "half_closed_remote"
+    """The client half-closed: only the server sends now (RFC 9113's "half-closed (remote)")."""
+    CLOSED = "closed"
+    """Over: CallStatus was sent, or the client cancelled."""
+
+
+class StreamEvent(Enum):
+    """A frame that moves a call along; the name says who sends it."""
+
+    START = "start"
+    """Client: CallStart."""
+    CLIENT_MESSAGE = "client_message"
+    """Client: a request MessageFrame."""
+    HALF_CLOSE = "half_close"
+    """Client: HalfClose."""
+    CANCEL = "cancel"
+    """Client: Cancel."""
+    HEADERS = "headers"
+    """Server: HeadersFrame."""
+    SERVER_MESSAGE = "server_message"
+    """Server: a response MessageFrame."""
+    STATUS = "status"
+    """Server: CallStatus."""
+
+
+IDLE = StreamState.IDLE
+OPEN = StreamState.OPEN
+HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
+CLOSED = StreamState.CLOSED
+
+TRANSITIONS: Mapping[tuple[StreamState, StreamEvent], StreamState] = {
+    (IDLE, StreamEvent.START): OPEN,
+    (OPEN, StreamEvent.CLIENT_MESSAGE): OPEN,
+    (OPEN, StreamEvent.HALF_CLOSE): HALF_CLOSED_REMOTE,
+    (OPEN, StreamEvent.HEADERS): OPEN,
+    (OPEN, StreamEvent.SERVER_MESSAGE): OPEN,
+    (OPEN, StreamEvent.STATUS): CLOSED,
+    (OPEN, StreamEvent.CANCEL): CLOSED,
+    (HALF_CLOSED_REMOTE, StreamEvent.HEADERS): HALF_CLOSED_REMOTE,
+    (HALF_CLOSED_REMOTE, StreamEvent.SERVER_MESSAGE): HALF_CLOSED_REMOTE,
+    (HALF_CLOSED_REMOTE, StreamEvent.STATUS): CLOSED,
+    (HALF_CLOSED_REMOTE, StreamEvent.CANCEL): CLOSED,
+}
+"""Every allowed (state, event) pair and the state it leads to; anything else is a violation."""
+
+_RESPONSE_EVENTS = frozenset({StreamEvent.HEADERS, StreamEvent.SERVER_MESSAGE})
+
+
+class Stream:
+    """One call's state.
+
+    Args:
+        stream_id: The call's stream id.
+    """
+
+    __slots__ = ("response_started", "state", "stream_id")
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        """The call's stream id."""
+        self.state = IDLE
+        """The current state."""
+        self.response_started = False
+        """Whether the server has sent HeadersFrame or a MessageFrame (no HEADERS after that)."""
+
+    def __repr__(self) -> str:
+        return f"Stream({self.stream_id}, {self.state.name})"
+
+    def next_state(self, event: StreamEvent) -> StreamState | None:
+        """The state ``event`` would lead to, or ``None`` if it is not allowed now."""
+        if event is StreamEvent.HEADERS and self.response_started:
+            return None
+        return TRANSITIONS.get((self.state, event))
+
+    def handle(self, event: StreamEvent) -> StreamState:
+        """Apply ``event`` and return the new state.
+
+        Raises:
+            asap.errors.InvalidState: ``event`` is not allowed in the current state.
+        """
+        state = self.next_state(event)
+        if state is None:
+            msg = (
+                f"{event.name} is not allowed on stream {self.stream_id} in state {self.state.name}"
+            )
+            if event is StreamEvent.HEADERS and self.response_started:
+                msg = f"headers already sent or a message already sent on stream {self.stream_id}"
+            raise InvalidState(msg)
+        self.state = state
+        if event in _RESPONSE_EVENTS:
+            self.response_started = True
+        return state
