@@ -61,7 +61,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The delay before retry number ``attempt`` (1-based)."""
-        bound = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        try:
+            growth = self.multiplier ** (attempt - 1)
+        except OverflowError:  # float ** int raises instead of returning inf (attempt > ~1000)
+            growth = float("inf")
+        bound = min(self.max_backoff, self.initial_backoff * growth)
         return rng.uniform(0, bound)
 
 
@@ -132,7 +136,13 @@ class Client:
             try:
                 return await self.channel.unary(spec, request, options)
             except Unavailable as error:
-                if attempt >= self._retry.max_attempts or isinstance(error, ShuttingDown):
+                if (
+                    self._closed
+                    or attempt >= self._retry.max_attempts
+                    or isinstance(error, ShuttingDown)
+                ):
+                    # After close() the channel refuses every call: a retry could only turn
+                    # the call's real error (ConnectionLost) into InvalidState.
                     raise
                 delay = self._retry.delay(attempt, self._rng)
                 if deadline is not None:

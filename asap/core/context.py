@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -73,6 +74,8 @@ class CallContext:
         host = self.peer
         for prefix in ("ipv4:", "ipv6:"):
             host = host.removeprefix(prefix)
+        # gRPC reports IPv6 peers percent-encoded ("ipv6:%5B::1%5D:5"); decode the brackets.
+        host = urllib.parse.unquote(host)
         if host.startswith("["):
             return host[1 : host.find("]")]
         if host.count(":") == 1:

@@ -110,12 +110,18 @@ class InMemoryDedupeStore:
             entry.done.set()
 
     def _evict(self, now: float) -> None:
-        """Drop expired outcomes from the old end, then the oldest outcomes beyond the bound."""
-        while self._entries:
-            key, entry = next(iter(self._entries.items()))
-            if entry.done.is_set() and (
-                entry.expires_at <= now or len(self._entries) > self._max_entries
-            ):
-                del self._entries[key]
+        """Drop expired outcomes from the old end, then the oldest outcomes beyond the bound.
+
+        Keys still being processed are skipped, not evicted (their waiters need them) and do not
+        stop the scan: a long-running claim must not pin every outcome stored after it.
+        """
+        doomed: list[str] = []
+        for key, entry in self._entries.items():
+            if not entry.done.is_set():
+                continue
+            if entry.expires_at <= now or len(self._entries) - len(doomed) > self._max_entries:
+                doomed.append(key)
                 continue
             break
+        for key in doomed:
+            del self._entries[key]

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from asap.core.context import CallContext, Identity
-from asap.errors import RateLimited, SenderMismatch, Unauthenticated
+from asap.errors import RateLimited, ResourceExhausted, SenderMismatch, Unauthenticated
 from asap.protocol.ratelimit import RateLimiter
 from asap.v1 import envelope_pb2
 
@@ -129,10 +129,15 @@ class RateLimit:
     async def on_envelopes(
         self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]
     ) -> None:
-        """Charge one token per envelope, all or nothing."""
-        self._charge(ctx, len(envelopes))
+        """Charge one token per envelope, all or nothing (an empty batch still costs one)."""
+        self._charge(ctx, max(1, len(envelopes)))
 
     def _charge(self, ctx: CallContext, cost: int) -> None:
+        if self._limiter.enabled and cost > self._limiter.burst:
+            # The bucket can never hold this many tokens: retrying would not help (and the
+            # limiter refuses such a cost with ValueError, which would become INTERNAL).
+            message = f"{cost} envelopes exceed the rate-limit burst of {self._limiter.burst:g}"
+            raise ResourceExhausted(message)
         retry_after = self._limiter.try_acquire(ctx.principal, self._clock(), cost)
         if retry_after > 0:
             message = f"rate limit exceeded for {ctx.principal}; retry in {retry_after:.3f}s"

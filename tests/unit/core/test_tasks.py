@@ -1,0 +1,165 @@
+"""Unit tests for asap.core.tasks.TaskOwner: spawn, close, failure logging."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import logging
+import warnings
+
+import pytest
+
+from asap.core.tasks import TaskOwner
+from asap.errors import InvalidState
+
+
+@pytest.mark.asyncio
+async def test_spawned_task_runs_and_is_forgotten_when_done() -> None:
+    """A spawned task runs, is counted while running and dropped once it finishes."""
+    owner = TaskOwner("test")
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def work() -> None:
+        await release.wait()
+        ran.append("done")
+
+    task = owner.spawn(work(), name="worker")
+    assert len(owner) == 1
+    assert task.get_name() == "worker"
+    release.set()
+    await asyncio.wait([task])  # returns after the owner's done callback has run
+    assert ran == ["done"]
+    assert len(owner) == 0
+
+
+@pytest.mark.asyncio
+async def test_task_name_defaults_to_owner_name() -> None:
+    """A task spawned without a name is named after its owner."""
+    owner = TaskOwner("the-owner")
+
+    async def work() -> None:
+        return None
+
+    task = owner.spawn(work())
+    assert task.get_name() == "the-owner"
+    await owner.close()
+
+
+@pytest.mark.asyncio
+async def test_close_cancels_and_awaits_every_task() -> None:
+    """close() cancels every running task and returns only when all have finished."""
+    owner = TaskOwner("test")
+    started = [asyncio.Event() for _ in range(3)]
+    observed: list[int] = []
+    finished: list[int] = []
+
+    async def park(index: int) -> None:
+        started[index].set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            observed.append(index)
+            await asyncio.sleep(0)  # cleanup that itself awaits
+            finished.append(index)
+            raise
+
+    tasks = [owner.spawn(park(index)) for index in range(3)]
+    for event in started:
+        await event.wait()
+    await owner.close()
+    assert owner.closed
+    assert sorted(observed) == [0, 1, 2]
+    assert sorted(finished) == [0, 1, 2]
+    assert all(task.done() and task.cancelled() for task in tasks)
+    assert len(owner) == 0
+
+
+@pytest.mark.asyncio
+async def test_close_is_idempotent() -> None:
+    """Closing twice is harmless."""
+    owner = TaskOwner("test")
+    await owner.close()
+    await owner.close()
+    assert owner.closed
+
+
+@pytest.mark.asyncio
+async def test_spawn_after_close_raises_and_closes_the_coroutine() -> None:
+    """spawn() after close() raises InvalidState and closes the coroutine without running it."""
+    owner = TaskOwner("test")
+    await owner.close()
+    ran: list[bool] = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    coro = work()
+    with pytest.raises(InvalidState, match="after close"):
+        owner.spawn(coro)
+    assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del coro
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert ran == []
+
+
+@pytest.mark.asyncio
+async def test_failed_task_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A task that raises is logged at ERROR with its exception."""
+    owner = TaskOwner("owner")
+    failure = ValueError("boom")
+
+    async def fail() -> None:
+        raise failure
+
+    with caplog.at_level(logging.ERROR, logger="asap.core.tasks"):
+        task = owner.spawn(fail(), name="doomed")
+        await asyncio.wait([task])
+    records = [r for r in caplog.records if r.name == "asap.core.tasks"]
+    assert len(records) == 1
+    assert "doomed" in records[0].getMessage()
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[1] is failure
+    assert len(owner) == 0
+
+
+@pytest.mark.asyncio
+async def test_cancelled_task_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """A cancelled task is not an error."""
+    owner = TaskOwner("owner")
+    started = asyncio.Event()
+
+    async def park() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    task = owner.spawn(park())
+    await started.wait()
+    task.cancel()
+    await asyncio.wait([task])
+    assert not [r for r in caplog.records if r.name == "asap.core.tasks"]
+
+
+@pytest.mark.asyncio
+async def test_close_from_an_owned_task_cancels_the_others() -> None:
+    """An owned task may close its owner: the others are cancelled, it carries on."""
+    owner = TaskOwner("test")
+    other_started = asyncio.Event()
+
+    async def other() -> None:
+        other_started.set()
+        await asyncio.Event().wait()
+
+    async def closer() -> None:
+        await other_started.wait()
+        await owner.close()
+
+    victim = owner.spawn(other())
+    closing = owner.spawn(closer())
+    await closing
+    assert victim.cancelled()
+    assert owner.closed
