@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -165,8 +166,18 @@ class Server:
         if self._stopped.is_set():
             return
         self.health.set_serving(False)
+        # Draining happens in the Dispatcher first, so a new call on any transport is refused with
+        # the same UNAVAILABLE (SHUTTING_DOWN) while in-flight calls finish; then the listeners stop.
         self.dispatcher.draining = True
-        await asyncio.gather(*(transport.stop(grace) for transport in self._transports))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if grace is None:
+            await self.dispatcher.wait_idle()
+        elif grace > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dispatcher.wait_idle(), grace)
+        remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
+        await asyncio.gather(*(transport.stop(remaining) for transport in self._transports))
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -1,0 +1,372 @@
+"""GrpcServerTransport: a grpc.aio server whose one generic handler feeds the core's Dispatcher.
+
+Theory of operation: every AgentService method gets a grpc method handler of its arity whose
+behaviour builds a :class:`~asap.core.context.CallContext` from the grpc servicer context, wraps the
+call in a small :class:`~asap.core.service.ServerCall` adapter (``read()`` / ``write()``), and
+awaits :meth:`Dispatcher.handle <asap.core.dispatch.Dispatcher.handle>`. The outcome is either OK
+(the handler's trailing metadata is set and the response returned) or an AsapError, which aborts
+the call with its code, message and ``grpc-status-details-bin`` (:mod:`.status`). Handlers,
+middleware, validation and the error boundary all live in the core, so the WebSocket bridge runs
+exactly the same code; the generated ``add_AgentServiceServicer_to_server`` is deliberately unused.
+
+Next to AgentService the server runs gRPC's standard health service (``grpc.health.v1.Health``,
+following the server's :class:`~asap.core.health.HealthState`) and server reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+import grpc
+from google.protobuf.message import Message
+from grpc_health.v1 import _async as health_aio  # = grpc_health.v1.health.aio, which has no stubs
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection  # type: ignore[attr-defined]  # stubs lack it
+
+from asap.core.context import CallContext
+from asap.core.dispatch import Dispatcher
+from asap.core.health import HealthState
+from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
+from asap.core.tasks import TaskOwner
+from asap.errors import AsapError, Internal, InvalidState
+from asap.protocol.limits import Limits
+from asap.tls import ServerTLS
+from asap.transports.base import ServerTransport
+from asap.transports.grpc.status import to_grpc_status
+from asap.v1 import manifest_pb2
+
+
+TRANSPORT = "grpc"
+"""The ``CallContext.transport`` of calls this transport serves (for logs only)."""
+
+HEALTH_SERVICES = ("", SERVICE_NAME)
+"""The health service names reported: the whole server ("") and AgentService."""
+
+MIN_PING_INTERVAL_MS = 500
+"""The shortest interval between client pings that the server accepts without a strike.
+
+gRPC servers count a ping that arrives sooner than ``grpc.http2.min_ping_interval_without_data_ms``
+after the previous one as a strike and, after ``grpc.http2.max_ping_strikes`` strikes, close the
+connection with GOAWAY ``too_many_pings`` (gRPC A8/doc/keepalive.md). The grpc default is 5 minutes,
+which a client keeping an idle connection alive (GrpcChannel pings every 30 s by default, and at
+most every 1 s) would break. Half of GrpcChannel's fastest keepalive leaves room for timer jitter;
+a client pinging more than twice a second while idle is still refused.
+"""
+
+Servicer = grpc.aio.ServicerContext[Message, Message]
+Behaviour = Callable[..., Awaitable[Message | None]]
+
+
+def server_options(limits: Limits) -> list[tuple[str, int]]:
+    """The grpc server channel arguments for ``limits``.
+
+    - Message size: ``limits.max_message_bytes`` both ways; grpc core refuses a larger message with
+      RESOURCE_EXHAUSTED, which the client maps to MessageTooLarge.
+    - Keepalive from the server: a ping after ``heartbeat_interval`` without activity and a close
+      when it is not answered within ``heartbeat_timeout`` (the bridge's liveness rule), also on
+      idle connections and without a limit on pings without data, so dead peers are noticed.
+    - Keepalive from clients: pings are permitted without calls and every
+      :data:`MIN_PING_INTERVAL_MS` (see there); three early pings in a row still get GOAWAY.
+    - ``grpc.so_reuseport`` off: binding a port another server holds fails instead of sharing it.
+    - ``maximum_concurrent_rpcs`` is deliberately unset: the Dispatcher enforces
+      ``max_concurrent_calls`` with an ErrorInfo, so both transports report the same error.
+    """
+    return [
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.keepalive_time_ms", round(limits.heartbeat_interval * 1000)),
+        ("grpc.keepalive_timeout_ms", round(limits.heartbeat_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class _UnaryCall:
+    """ServerCall of a unary-request, unary-response call: one request in, one response kept."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: Message) -> None:
+        self.request: Message | None = request
+        self.response: Message | None = None
+
+    async def read(self) -> Message | None:
+        request, self.request = self.request, None
+        return request
+
+    async def write(self, message: Message) -> None:
+        self.response = message
+
+
+class _ServerStreamCall:
+    """ServerCall of a unary-request, streaming-response call."""
+
+    __slots__ = ("context", "request")
+
+    def __init__(self, request: Message, context: Servicer) -> None:
+        self.request: Message | None = request
+        self.context = context
+
+    async def read(self) -> Message | None:
+        request, self.request = self.request, None
+        return request
+
+    async def write(self, message: Message) -> None:
+        await self.context.write(message)
+
+
+class _ClientStreamCall:
+    """ServerCall of a streaming-request, unary-response call."""
+
+    __slots__ = ("context", "response")
+
+    def __init__(self, context: Servicer) -> None:
+        self.context = context
+        self.response: Message | None = None
+
+    async def read(self) -> Message | None:
+        message: object = await self.context.read()
+        return message if isinstance(message, Message) else None  # else grpc.aio.EOF
+
+    async def write(self, message: Message) -> None:
+        self.response = message
+
+
+class _BidiCall:
+    """ServerCall of a call that streams both ways."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: Servicer) -> None:
+        self.context = context
+
+    async def read(self) -> Message | None:
+        message: object = await self.context.read()
+        return message if isinstance(message, Message) else None  # else grpc.aio.EOF
+
+    async def write(self, message: Message) -> None:
+        await self.context.write(message)
+
+
+async def _fail(context: Servicer, error: AsapError, ctx: CallContext) -> NoReturn:
+    """End the call with ``error`` and the handler's trailing metadata."""
+    code, message, trailing = to_grpc_status(error, ctx.trailing_metadata)
+    await context.abort(code, message, trailing)
+
+
+def _context(spec: MethodSpec, context: Servicer) -> CallContext:
+    # invocation_metadata() is a tuple of (key, value) pairs at run time; the stubs say Metadata.
+    metadata = context.invocation_metadata()
+    return CallContext(
+        method=spec,
+        metadata=tuple(metadata) if metadata else (),
+        peer=context.peer(),
+        transport=TRANSPORT,
+        timeout=context.time_remaining(),
+    )
+
+
+def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
+    """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing."""
+    handle = dispatcher.handle
+    missing = Internal("the method produced no response")
+
+    if spec.arity is Arity.UNARY_UNARY:
+
+        async def unary_unary(request: Message, context: Servicer) -> Message:
+            ctx = _context(spec, context)
+            call = _UnaryCall(request)
+            error = await handle(ctx, call)
+            if error is None and call.response is not None:
+                if trailing := ctx.trailing_metadata:
+                    context.set_trailing_metadata(trailing)
+                return call.response
+            return await _fail(context, error or missing, ctx)
+
+        return unary_unary
+
+    if spec.arity is Arity.STREAM_UNARY:
+
+        async def stream_unary(_requests: object, context: Servicer) -> Message:
+            ctx = _context(spec, context)
+            call = _ClientStreamCall(context)
+            error = await handle(ctx, call)
+            if error is None and call.response is not None:
+                if trailing := ctx.trailing_metadata:
+                    context.set_trailing_metadata(trailing)
+                return call.response
+            return await _fail(context, error or missing, ctx)
+
+        return stream_unary
+
+    async def streaming(request: Message, context: Servicer) -> None:
+        ctx = _context(spec, context)
+        if spec.arity is Arity.UNARY_STREAM:
+            error = await handle(ctx, _ServerStreamCall(request, context))
+        else:
+            error = await handle(ctx, _BidiCall(context))
+        if error is None:
+            if trailing := ctx.trailing_metadata:
+                context.set_trailing_metadata(trailing)
+            return
+        await _fail(context, error, ctx)
+
+    return streaming
+
+
+def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
+    """One grpc method handler per AgentService method, by method name."""
+    factories = {
+        Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
+        Arity.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
+        Arity.STREAM_UNARY: grpc.stream_unary_rpc_method_handler,
+        Arity.STREAM_STREAM: grpc.stream_stream_rpc_method_handler,
+    }
+    return {
+        spec.name: factories[spec.arity](
+            _behaviour(dispatcher, spec),
+            request_deserializer=spec.request_type.FromString,
+            response_serializer=spec.response_type.SerializeToString,
+        )
+        for spec in METHODS.values()
+    }
+
+
+class GrpcServerTransport(ServerTransport):
+    """Serves AgentService, health and reflection over gRPC on one address.
+
+    Args:
+        dispatcher: Runs every call.
+        health: The serving state the health service reports.
+        host: The address to bind (an IP address or a host name).
+        port: The port; 0 picks a free one (``endpoint`` shows the real one after start).
+        limits: Message size and keepalive settings (see :func:`server_options`).
+        tls: Certificate and key; with ``client_ca`` clients must present certificates (mTLS).
+            None serves plaintext.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        health: HealthState,
+        *,
+        host: str,
+        port: int,
+        limits: Limits,
+        tls: ServerTLS | None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._health = health
+        self._host = host
+        self._port = port
+        self._limits = limits
+        self._tls = tls
+        self._server: grpc.aio.Server | None = None
+        self._health_servicer = health_aio.HealthServicer()
+        self._health_update: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("asap.grpc.server")
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind and start serving.
+
+        Raises:
+            InvalidState: The transport was already started or stopped.
+            RuntimeError: grpc could not bind the address.
+        """
+        if self._server is not None or self._stopping is not None:
+            message = "the gRPC transport was already started"
+            raise InvalidState(message)
+        server = grpc.aio.server(options=server_options(self._limits))
+        handlers = method_handlers(self._dispatcher)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        # The same handlers as registered methods: grpc core then matches the path itself, the
+        # fast path generated servicers take.
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = (
+            f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+        )
+        if self._tls is None:
+            self._port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(self._tls.private_key, self._tls.cert_chain)],
+                root_certificates=self._tls.client_ca,
+                require_client_auth=self._tls.client_ca is not None,
+            )
+            self._port = server.add_secure_port(address, credentials)
+        self._server = server
+        # Report the current state before the first call can ask; later changes arrive by listener.
+        await self._set_health(self._health.serving, None)
+        await server.start()
+        self._health.subscribe(self._on_health)
+
+    @property
+    def endpoint(self) -> manifest_pb2.Endpoint:
+        """``grpc://host:port`` (or ``grpcs://``) with the bound port.
+
+        Raises:
+            InvalidState: Before :meth:`start`.
+        """
+        if self._server is None:
+            message = "the gRPC transport has not been started"
+            raise InvalidState(message)
+        scheme = "grpc" if self._tls is None else "grpcs"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return manifest_pb2.Endpoint(
+            transport=manifest_pb2.TRANSPORT_GRPC, url=f"{scheme}://{host}:{self._port}"
+        )
+
+    def _on_health(self, serving: bool) -> None:
+        if self._tasks.closed:
+            return
+        self._health_update = self._tasks.spawn(
+            self._set_health(serving, self._health_update), name="asap.grpc.health"
+        )
+
+    async def _set_health(self, serving: bool, previous: asyncio.Task[None] | None) -> None:
+        # The aio HealthServicer's set() is a coroutine; chaining keeps updates in order.
+        if previous is not None:
+            await previous
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in HEALTH_SERVICES:
+            await self._health_servicer.set(service, status)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting calls, let in-flight calls finish for ``grace`` seconds, then cancel them.
+
+        Idempotent; concurrent callers all wait for the same shutdown. Health watchers see
+        NOT_SERVING before the server stops (when the Server set it first).
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        try:
+            if self._health_update is not None:
+                await self._health_update
+            if self._server is not None:
+                await self._server.stop(grace)
+        finally:
+            await self._tasks.close()

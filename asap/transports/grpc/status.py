@@ -1,0 +1,93 @@
+"""AsapError ↔ gRPC status: code, message and ``grpc-status-details-bin`` trailers.
+
+An error travels as a gRPC status whose code is the error's :class:`~asap.errors.Code` (the mapping
+is the identity), whose message is the error's message, and whose trailing metadata carries the
+serialized ``asap.v1.Status`` under ``grpc-status-details-bin``. ``asap.v1.Status`` is
+byte-identical to ``google.rpc.Status``, so this is gRPC's standard "richer error model": any gRPC
+client (``grpc_status.rpc_status.from_call`` in Python) reads the same ErrorInfo ASAP reads.
+
+Statuses produced by gRPC itself carry no details. :func:`error_from_rpc` maps them by code
+(``DEADLINE_EXCEEDED`` → DeadlineExceeded, ``UNAVAILABLE`` → Unavailable, …), except gRPC's own
+message-size failures, which become :class:`~asap.errors.MessageTooLarge` so that a gRPC caller
+sees the same class as a WebSocket caller.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from asap._typing import Metadata, MetadataValue
+from asap.errors import AsapError, Code, MessageTooLarge, from_status, to_status
+from asap.v1 import status_pb2
+
+
+DETAILS_KEY = "grpc-status-details-bin"
+"""The trailing metadata key of the serialized ``google.rpc.Status`` (gRPC's richer error model)."""
+
+GRPC_CODES: dict[Code, grpc.StatusCode] = {
+    Code(status.value[0]): status for status in grpc.StatusCode
+}
+"""Each ASAP code and the grpc StatusCode with the same number."""
+
+_CODES: dict[grpc.StatusCode, Code] = {status: code for code, status in GRPC_CODES.items()}
+
+# grpc core's own messages when a message exceeds grpc.max_{receive,send}_message_length, after a
+# "SERVER: " or "CLIENT: " prefix saying which side refused: "Received message larger than max
+# (N vs. M)".
+_SIZE_MESSAGES = ("Received message larger than max", "Sent message larger than max")
+
+
+def to_grpc_status(
+    error: AsapError, trailing_metadata: Metadata = ()
+) -> tuple[grpc.StatusCode, str, Metadata]:
+    """Encode an error as the (code, details, trailing metadata) a gRPC server aborts with.
+
+    Args:
+        error: The error to send.
+        trailing_metadata: Trailing metadata the handler set; the status details are appended.
+
+    Returns:
+        The gRPC code, the status message, and the trailers including ``grpc-status-details-bin``.
+    """
+    details = to_status(error).SerializeToString()
+    return (
+        GRPC_CODES[error.code],
+        error.message,
+        (*trailing_metadata, (DETAILS_KEY, details)),
+    )
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> AsapError:
+    """Decode a failed gRPC call into the AsapError the server raised.
+
+    The error's ``trailing_metadata`` is the call's trailers without ``grpc-status-details-bin``.
+    Details whose code disagrees with the call's code (a proxy rewrote the status) are ignored.
+
+    Args:
+        exc: The error grpc.aio raised.
+
+    Returns:
+        The decoded error (never raised here).
+    """
+    code = _CODES.get(exc.code(), Code.UNKNOWN)
+    message = exc.details() or ""
+    status: status_pb2.Status | None = None
+    trailing: list[tuple[str, MetadataValue]] = []
+    for key, value in exc.trailing_metadata() or ():
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:
+                status = None
+        else:
+            trailing.append((key, value))
+    error: AsapError
+    if status is not None and status.code == code:
+        error = from_status(status)
+    elif code == Code.RESOURCE_EXHAUSTED and any(text in message for text in _SIZE_MESSAGES):
+        error = MessageTooLarge(message)
+    else:
+        error = from_status(status_pb2.Status(code=code, message=message))
+    error.trailing_metadata = tuple(trailing)
+    return error
