@@ -25,8 +25,8 @@ test: setup lint typecheck check-generated pytest
 lint: setup
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against $(RELEASED_IMAGE)
-	$(BIN)/ruff check asap tests scripts
-	$(BIN)/ruff format --check asap tests scripts
+	$(BIN)/ruff check asap tests scripts examples
+	$(BIN)/ruff format --check asap tests scripts examples
 	$(BIN)/lint-imports
 
 typecheck: setup

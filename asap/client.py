@@ -380,3 +380,41 @@ class DuplexStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.cancel()
+
+
+class RefreshingToken:
+    """A token provider that fetches a token with its lifetime and refreshes it before it expires.
+
+    Pass an instance as ``token=`` to :class:`Client` or :func:`asap.connect`. Concurrent callers
+    share one refresh.
+
+    Args:
+        fetch: Returns ``(token, seconds_until_expiry)``.
+        margin: Refresh this many seconds before expiry.
+        clock: Monotonic clock, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[tuple[str, float]]],
+        *,
+        margin: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._margin = margin
+        self._clock = clock
+        self._token = ""
+        self._refresh_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def __call__(self) -> str:
+        """Return a token that is valid for at least ``margin`` more seconds."""
+        if self._clock() < self._refresh_at:
+            return self._token
+        async with self._lock:
+            if self._clock() >= self._refresh_at:
+                token, lifetime = await self._fetch()
+                self._token = token
+                self._refresh_at = self._clock() + max(0.0, lifetime - self._margin)
+        return self._token

@@ -6,13 +6,19 @@ only module that names both transports.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from asap.client import Client, RetryPolicy, TokenSource
+from asap.errors import InsecureTransportError
+from asap.fallback import FallbackChannel
 from asap.protocol.frames import SUBPROTOCOL_PROTO
-from asap.tls import ClientTLS
+from asap.tls import ClientTLS, check_plaintext_allowed
 from asap.transports.base import Channel
 
+
+_log = logging.getLogger("asap.client")
 
 SCHEMES = ("grpc", "grpcs", "ws", "wss")
 """The URL schemes :func:`open_channel` understands."""
@@ -79,4 +85,78 @@ def connect(
 ) -> Client:
     """Return a :class:`~asap.client.Client` for the agent at ``url`` (see :func:`open_channel`)."""
     channel = open_channel(url, tls=tls, allow_insecure=allow_insecure, subprotocol=subprotocol)
+    return Client(channel, sender=sender, token=token, timeout=timeout, retry=retry)
+
+
+DEFAULT_PREFERENCE = ("grpcs", "wss", "grpc", "ws")
+"""The default order in which :func:`discover` prefers an agent's endpoints, by URL scheme."""
+
+
+def rank_endpoints(
+    urls: Sequence[str], prefer: Sequence[str] = DEFAULT_PREFERENCE, *, allow_insecure: bool = False
+) -> list[str]:
+    """Order endpoint URLs by scheme preference, dropping schemes not in ``prefer``.
+
+    Plaintext endpoints that :func:`open_channel` would refuse (a remote host without
+    ``allow_insecure``) are dropped too, with a log line, so fallback never picks one.
+    """
+    ranked: list[tuple[int, int, str]] = []
+    for position, url in enumerate(urls):
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in prefer:
+            continue
+        if not scheme.endswith("s"):
+            try:
+                check_plaintext_allowed(url, parts.hostname or "", allow_insecure=allow_insecure)
+            except InsecureTransportError as error:
+                _log.warning("skipping endpoint %s: %s", url, error)
+                continue
+        ranked.append((prefer.index(scheme), position, url))
+    return [url for _, _, url in sorted(ranked)]
+
+
+async def discover(
+    url: str,
+    *,
+    prefer: Sequence[str] = DEFAULT_PREFERENCE,
+    sender: str = "",
+    token: TokenSource | None = None,
+    timeout: float | None = 30.0,
+    tls: ClientTLS | None = None,
+    allow_insecure: bool = False,
+    subprotocol: str = SUBPROTOCOL_PROTO,
+    retry: RetryPolicy | None = None,
+    cooldown: float = 30.0,
+) -> Client:
+    """Learn every endpoint of the agent at ``url`` and return a Client that falls back between them.
+
+    Calls GetManifest at ``url``, orders the manifest's endpoints by ``prefer`` (``url`` itself comes
+    last if the manifest does not list it), and returns a Client over a
+    :class:`~asap.fallback.FallbackChannel`: calls use the best endpoint that works, and move to
+    the next one at run time when a transport becomes unreachable.
+
+    Raises:
+        AsapError: GetManifest failed at ``url``.
+    """
+    bootstrap = Client(
+        open_channel(url, tls=tls, allow_insecure=allow_insecure, subprotocol=subprotocol),
+        token=token,
+        timeout=timeout,
+        retry=retry,
+    )
+    async with bootstrap:
+        manifest = await bootstrap.get_manifest()
+    advertised = [endpoint.url for endpoint in manifest.endpoints]
+    urls = rank_endpoints(advertised, prefer, allow_insecure=allow_insecure)
+    if url not in urls:
+        urls.append(url)
+    _log.info("discovered %s: %s", manifest.id, ", ".join(urls))
+
+    def factory(endpoint_url: str) -> Channel:
+        return open_channel(
+            endpoint_url, tls=tls, allow_insecure=allow_insecure, subprotocol=subprotocol
+        )
+
+    channel = FallbackChannel(urls, factory, cooldown=cooldown)
     return Client(channel, sender=sender, token=token, timeout=timeout, retry=retry)
