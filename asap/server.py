@@ -133,6 +133,11 @@ class Server:
         self._transports.append(transport)
         return transport
 
+    def advertise(self, endpoints: Sequence[manifest_pb2.Endpoint]) -> None:
+        """List these endpoints in the manifest instead of the listeners' own (for example the
+        public URLs of a proxy in front of the server); an empty sequence restores the listeners'."""
+        self._advertised = list(endpoints)
+
     def endpoints(self) -> list[manifest_pb2.Endpoint]:
         """The endpoints the manifest lists: the advertised ones, else every listener's."""
         if self._advertised:
