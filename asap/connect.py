@@ -51,7 +51,7 @@ def open_channel(
     if not host:
         message = f"no host in {url!r}"
         raise ValueError(message)
-    secure = scheme.endswith("s")
+    secure = scheme in ("grpcs", "wss")
     if scheme.startswith("grpc"):
         from asap.transports.grpc.client import GrpcChannel
 
@@ -106,7 +106,7 @@ def rank_endpoints(
         scheme = parts.scheme.lower()
         if scheme not in prefer:
             continue
-        if not scheme.endswith("s"):
+        if scheme not in ("grpcs", "wss"):
             try:
                 check_plaintext_allowed(url, parts.hostname or "", allow_insecure=allow_insecure)
             except InsecureTransportError as error:

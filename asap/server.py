@@ -81,7 +81,10 @@ class Server:
         guards.extend(middleware)
         self.health = HealthState()
         deliverer = Deliverer(
-            agent, dedupe or InMemoryDedupeStore(), guards, validation or ValidationPolicy()
+            agent,
+            dedupe if dedupe is not None else InMemoryDedupeStore(),
+            guards,
+            validation if validation is not None else ValidationPolicy(),
         )
         self.service = AgentServiceCore(deliverer, self.endpoints)
         self.dispatcher = Dispatcher(
