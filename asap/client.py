@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from asap import validation
 from asap._typing import Metadata
 from asap.core.method import method
-from asap.errors import InvalidArgument, InvalidState, ShuttingDown, Unavailable
+from asap.errors import AsapError, InvalidArgument, InvalidState, ShuttingDown, Unavailable
 from asap.protocol.acks import AckTracker
 from asap.transports.base import CallOptions, Channel, Reply, ResponseStream
 from asap.v1 import agent_service_pb2, envelope_pb2, manifest_pb2
@@ -69,6 +69,35 @@ class RetryPolicy:
         return rng.uniform(0, bound)
 
 
+_METADATA_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
+_METADATA_TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
+
+
+def check_metadata(metadata: Metadata) -> None:
+    """Refuse request metadata that a gRPC peer could not send, the same way on every transport.
+
+    gRPC's rules (PROTOCOL-HTTP2 "Custom-Metadata"): keys are non-empty lowercase ``[0-9a-z_.-]`` and
+    do not start with the reserved ``grpc-``; keys ending in ``-bin`` take bytes, all others
+    printable-ASCII str. Checked here, before any transport sees the call, because grpc.aio fails
+    such metadata with its own exception type or silently drops or converts it, while the bridge
+    would fail the call on the server.
+
+    Raises:
+        ValueError: An entry breaks these rules.
+    """
+    for key, value in metadata:
+        if not key or not set(key) <= _METADATA_KEY_CHARS or key.startswith("grpc-"):
+            message = f"metadata key {key!r} must be lowercase [0-9a-z_.-] and not start with grpc-"
+            raise ValueError(message)
+        if key.endswith("-bin"):
+            if not isinstance(value, bytes):
+                message = f"metadata key {key!r} ends in -bin and takes bytes"
+                raise ValueError(message)
+        elif not isinstance(value, str) or not set(value) <= _METADATA_TEXT_CHARS:
+            message = f"metadata key {key!r} takes a printable ASCII str (use a -bin key for bytes)"
+            raise ValueError(message)
+
+
 class Client:
     """Typed calls to one agent.
 
@@ -110,6 +139,7 @@ class Client:
         if self._token is not None:
             token = self._token if isinstance(self._token, str) else await self._token()
             entries = (("authorization", f"Bearer {token}"), *entries)
+        check_metadata(entries)
         return CallOptions(timeout=self.timeout if timeout is None else timeout, metadata=entries)
 
     def prepare(self, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
@@ -351,15 +381,27 @@ class DuplexStream:
 
     async def done_sending(self) -> None:
         """Half-close: no more envelopes; the agent finishes what it has, then ends the stream."""
+        self._end_requests()
+
+    def _end_requests(self) -> None:
+        """End the request iterator (idempotent); nothing more can be sent.
+
+        Also called when the call is over: the transport consumes the request iterator in a task
+        of its own (grpc.aio does), which would otherwise wait on the outbox forever.
+        """
         if not self._done_sending:
             self._done_sending = True
-            await self._outbox.put(_END)
+            self._outbox.put_nowait(_END)
 
     def __aiter__(self) -> AsyncIterator[agent_service_pb2.StreamResponse]:
         return self
 
     async def __anext__(self) -> agent_service_pb2.StreamResponse:
-        item = _expect(await anext(self._stream), agent_service_pb2.StreamResponse)
+        try:
+            item = _expect(await anext(self._stream), agent_service_pb2.StreamResponse)
+        except (StopAsyncIteration, AsapError):
+            self._end_requests()  # the call is over
+            raise
         if item.HasField("envelope"):
             self._acks.received(item.envelope)
         elif item.HasField("error"):
@@ -372,8 +414,8 @@ class DuplexStream:
 
     async def cancel(self) -> None:
         """Abandon the stream."""
-        self._done_sending = True
         await self._stream.cancel()
+        self._end_requests()
 
     async def __aenter__(self) -> DuplexStream:
         return self

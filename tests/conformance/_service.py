@@ -1,0 +1,430 @@
+"""The conformance agent and its probe: one set of real handlers served on every transport.
+
+The conformance suite runs every test against a real :class:`~asap.server.Server` serving
+:func:`make_agent` on each transport; test bodies use only the public API (through the ``harness``
+fixtures in ``tests/conftest.py``), so a test that passes on one transport and fails on another is a
+semantic difference between the transports.
+
+Skills (all take their arguments in ``TaskRequest.input``):
+
+``echo``
+    Returns the input as the result. Copies request metadata ``x-echo`` into trailing metadata
+    ``x-echo-trailer`` (text) and ``x-echo-trailer-bin`` (bytes).
+``inspect``
+    Returns what the handler saw of its call: metadata, identity, deadline.
+``updates``
+    Yields ``count`` TaskUpdates (progress 1..count), then a TaskResponse.
+``raise``
+    Raises the AsapError subclass named by ``class`` (with ``reason``), carrying extra details and
+    ErrorInfo metadata (:func:`build_error`); sets trailing metadata first, like ``echo``.
+``crash``
+    Raises ``ValueError`` with a secret in its message.
+``park``
+    Waits until the test releases ``key`` (:meth:`Probe.release`); records entry and cancellation.
+``count``
+    Counts its invocations per envelope id; optionally waits for ``gate`` to be released first.
+``blob``
+    Returns a result with a string of ``size`` characters.
+
+Non-task payloads: McpToolCall is answered by an ``agent.on`` handler with an McpToolResult.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+
+from asap import (
+    Agent,
+    AsapError,
+    BearerAuth,
+    Client,
+    Incoming,
+    Limits,
+    Server,
+    task_envelope,
+    validation,
+)
+from asap import errors as asap_errors
+from asap._typing import Metadata
+from asap.v1 import envelope_pb2, payload_pb2, task_pb2
+
+
+AGENT_ID = "urn:asap:agent:conformance"
+"""The conformance agent's URN."""
+TESTER = "urn:asap:agent:tester"
+"""The sender every harness client uses unless a test says otherwise."""
+GOOD_TOKEN = "good-token"
+"""A token the ``auth_harness`` server accepts, for :data:`TESTER`."""
+OTHER_SUBJECT = "urn:asap:agent:other"
+"""Another identity the ``auth_harness`` server knows."""
+OTHER_TOKEN = "other-token"
+"""A token the ``auth_harness`` server accepts, for :data:`OTHER_SUBJECT`."""
+SECRET = "secret: db-password=hunter2"
+"""Text of the unexpected exception the ``crash`` skill raises; it must never reach a caller."""
+WAIT_SECONDS = 10.0
+"""Upper bound on waiting for a probe event (a bound on a hang, never a delay)."""
+
+SKILLS = ("echo", "inspect", "updates", "raise", "crash", "park", "count", "blob")
+"""The skills the conformance agent registers, in registration order."""
+
+ERROR_METADATA_KEY = "origin"
+"""An ErrorInfo metadata key the ``raise`` skill always sets."""
+RATE_LIMIT_RETRY_AFTER = 2.5
+"""The retry_after a RateLimited raised by the ``raise`` skill carries."""
+
+ERROR_CLASSES_BY_NAME: Mapping[str, type[AsapError]] = {
+    cls.__name__: cls for cls in asap_errors.ERROR_CLASSES
+}
+"""Every AsapError class, by class name."""
+
+
+def error_cases() -> list[tuple[str, str]]:
+    """Every (class name, reason) pair a handler can raise: each class with each of its reasons."""
+    return [
+        (cls.__name__, reason)
+        for cls in asap_errors.ERROR_CLASSES
+        for reason in sorted({cls.default_reason, *cls.reasons})
+    ]
+
+
+def received_class(raised: type[AsapError]) -> type[AsapError]:
+    """The class a caller receives for an error a handler raised.
+
+    Every class travels as itself, except the abstract base: ``AsapError`` has code UNKNOWN and
+    reason UNKNOWN, which is :class:`~asap.errors.Unknown` on the wire.
+    """
+    return asap_errors.Unknown if raised is AsapError else raised
+
+
+def error_details(name: str) -> list[Message]:
+    """The extra details the ``raise`` skill attaches (beyond the ErrorInfo ASAP adds)."""
+    violation = error_details_pb2.BadRequest.FieldViolation(
+        field="input.class", description=f"asked to raise {name}", reason="ASKED"
+    )
+    return [
+        error_details_pb2.BadRequest(field_violations=[violation]),
+        error_details_pb2.ResourceInfo(
+            resource_type="conformance.skill",
+            resource_name="raise",
+            owner=AGENT_ID,
+            description=f"raised {name} on purpose",
+        ),
+    ]
+
+
+def error_metadata(name: str, reason: str) -> dict[str, str]:
+    """The ErrorInfo metadata the ``raise`` skill attaches."""
+    return {ERROR_METADATA_KEY: "conformance", "class": name, "asked-reason": reason}
+
+
+def error_message(name: str) -> str:
+    """The message the ``raise`` skill uses."""
+    return f"conformance agent raised {name} (ünïcode ✓)"
+
+
+def build_error(name: str, reason: str) -> AsapError:
+    """The error the ``raise`` skill raises for ``name`` and ``reason``."""
+    cls = ERROR_CLASSES_BY_NAME[name]
+    message = error_message(name)
+    details = error_details(name)
+    metadata = error_metadata(name, reason)
+    if cls is asap_errors.RateLimited:
+        return asap_errors.RateLimited(
+            message,
+            retry_after=RATE_LIMIT_RETRY_AFTER,
+            reason=reason,
+            details=details,
+            metadata=metadata,
+        )
+    return cls(message, reason=reason, details=details, metadata=metadata)
+
+
+def text_input(request: Incoming[payload_pb2.TaskRequest], key: str, default: str = "") -> str:
+    """A string argument of the task's input."""
+    value = request.payload.input.fields.get(key)
+    return value.string_value if value is not None else default
+
+
+def number_input(request: Incoming[payload_pb2.TaskRequest], key: str, default: int = 0) -> int:
+    """An integer argument of the task's input."""
+    value = request.payload.input.fields.get(key)
+    return int(value.number_value) if value is not None else default
+
+
+def as_dict(struct: struct_pb2.Struct) -> dict[str, object]:
+    """A Struct as a plain dict."""
+    return json_format.MessageToDict(struct)
+
+
+def completed(task_id: str, result: Mapping[str, object] | None = None) -> payload_pb2.TaskResponse:
+    """A COMPLETED TaskResponse with ``result``."""
+    response = payload_pb2.TaskResponse(task_id=task_id, status=task_pb2.TASK_STATUS_COMPLETED)
+    if result:
+        json_format.ParseDict(dict(result), response.result)
+    return response
+
+
+@dataclass
+class Probe:
+    """What the handlers report to the test that drives them; every wait is on an event.
+
+    Events are named ``"<what>:<key>"`` and created on first use, so a test may wait for an event
+    before the handler sets it.
+    """
+
+    runs: Counter[str] = field(default_factory=Counter)
+    """Invocations of the ``count``, ``park`` and ``raise`` skills, by key."""
+    _events: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def event(self, name: str) -> asyncio.Event:
+        """The event called ``name`` (created unset on first use)."""
+        event = self._events.get(name)
+        if event is None:
+            event = self._events[name] = asyncio.Event()
+        return event
+
+    async def wait(self, name: str) -> None:
+        """Wait until the event ``name`` is set (fails after :data:`WAIT_SECONDS` of waiting)."""
+        async with asyncio.timeout(WAIT_SECONDS):
+            await self.event(name).wait()
+
+    async def entered(self, key: str) -> None:
+        """Wait until a ``park`` (or gated ``count``) handler for ``key`` is running."""
+        await self.wait(f"entered:{key}")
+
+    async def cancelled(self, key: str) -> None:
+        """Wait until the handler for ``key`` has seen CancelledError."""
+        await self.wait(f"cancelled:{key}")
+
+    def was_cancelled(self, key: str) -> bool:
+        """Whether the handler for ``key`` has seen CancelledError."""
+        return self.event(f"cancelled:{key}").is_set()
+
+    def release(self, key: str) -> None:
+        """Let the handler waiting on ``key`` return."""
+        self.event(f"release:{key}").set()
+
+
+async def _parked(probe: Probe, key: str) -> None:
+    """Mark ``key`` entered, wait for its release, and record a cancellation."""
+    probe.event(f"entered:{key}").set()
+    try:
+        await probe.event(f"release:{key}").wait()
+    except asyncio.CancelledError:
+        probe.event(f"cancelled:{key}").set()
+        raise
+
+
+def _echo_trailers(request: Incoming[payload_pb2.TaskRequest]) -> None:
+    value = request.call.metadata_value("x-echo")
+    if isinstance(value, str):
+        request.call.set_trailing_metadata(
+            ("x-echo-trailer", value), ("x-echo-trailer-bin", echo_trailer_bytes(value))
+        )
+
+
+def echo_trailer_bytes(value: str) -> bytes:
+    """The binary trailer ``echo`` sends for request metadata ``x-echo: value``."""
+    return b"\x00\xff" + value.encode() + b"\x80"
+
+
+def make_agent(probe: Probe) -> Agent:
+    """The conformance agent; its handlers report to ``probe``."""
+    agent = Agent(AGENT_ID, name="conformance", description="Every behaviour, on every transport.")
+
+    @agent.skill("echo", description="Returns its input; echoes x-echo as trailers.")
+    async def echo(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        _echo_trailers(request)
+        return payload_pb2.TaskResponse(
+            task_id="t-echo", status=task_pb2.TASK_STATUS_COMPLETED, result=request.payload.input
+        )
+
+    @agent.skill("inspect", description="Returns what the handler saw of its call.")
+    async def inspect(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        call = request.call
+        text: dict[str, object] = {}
+        binary: dict[str, object] = {}
+        for key, value in call.metadata:
+            if key.startswith("x-"):
+                if isinstance(value, bytes):
+                    binary[key] = value.hex()
+                else:
+                    text[key] = value
+        remaining = call.time_remaining()
+        return completed(
+            "t-inspect",
+            {
+                "identity": call.identity.subject if call.identity is not None else "",
+                "text": text,
+                "binary": binary,
+                "remaining": -1.0 if remaining is None else remaining,
+                "sender": request.envelope.sender,
+            },
+        )
+
+    @agent.skill("updates", description="Streams count TaskUpdates, then a TaskResponse.")
+    async def updates(
+        request: Incoming[payload_pb2.TaskRequest],
+    ) -> AsyncIterator[payload_pb2.TaskUpdate | payload_pb2.TaskResponse]:
+        count = number_input(request, "count", 3)
+        for step in range(1, count + 1):
+            yield payload_pb2.TaskUpdate(
+                task_id="t-updates",
+                update_type=task_pb2.UPDATE_TYPE_PROGRESS,
+                status=task_pb2.TASK_STATUS_WORKING,
+                progress_percent=float(step),
+                message=f"step {step}",
+            )
+        yield completed("t-updates", {"steps": count})
+
+    @agent.skill("raise", description="Raises the AsapError subclass named in input.class.")
+    async def raise_(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        name = text_input(request, "class")
+        probe.runs[f"raise:{text_input(request, 'key', name)}"] += 1
+        _echo_trailers(request)
+        raise build_error(
+            name, text_input(request, "reason", ERROR_CLASSES_BY_NAME[name].default_reason)
+        )
+
+    @agent.skill("crash", description="Raises an unexpected exception.")
+    async def crash(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        _echo_trailers(request)
+        raise ValueError(SECRET)
+
+    @agent.skill("park", description="Waits until the test releases input.key.")
+    async def park(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        key = text_input(request, "key")
+        probe.runs[f"park:{key}"] += 1
+        await _parked(probe, key)
+        return completed("t-park", {"key": key})
+
+    @agent.skill("count", description="Counts its invocations per envelope id.")
+    async def count(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        key = request.envelope.id
+        probe.runs[f"count:{key}"] += 1
+        runs = probe.runs[f"count:{key}"]
+        gate = text_input(request, "gate")
+        if gate:
+            await _parked(probe, gate)
+        return completed("t-count", {"runs": runs})
+
+    @agent.skill("blob", description="Returns input.size characters.")
+    async def blob(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        return completed("t-blob", {"blob": "x" * number_input(request, "size")})
+
+    @agent.on(payload_pb2.McpToolCall)
+    async def tool(request: Incoming[payload_pb2.McpToolCall]) -> payload_pb2.McpToolResult:
+        result = payload_pb2.McpToolResult(request_id=request.payload.request_id, success=True)
+        result.result.update({"tool": request.payload.tool_name})
+        result.result.MergeFrom(request.payload.arguments)
+        return result
+
+    return agent
+
+
+def envelope(
+    skill: str, task_input: Mapping[str, object] | None = None, *, requires_ack: bool = False
+) -> envelope_pb2.Envelope:
+    """A TaskRequest envelope for the conformance agent (id, sender and time filled by the client)."""
+    built = task_envelope(AGENT_ID, skill, dict(task_input) if task_input else None)
+    built.requires_ack = requires_ack
+    return built
+
+
+def stamped(built: envelope_pb2.Envelope, *, sender: str = TESTER) -> envelope_pb2.Envelope:
+    """Fill id, timestamp, version and sender as a client would (in place) and return the envelope."""
+    if not built.sender:
+        built.sender = sender
+    validation.fill_defaults(built, now=time.time())
+    return built
+
+
+def tool_call_envelope(tool_name: str, arguments: Mapping[str, object]) -> envelope_pb2.Envelope:
+    """An McpToolCall envelope for the conformance agent."""
+    built = envelope_pb2.Envelope(recipient=AGENT_ID)
+    built.mcp_tool_call.request_id = f"req-{tool_name}"
+    built.mcp_tool_call.tool_name = tool_name
+    json_format.ParseDict(dict(arguments), built.mcp_tool_call.arguments)
+    return built
+
+
+def kinds(envelopes: Sequence[envelope_pb2.Envelope]) -> list[str]:
+    """The payload kind of each envelope (``task_update``, ``message_ack``, …)."""
+    return [str(item.WhichOneof("payload")) for item in envelopes]
+
+
+def text_metadata(metadata: Metadata) -> dict[str, str]:
+    """The text entries of metadata as a dict (last value wins)."""
+    return {key: value for key, value in metadata if isinstance(value, str)}
+
+
+@dataclass
+class Harness:
+    """One started server with the conformance agent and a connected client.
+
+    Attributes:
+        client: A client connected as :data:`TESTER` (with the harness's token, if any).
+        probe: What the agent's handlers report.
+        server: The running server.
+        agent_id: The agent's URN.
+        url: The URL ``client`` connected to.
+    """
+
+    client: Client
+    probe: Probe
+    server: Server
+    agent_id: str
+    url: str
+    _connect: ClientFactory
+
+    def connect(
+        self,
+        *,
+        sender: str = TESTER,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        retries: int | None = None,
+    ) -> Client:
+        """Another client to the same server (closed at teardown).
+
+        Args:
+            sender: The default envelope sender.
+            token: A bearer token (None: none).
+            timeout: The default deadline.
+            retries: Attempts in all for UNAVAILABLE (None: the client's default policy).
+        """
+        return self._connect(sender=sender, token=token, timeout=timeout, retries=retries)
+
+
+class HarnessFactory(Protocol):
+    """The ``make_harness`` fixture: starts a harness with a given server configuration."""
+
+    async def __call__(
+        self,
+        *,
+        limits: Limits | None = None,
+        auth: BearerAuth | None = None,
+        bind_sender: bool = False,
+        token: str | None = None,
+    ) -> Harness:
+        """Start a server and connect a client."""
+        ...
+
+
+class ClientFactory(Protocol):
+    """Makes clients for a harness; the conftest implements it (it knows the transport)."""
+
+    def __call__(
+        self, *, sender: str, token: str | None, timeout: float | None, retries: int | None
+    ) -> Client:
+        """Connect a new client."""
+        ...

@@ -1,0 +1,181 @@
+"""Fixtures shared by the whole test tree: the transport-parametrized conformance harness and a
+task-leak guard for every async test.
+
+The ``harness`` fixtures start a real :class:`~asap.server.Server` on 127.0.0.1 (port 0) serving the
+conformance agent (``tests/conformance/_service.py``) and connect a real client with
+:func:`asap.connect`, once per transport: ``grpc`` (``grpc://``), ``ws-proto`` (``ws://`` with the
+``asap.v1.proto`` subprotocol) and ``ws-json`` (``ws://`` with ``asap.v1.json``). Each test gets a
+fresh server, probe and clients, so tests cannot interfere; starting one takes a few milliseconds.
+The transport is known only here: test bodies see a :class:`Harness` and the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+
+from asap import BearerAuth, Client, Limits, RetryPolicy, Server, connect
+from asap.protocol.frames import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
+from tests.conformance._service import (
+    AGENT_ID,
+    GOOD_TOKEN,
+    OTHER_SUBJECT,
+    OTHER_TOKEN,
+    TESTER,
+    Harness,
+    HarnessFactory,
+    Probe,
+    make_agent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How a harness serves and connects: which listener, and which subprotocol for the bridge."""
+
+    id: str
+    websocket: bool
+    subprotocol: str = SUBPROTOCOL_PROTO
+
+
+TRANSPORTS = (
+    Transport("grpc", websocket=False),
+    Transport("ws-proto", websocket=True, subprotocol=SUBPROTOCOL_PROTO),
+    Transport("ws-json", websocket=True, subprotocol=SUBPROTOCOL_JSON),
+)
+"""Every transport the conformance suite runs on."""
+
+RATE_LIMITS = Limits(rate_limit_per_second=0.1, rate_limit_burst=2)
+"""The ``rate_limited_harness`` limits: two calls back to back, then one every ten seconds."""
+LEAK_GRACE = 2.0
+"""Seconds a task still running after teardown gets to finish before the test fails as leaking."""
+SMALL_MESSAGES = Limits(max_message_bytes=16 * 1024)
+"""The ``small_message_harness`` limits: 16 KiB messages."""
+
+
+@pytest.fixture(params=TRANSPORTS, ids=[transport.id for transport in TRANSPORTS])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """The transport a conformance test runs on (parametrizes every harness fixture)."""
+    param: Transport = request.param
+    return param
+
+
+@pytest_asyncio.fixture
+async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
+    """Start harnesses with a given server configuration; everything is closed at teardown.
+
+    The factory takes ``limits``, ``auth`` and ``bind_sender`` (as :class:`~asap.server.Server`)
+    and ``token`` for the harness's own client.
+    """
+    servers: list[Server] = []
+    clients: list[Client] = []
+
+    async def start(
+        *,
+        limits: Limits | None = None,
+        auth: BearerAuth | None = None,
+        bind_sender: bool = False,
+        token: str | None = None,
+    ) -> Harness:
+        probe = Probe()
+        server = Server(make_agent(probe), limits=limits, auth=auth, bind_sender=bind_sender)
+        if transport.websocket:
+            server.add_websocket("127.0.0.1:0")
+        else:
+            server.add_grpc("127.0.0.1:0")
+        servers.append(server)
+        await server.start()
+        url = server.endpoints()[0].url
+
+        def connect_client(
+            *,
+            sender: str = TESTER,
+            token: str | None = None,
+            timeout: float | None = 30.0,
+            retries: int | None = None,
+        ) -> Client:
+            retry = None if retries is None else RetryPolicy(max_attempts=retries)
+            client = connect(
+                url,
+                sender=sender,
+                token=token,
+                timeout=timeout,
+                subprotocol=transport.subprotocol,
+                retry=retry,
+            )
+            clients.append(client)
+            return client
+
+        return Harness(
+            client=connect_client(token=token),
+            probe=probe,
+            server=server,
+            agent_id=AGENT_ID,
+            url=url,
+            _connect=connect_client,
+        )
+
+    yield start
+    for client in clients:
+        await client.close()
+    for server in servers:
+        await server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def harness(make_harness: HarnessFactory) -> Harness:
+    """A conformance server with default settings and a client, on each transport."""
+    return await make_harness()
+
+
+@pytest_asyncio.fixture
+async def auth_harness(make_harness: HarnessFactory) -> Harness:
+    """A server requiring bearer tokens and binding senders to identities; the client has none."""
+    auth = BearerAuth.static({GOOD_TOKEN: TESTER, OTHER_TOKEN: OTHER_SUBJECT})
+    return await make_harness(auth=auth, bind_sender=True)
+
+
+@pytest_asyncio.fixture
+async def rate_limited_harness(make_harness: HarnessFactory) -> Harness:
+    """A server with a tiny rate limit (:data:`RATE_LIMITS`)."""
+    return await make_harness(limits=RATE_LIMITS)
+
+
+@pytest_asyncio.fixture
+async def small_message_harness(make_harness: HarnessFactory) -> Harness:
+    """A server with a small maximum message size (:data:`SMALL_MESSAGES`)."""
+    return await make_harness(limits=SMALL_MESSAGES)
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def _no_leaked_tasks(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Fail an async test that leaves an asyncio task running after its fixtures are torn down.
+
+    Autouse fixtures are set up first and torn down last, so this runs after the harness closed its
+    clients and stopped its servers (which await their own tasks): a task still pending then, and
+    not finishing within :data:`LEAK_GRACE`, was started by the test or the library and leaked.
+    """
+    if not inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        yield
+        return
+    # pytest-asyncio runs a fixture's setup and teardown in two different tasks: exclude both.
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+    leaked = [task for task in asyncio.all_tasks() if task is not current and task not in before]
+    if not leaked:
+        return
+    # Tasks that are merely finishing end within LEAK_GRACE (grpc.aio's per-RPC tasks can outlive
+    # Server.stop() by a few loop turns); this waits on the tasks themselves, it does not sleep.
+    _, pending = await asyncio.wait(leaked, timeout=LEAK_GRACE)
+    if pending:
+        names = ", ".join(sorted(f"{task.get_name()} {task.get_coro()!r}" for task in pending))
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        pytest.fail(f"the test left {len(pending)} asyncio task(s) running: {names}")
