@@ -137,8 +137,11 @@ class Server:
         return transport
 
     def advertise(self, endpoints: Sequence[manifest_pb2.Endpoint]) -> None:
-        """List these endpoints in the manifest instead of the listeners' own (for example the
-        public URLs of a proxy in front of the server); an empty sequence restores the listeners'."""
+        """List these endpoints in the manifest instead of the listeners' own.
+
+        Use it for the public URLs of a proxy in front of the server; an empty sequence restores
+        the listeners' own URLs.
+        """
         self._advertised = list(endpoints)
 
     def endpoints(self) -> list[manifest_pb2.Endpoint]:

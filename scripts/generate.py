@@ -36,7 +36,7 @@ def _plugin(name: str) -> str:
 
 def generate(out_dir: Path) -> None:
     """Compile every .proto under proto/ into ``out_dir``."""
-    import grpc_tools  # noqa: PLC0415 - dev-only dependency, imported where it is needed
+    import grpc_tools
 
     protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"
@@ -68,6 +68,7 @@ def _declares_service(proto: Path) -> bool:
 
 def _diff(expected: Path, actual: Path) -> list[str]:
     """List files that differ between two trees (ignoring caches)."""
+
     def files(root: Path) -> set[str]:
         return {
             str(p.relative_to(root))
@@ -97,11 +98,11 @@ def main() -> int:
             generate(fresh)
             problems = _diff(fresh, GENERATED_DIR)
         if problems:
-            print("generated/ is out of date; run `make generate`:", file=sys.stderr)  # noqa: T201
+            print("generated/ is out of date; run `make generate`:", file=sys.stderr)
             for line in problems:
-                print(f"  {line}", file=sys.stderr)  # noqa: T201
+                print(f"  {line}", file=sys.stderr)
             return 1
-        print("generated/ is up to date")  # noqa: T201
+        print("generated/ is up to date")
         return 0
     if GENERATED_DIR.exists():
         shutil.rmtree(GENERATED_DIR)
