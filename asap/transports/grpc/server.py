@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import _async as health_aio  # = grpc_health.v1.health.aio, which has no stubs
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection  # type: ignore[attr-defined]  # stubs lack it
+from grpc_reflection.v1alpha import reflection
 
 from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
 from asap.core.tasks import TaskOwner
-from asap.errors import AsapError, Internal, InvalidState
+from asap.errors import AsapError, Internal, InvalidState, MalformedFrame, UnknownMethod
 from asap.protocol.limits import Limits
 from asap.tls import ServerTLS
 from asap.transports.base import ServerTransport
@@ -56,6 +56,46 @@ a client pinging more than twice a second while idle is still refused.
 """
 
 Servicer = grpc.aio.ServicerContext[Message, Message]
+
+
+class _Undecodable:
+    """What the request deserializer returns for bytes that do not parse as the request type.
+
+    grpc would otherwise answer UNKNOWN from inside its own deserializer; this way the core fails
+    the call with INVALID_ARGUMENT (MALFORMED_FRAME), exactly as the bridge does.
+    """
+
+    __slots__ = ("type_name",)
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> MalformedFrame:
+        return MalformedFrame(f"the request does not parse as {self.type_name}")
+
+
+def _deserializer(kind: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
+    parse = kind.FromString
+    undecodable = _Undecodable(kind.DESCRIPTOR.full_name)
+
+    def deserialize(data: bytes) -> Message | _Undecodable:
+        try:
+            return parse(data)
+        except DecodeError:
+            return undecodable
+
+    return deserialize
+
+
+def _checked(message: object) -> Message | None:
+    """A request read from grpc: the message, None at the end of the stream, or raise if undecodable."""
+    if isinstance(message, Message):
+        return message
+    if isinstance(message, _Undecodable):
+        raise message.error()
+    return None  # grpc.aio.EOF
+
+
 Behaviour = Callable[..., Awaitable[Message | None]]
 
 
@@ -97,7 +137,7 @@ class _UnaryCall:
 
     async def read(self) -> Message | None:
         request, self.request = self.request, None
-        return request
+        return _checked(request)
 
     async def write(self, message: Message) -> None:
         self.response = message
@@ -114,7 +154,7 @@ class _ServerStreamCall:
 
     async def read(self) -> Message | None:
         request, self.request = self.request, None
-        return request
+        return _checked(request)
 
     async def write(self, message: Message) -> None:
         await self.context.write(message)
@@ -130,8 +170,7 @@ class _ClientStreamCall:
         self.response: Message | None = None
 
     async def read(self) -> Message | None:
-        message: object = await self.context.read()
-        return message if isinstance(message, Message) else None  # else grpc.aio.EOF
+        return _checked(await self.context.read())
 
     async def write(self, message: Message) -> None:
         self.response = message
@@ -146,8 +185,7 @@ class _BidiCall:
         self.context = context
 
     async def read(self) -> Message | None:
-        message: object = await self.context.read()
-        return message if isinstance(message, Message) else None  # else grpc.aio.EOF
+        return _checked(await self.context.read())
 
     async def write(self, message: Message) -> None:
         await self.context.write(message)
@@ -230,11 +268,31 @@ def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[M
     return {
         spec.name: factories[spec.arity](
             _behaviour(dispatcher, spec),
-            request_deserializer=spec.request_type.FromString,
+            # The handler's reads accept the _Undecodable marker too (see _checked).
+            request_deserializer=cast(
+                "Callable[[bytes], Message]", _deserializer(spec.request_type)
+            ),
             response_serializer=spec.response_type.SerializeToString,
         )
         for spec in METHODS.values()
     }
+
+
+class _UnknownMethods(grpc.GenericRpcHandler):
+    """Answers every path no other handler serves with UNIMPLEMENTED (UNKNOWN_METHOD), as the bridge does."""
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes]:
+        error = UnknownMethod(f"unknown method {handler_call_details.method}")
+
+        async def reject(
+            _requests: object, context: grpc.aio.ServicerContext[bytes, bytes]
+        ) -> None:
+            code, message, trailing = to_grpc_status(error, ())
+            await context.abort(code, message, trailing)
+
+        return grpc.stream_stream_rpc_method_handler(reject)
 
 
 class GrpcServerTransport(ServerTransport):
@@ -299,6 +357,8 @@ class GrpcServerTransport(ServerTransport):
             ),
             server,
         )
+        # Last, so it only sees paths that nothing above serves.
+        server.add_generic_rpc_handlers((_UnknownMethods(),))
         address = (
             f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status  # type: ignore[attr-defined]  # types-grpcio-status lacks it
+from grpc_status import rpc_status
 
 from asap import errors
 from asap._typing import Metadata
@@ -75,7 +77,9 @@ def test_status_details_are_grpc_standard() -> None:
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert details == "not ready"
     assert [key for key, _ in trailers] == [DETAILS_KEY]
-    status = rpc_status.from_call(rpc_error(code, details, trailers))
+    status = rpc_status.from_call(
+        cast("grpc.Call", rpc_error(code, details, trailers))
+    )  # aio errors quack like Call
     assert (status.code, status.message) == (code.value[0], "not ready")
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
