@@ -87,6 +87,9 @@ async def test_new_call_while_draining_is_shutting_down(harness: Harness) -> Non
     await draining.wait()
     with pytest.raises(errors.ShuttingDown):
         await harness.client.send(envelope("count", {"gate": "never"}))
+    # Again, now that the client may already know the server is going away (GoAway, 1001).
+    with pytest.raises(errors.ShuttingDown):
+        await harness.client.send(envelope("count", {"gate": "never"}))
     harness.probe.release("drain")
     response = await call
     assert as_dict(response.envelope.task_response.result) == {"key": "drain"}

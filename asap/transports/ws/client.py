@@ -87,6 +87,9 @@ def _not_accepting(conn: ClientBridgeConnection | None) -> AsapError:
     if conn is not None and conn.session.goaway_reason is not None:
         return ShuttingDown(f"the server is shutting down ({conn.session.goaway_reason})")
     code = None if conn is None else conn.ws.close_code
+    if code == CloseCode.GOING_AWAY:
+        # A draining server closes new connections at once; gRPC callers see SHUTTING_DOWN then.
+        return ShuttingDown("the server is shutting down (it closed the connection with 1001)")
     return ConnectionLost("the connection closed before the call started", close_code=code)
 
 
