@@ -93,6 +93,9 @@ INBOX_HIGH_WATER = 64
 GOAWAY_REASON = "server shutting down"
 """The GoAway and close reason of a graceful stop."""
 
+HEALTH_PATH = "/healthz"
+"""A plain HTTP GET here answers 200 SERVING or 503 NOT_SERVING (the state gRPC's health service reports)."""
+
 _OK = status_pb2.Status()
 _NO_RESPONSE = "the method produced no response"
 
@@ -496,8 +499,14 @@ class WebSocketServerTransport(ServerTransport):
             conn.flush_soon()
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Refuse another path (404), a foreign Origin (403) or repeated credentials (400)."""
-        if urlsplit(request.path).path != self._path:
+        """Answer health probes; refuse other paths (404), foreign Origins (403), two credentials (400)."""
+        path = urlsplit(request.path).path
+        if path == HEALTH_PATH and "Upgrade" not in request.headers:
+            # Load balancers and probes that cannot speak gRPC health read the same state here.
+            if self._health.serving:
+                return ws.respond(http.HTTPStatus.OK, "SERVING\n")
+            return ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+        if path != self._path:
             text = f"no WebSocket bridge at this path; use {self._path}\n"
             return ws.respond(http.HTTPStatus.NOT_FOUND, text)
         if len(request.headers.get_all("Authorization")) > 1:
