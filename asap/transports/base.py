@@ -122,3 +122,9 @@ class ServerTransport(abc.ABC):
     @abc.abstractmethod
     async def stop(self, grace: float | None) -> None:
         """Stop serving, letting in-flight calls finish within ``grace`` seconds."""
+
+
+def listener_url(scheme: str, host: str, port: int, path: str = "") -> str:
+    """The URL of a listener, bracketing IPv6 hosts: ``grpc://[::1]:50051``."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{shown}:{port}{path}"

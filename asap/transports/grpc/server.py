@@ -33,7 +33,7 @@ from asap.core.tasks import TaskOwner
 from asap.errors import AsapError, Internal, InvalidState, MalformedFrame, UnknownMethod
 from asap.protocol.limits import Limits
 from asap.tls import ServerTLS
-from asap.transports.base import ServerTransport
+from asap.transports.base import ServerTransport, listener_url
 from asap.transports.grpc.status import to_grpc_status
 from asap.v1 import manifest_pb2
 
@@ -388,9 +388,8 @@ class GrpcServerTransport(ServerTransport):
             message = "the gRPC transport has not been started"
             raise InvalidState(message)
         scheme = "grpc" if self._tls is None else "grpcs"
-        host = f"[{self._host}]" if ":" in self._host else self._host
         return manifest_pb2.Endpoint(
-            transport=manifest_pb2.TRANSPORT_GRPC, url=f"{scheme}://{host}:{self._port}"
+            transport=manifest_pb2.TRANSPORT_GRPC, url=listener_url(scheme, self._host, self._port)
         )
 
     def _on_health(self, serving: bool) -> None:

@@ -77,7 +77,7 @@ from asap.protocol.limits import Limits
 from asap.protocol.metadata import Metadata
 from asap.protocol.session import ServerSession
 from asap.tls import ServerTLS
-from asap.transports.base import ServerTransport
+from asap.transports.base import ServerTransport, listener_url
 from asap.transports.ws.connection import BridgeConnection, peer_of
 from asap.v1 import bridge_pb2, manifest_pb2, status_pb2
 
@@ -478,10 +478,9 @@ class WebSocketServerTransport(ServerTransport):
             message = "the WebSocket transport has not been started"
             raise InvalidState(message)
         scheme = "ws" if self._tls is None else "wss"
-        host = f"[{self._host}]" if ":" in self._host else self._host
         return manifest_pb2.Endpoint(
             transport=manifest_pb2.TRANSPORT_WEBSOCKET,
-            url=f"{scheme}://{host}:{self._port}{self._path}",
+            url=listener_url(scheme, self._host, self._port, self._path),
         )
 
     def _on_health(self, serving: bool) -> None:
