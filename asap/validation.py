@@ -32,8 +32,8 @@ tables built once at import.
 from __future__ import annotations
 
 import math
+import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -208,8 +208,8 @@ class EnvelopeFields(TypedDict, total=False):
 
 
 def new_envelope_id() -> str:
-    """Return a fresh envelope id: a random UUID4 as 32 lowercase hex digits."""
-    return uuid.uuid4().hex
+    """Return a fresh envelope id: 128 random bits as 32 lowercase hex digits (like a UUID4's hex)."""
+    return os.urandom(16).hex()  # several times cheaper than uuid.uuid4().hex on the hot path
 
 
 def is_agent_urn(value: str) -> bool:

@@ -8,7 +8,6 @@ RPC and whatever the transport.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from asap import validation
@@ -36,10 +35,6 @@ _TRANSIENT = frozenset(
     }
 )
 """Failures that are not remembered: a retransmission of the envelope is processed again."""
-
-
-def _new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class Deliverer:
@@ -166,7 +161,7 @@ class Deliverer:
                 correlation_id=request.id,
                 trace_id=request.trace_id,
             )
-        validation.fill_defaults(answer, now=self._clock(), new_id=_new_id)
+        validation.fill_defaults(answer, now=self._clock(), new_id=validation.new_envelope_id)
         return answer
 
     @staticmethod
