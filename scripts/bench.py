@@ -1,0 +1,1186 @@
+"""Benchmark ASAP against raw grpc.aio and raw websockets on loopback (``make bench``).
+
+Usage::
+
+    python scripts/bench.py            # full: 3 rounds, medians (a few minutes)
+    python scripts/bench.py --quick    # 1 round, fewer calls (under a minute)
+    python scripts/bench.py --json out.json --only grpc --skip-idle
+
+Every server runs in its own subprocess (``scripts/_bench_servers.py``, started with this
+interpreter) bound to 127.0.0.1; with two or more CPUs the servers and this client are pinned to
+disjoint CPU sets. The payload is 1 KiB: raw bytes for the raw echoes, a TaskRequest of the
+example agent's ``echo`` skill whose input holds a 1 KiB string for ASAP. Scenarios:
+
+- raw gRPC unary and bidi echo (bytes in, bytes out; no serializers);
+- raw websockets echo (binary frames, no compression; pipelined on one connection);
+- ASAP ``Send`` over gRPC, over the WebSocket bridge with proto frames, and with JSON frames;
+- ASAP ``Stream`` over gRPC and over the bridge (one DuplexStream, envelopes pipelined).
+
+For each: sequential latency (p50/p99 of N calls after a warm-up), throughput with 1, 16 and 64
+calls in flight (a fixed number of calls, wall time), and CPU time per call in this client
+(``time.process_time``) and in the server (its own ``process_time``, asked over its stdin).
+"Calls in flight" are concurrent calls on one connection for unary calls, and a window of
+unanswered messages on one stream (or one raw WebSocket connection) for streams. Then the ratios
+ASAP/raw with the project's targets, and the idle-connections measurement: K idle bridge
+connections (heartbeats on) held by another subprocess; server RSS per connection and an active
+caller's latency with and without them.
+
+Flags: ``--quick`` (1 round, fewer calls, 200 idle connections), ``--uvloop`` (a second column
+set on uvloop, only if it is importable; it is not a dependency), ``--json PATH``, ``--only KEY``
+(scenarios whose key contains KEY), ``--skip-idle``, ``--rounds N``, ``--idle-connections K``.
+
+Each measurement also records how much CPU other processes used meanwhile (``/proc/stat``); on a
+shared machine the report says when the numbers are noisy. Servers and the idle-connection holder
+exit on ``quit`` or when their stdin closes, and are stopped and reaped on every exit path
+(Ctrl-C, SIGTERM, errors), so no process outlives a run.
+
+Nothing here asserts anything about time: it measures and reports. Results go to stdout as Markdown
+tables and to ``--json`` (default ``bench-results/bench.json``, per round and medians).
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import google.protobuf
+import grpc
+from google.protobuf.internal import api_implementation
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from asap.client import Client, DuplexStream, task_envelope
+from asap.connect import connect
+from asap.example import agent
+from asap.protocol.frames import DEFAULT_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
+from asap.v1 import envelope_pb2
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS_SCRIPT = Path(__file__).resolve().parent / "_bench_servers.py"
+HOST = "127.0.0.1"
+RAW_SERVICE = "bench.Echo"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SENDER = "urn:asap:agent:bench"
+PAYLOAD_BYTES = 1024
+IN_FLIGHT = (1, 16, 64)
+NOISY_PERCENT = 10.0
+"""Other processes' CPU use (percent of one CPU) above which the report says the numbers are noisy."""
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+PAYLOAD_TEXT = "".join(_ALPHABET[(i * 7919) % len(_ALPHABET)] for i in range(PAYLOAD_BYTES))
+"""The 1 KiB payload: ASCII, so the same bytes are a WebSocket binary frame and a JSON string."""
+PAYLOAD = PAYLOAD_TEXT.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How much to measure."""
+
+    rounds: int
+    warmup: int
+    latency_calls: int
+    throughput_calls: int
+    idle_connections: int
+    idle_heartbeat: float
+    idle_latency_calls: int
+
+
+QUICK = Settings(
+    rounds=1,
+    warmup=200,
+    latency_calls=1000,
+    throughput_calls=2000,
+    idle_connections=200,
+    idle_heartbeat=1.0,
+    idle_latency_calls=1000,
+)
+FULL = Settings(
+    rounds=3,
+    warmup=500,
+    latency_calls=3000,
+    throughput_calls=8000,
+    idle_connections=2000,
+    idle_heartbeat=2.0,
+    idle_latency_calls=3000,
+)
+
+
+# -- CPUs and subprocesses --------------------------------------------------------------------
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """Disjoint (server, client) CPU sets: halves of this process's CPUs; empty sets with one."""
+    if not hasattr(os, "sched_getaffinity"):
+        return set(), set()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(), set()
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def pin(cpus: set[int]) -> None:
+    """Pin every thread of this process (and threads created later) to ``cpus``."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return
+    os.sched_setaffinity(0, cpus)
+    task_dir = Path("/proc/self/task")
+    if task_dir.is_dir():
+        for entry in task_dir.iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(entry.name), cpus)
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A subprocess's CPU time (seconds, all threads) and resident memory (KiB)."""
+
+    cpu: float
+    rss_kib: int
+
+
+class ServerProcess:
+    """One subprocess of ``_bench_servers.py``; :meth:`stop` ends it (idempotent).
+
+    It announces ``PORT <n>`` (or ``READY <n>``) on stdout and answers ``stats`` on stdin; it also
+    exits by itself when its stdin closes, so it cannot outlive this process.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        args: Sequence[str] = (),
+        *,
+        cpus: set[int],
+        uvloop: bool,
+        ready: str = "PORT",
+        timeout: float = 30.0,
+    ) -> None:
+        command = [sys.executable, str(SERVERS_SCRIPT), kind, *args]
+        if cpus:
+            command += ["--cpus", ",".join(str(cpu) for cpu in sorted(cpus))]
+        if uvloop:
+            command.append("--uvloop")
+        self.kind = kind
+        self._buffer = b""
+        # A new session: Ctrl-C in the terminal reaches only this process, which then stops the
+        # servers in order instead of racing them.
+        self._proc = subprocess.Popen(  # noqa: S603 - our own script with our own interpreter
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            word, _, value = self._readline(timeout).partition(" ")
+            if word != ready:
+                message = f"{kind}: expected {ready}, got {word!r}"
+                raise RuntimeError(message)
+            self.value = int(value)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        """The subprocess's pid."""
+        return self._proc.pid
+
+    def _readline(self, timeout: float) -> str:
+        assert self._proc.stdout is not None  # noqa: S101 - stdout=PIPE
+        fd = self._proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                message = f"{self.kind} did not answer within {timeout} s"
+                raise TimeoutError(message)
+            readable, _, _ = select.select([fd], [], [], remaining)
+            if readable:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    message = f"{self.kind} exited with {self._proc.wait()}"
+                    raise RuntimeError(message)
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode().strip()
+
+    def stats(self) -> Stats:
+        """The subprocess's CPU time and RSS now (a round trip over its stdin and stdout)."""
+        assert self._proc.stdin is not None  # noqa: S101 - stdin=PIPE
+        self._proc.stdin.write(b"stats\n")
+        self._proc.stdin.flush()
+        word, cpu, rss = self._readline(10.0).split()
+        if word != "STATS":
+            message = f"{self.kind}: expected STATS, got {word!r}"
+            raise RuntimeError(message)
+        return Stats(float(cpu), int(rss))
+
+    def stop(self) -> None:
+        """Ask the subprocess to quit, then terminate and finally kill it; always waits for it."""
+        proc = self._proc
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert proc.stdin is not None  # noqa: S101 - stdin=PIPE
+                proc.stdin.write(b"quit\n")
+                proc.stdin.flush()
+            for end in (None, proc.terminate, proc.kill):
+                if end is not None:
+                    end()
+                try:
+                    proc.wait(5.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+
+
+# -- drivers: one connection of one scenario --------------------------------------------------
+
+
+class Driver(abc.ABC):
+    """One open connection of a scenario: sequential calls and a fixed number of calls in flight."""
+
+    @abc.abstractmethod
+    async def call(self) -> None:
+        """One round trip."""
+
+    @abc.abstractmethod
+    async def run(self, total: int, in_flight: int) -> None:
+        """Make ``total`` round trips with ``in_flight`` of them outstanding at a time."""
+
+    async def check(self) -> None:
+        """One round trip whose answer is checked (the echo really echoes)."""
+        await self.call()
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the connection."""
+
+
+class UnaryDriver(Driver):
+    """Calls in flight are concurrent tasks, each making calls until ``total`` have been made."""
+
+    async def run(self, total: int, in_flight: int) -> None:
+        """See :meth:`Driver.run`."""
+        remaining = total
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await self.call()
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(in_flight, total)):
+                group.create_task(worker())
+
+
+class WindowDriver(Driver):
+    """Calls in flight are a window of sent, unanswered messages on one stream or connection."""
+
+    @abc.abstractmethod
+    async def send(self) -> None:
+        """Send one message."""
+
+    @abc.abstractmethod
+    async def receive(self) -> None:
+        """Receive one answer."""
+
+    async def call(self) -> None:
+        """See :meth:`Driver.call`."""
+        await self.send()
+        await self.receive()
+
+    async def run(self, total: int, in_flight: int) -> None:
+        """See :meth:`Driver.run`."""
+        if in_flight <= 1:  # one at a time: no writer task, exactly like the latency phase
+            for _ in range(total):
+                await self.call()
+            return
+        window = asyncio.Semaphore(in_flight)
+
+        async def writer() -> None:
+            for _ in range(total):
+                await window.acquire()
+                await self.send()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(writer())
+            for _ in range(total):
+                await self.receive()
+                window.release()
+
+
+def _check_echo(answer: bytes | str) -> None:
+    data = answer.encode() if isinstance(answer, str) else answer
+    if data != PAYLOAD:
+        message = f"the echo answered {len(data)} bytes that differ from the payload"
+        raise RuntimeError(message)
+
+
+class RawGrpcUnary(UnaryDriver):
+    """grpc.aio unary echo of bytes."""
+
+    def __init__(self, port: int) -> None:
+        self._channel = grpc.aio.insecure_channel(f"{HOST}:{port}", options=_grpc_options())
+        self._echo: Any = self._channel.unary_unary(f"/{RAW_SERVICE}/Unary")
+
+    async def call(self) -> None:
+        """See :meth:`Driver.call`."""
+        await self._echo(PAYLOAD)
+
+    async def check(self) -> None:
+        """See :meth:`Driver.check`."""
+        _check_echo(await self._echo(PAYLOAD))
+
+    async def close(self) -> None:
+        """See :meth:`Driver.close`."""
+        await self._channel.close()
+
+
+class RawGrpcBidi(WindowDriver):
+    """grpc.aio bidi echo of bytes on one call."""
+
+    def __init__(self, port: int) -> None:
+        self._eof = grpc.aio.EOF
+        self._channel = grpc.aio.insecure_channel(f"{HOST}:{port}", options=_grpc_options())
+        self._call: Any = self._channel.stream_stream(f"/{RAW_SERVICE}/Bidi")()
+
+    async def send(self) -> None:
+        """See :meth:`WindowDriver.send`."""
+        await self._call.write(PAYLOAD)
+
+    async def receive(self) -> None:
+        """See :meth:`WindowDriver.receive`."""
+        if await self._call.read() is self._eof:
+            message = "the bidi echo ended early"
+            raise RuntimeError(message)
+
+    async def check(self) -> None:
+        """See :meth:`Driver.check`."""
+        await self.send()
+        _check_echo(await self._call.read())
+
+    async def close(self) -> None:
+        """See :meth:`Driver.close`."""
+        await self._call.done_writing()
+        for _ in range(4):  # the server ends the call once it saw the half-close
+            if await self._call.read() is self._eof:
+                break
+        await self._channel.close()
+
+
+def _grpc_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+class RawWebSocket(WindowDriver):
+    """websockets echo of binary frames on one connection (pipelined when calls are in flight)."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self._connection = connection
+
+    async def send(self) -> None:
+        """See :meth:`WindowDriver.send`."""
+        await self._connection.send(PAYLOAD)
+
+    async def receive(self) -> None:
+        """See :meth:`WindowDriver.receive`."""
+        await self._connection.recv()
+
+    async def check(self) -> None:
+        """See :meth:`Driver.check`."""
+        await self.send()
+        _check_echo(await self._connection.recv())
+
+    async def close(self) -> None:
+        """See :meth:`Driver.close`."""
+        await self._connection.close()
+
+
+def _template() -> envelope_pb2.Envelope:
+    return task_envelope(agent.id, "echo", {"data": PAYLOAD_TEXT})
+
+
+def _check_answer(answer: envelope_pb2.Envelope) -> None:
+    value = answer.task_response.result.fields.get("data")
+    if value is None or value.string_value != PAYLOAD_TEXT:
+        message = f"ASAP echo answered {answer.WhichOneof('payload')} without the payload"
+        raise RuntimeError(message)
+
+
+class AsapSend(UnaryDriver):
+    """``Client.send`` of an echo TaskRequest (a fresh copy of one template, so a fresh id)."""
+
+    def __init__(self, url: str, subprotocol: str) -> None:
+        self._client = connect(url, sender=SENDER, subprotocol=subprotocol)
+        self._template = _template()
+
+    def _envelope(self) -> envelope_pb2.Envelope:
+        envelope = envelope_pb2.Envelope()
+        envelope.CopyFrom(self._template)
+        return envelope
+
+    async def call(self) -> None:
+        """See :meth:`Driver.call`."""
+        await self._client.send(self._envelope())
+
+    async def check(self) -> None:
+        """See :meth:`Driver.check`."""
+        _check_answer((await self._client.send(self._envelope())).envelope)
+
+    async def close(self) -> None:
+        """See :meth:`Driver.close`."""
+        await self._client.close()
+
+
+class AsapStream(WindowDriver):
+    """Echo TaskRequests on one ``Client.stream()``; each is answered by one StreamResponse."""
+
+    def __init__(self, client: Client, stream: DuplexStream) -> None:
+        self._client = client
+        self._stream = stream
+        self._template = _template()
+
+    @classmethod
+    async def open(cls, url: str, subprotocol: str) -> AsapStream:
+        """Connect and open the duplex stream."""
+        client = connect(url, sender=SENDER, subprotocol=subprotocol)
+        return cls(client, await client.stream())
+
+    async def send(self) -> None:
+        """See :meth:`WindowDriver.send`."""
+        envelope = envelope_pb2.Envelope()
+        envelope.CopyFrom(self._template)
+        await self._stream.send(envelope)
+
+    async def _answer(self) -> envelope_pb2.Envelope:
+        item = await anext(self._stream)
+        if not item.HasField("envelope"):
+            message = f"the stream answered an error: {item.error}"
+            raise RuntimeError(message)
+        return item.envelope
+
+    async def receive(self) -> None:
+        """See :meth:`WindowDriver.receive`."""
+        await self._answer()
+
+    async def check(self) -> None:
+        """See :meth:`Driver.check`."""
+        await self.send()
+        _check_answer(await self._answer())
+
+    async def close(self) -> None:
+        """See :meth:`Driver.close`."""
+        try:
+            await self._stream.done_sending()
+            async with asyncio.timeout(5.0):
+                async for _ in self._stream:
+                    pass
+        finally:
+            await self._stream.cancel()
+            await self._client.close()
+
+
+# -- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One thing measured: which server it needs and how to open a connection to it."""
+
+    key: str
+    label: str
+    server: str
+    open: Callable[[int], Awaitable[Driver]]
+
+
+async def _raw_grpc_unary(port: int) -> Driver:
+    return RawGrpcUnary(port)
+
+
+async def _raw_grpc_bidi(port: int) -> Driver:
+    return RawGrpcBidi(port)
+
+
+async def _raw_ws(port: int) -> Driver:
+    connection = await ws_connect(
+        f"ws://{HOST}:{port}/", compression=None, max_size=MAX_MESSAGE_BYTES, max_queue=None
+    )
+    return RawWebSocket(connection)
+
+
+def _bridge_url(port: int) -> str:
+    return f"ws://{HOST}:{port}{DEFAULT_PATH}"
+
+
+async def _asap_grpc_send(port: int) -> Driver:
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO)
+
+
+async def _asap_ws_proto_send(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO)
+
+
+async def _asap_ws_json_send(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_JSON)
+
+
+async def _asap_grpc_stream(port: int) -> Driver:
+    return await AsapStream.open(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO)
+
+
+async def _asap_ws_stream(port: int) -> Driver:
+    return await AsapStream.open(_bridge_url(port), SUBPROTOCOL_PROTO)
+
+
+SCENARIOS = (
+    Scenario("raw-grpc-unary", "raw gRPC unary", "raw-grpc", _raw_grpc_unary),
+    Scenario("raw-grpc-bidi", "raw gRPC bidi", "raw-grpc", _raw_grpc_bidi),
+    Scenario("raw-ws", "raw websockets", "raw-ws", _raw_ws),
+    Scenario("asap-grpc-send", "ASAP Send, gRPC", "asap-grpc", _asap_grpc_send),
+    Scenario("asap-ws-proto-send", "ASAP Send, bridge proto", "asap-ws", _asap_ws_proto_send),
+    Scenario("asap-ws-json-send", "ASAP Send, bridge JSON", "asap-ws", _asap_ws_json_send),
+    Scenario("asap-grpc-stream", "ASAP Stream, gRPC", "asap-grpc", _asap_grpc_stream),
+    Scenario("asap-ws-stream", "ASAP Stream, bridge proto", "asap-ws", _asap_ws_stream),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A ratio ASAP/raw and what the project aims for."""
+
+    label: str
+    asap: str
+    raw: str
+    min_throughput: float
+    max_p50: float | None
+
+
+TARGETS = (
+    Target("gRPC Send / raw gRPC unary", "asap-grpc-send", "raw-grpc-unary", 0.9, 1.15),
+    Target("bridge Send proto / raw websockets", "asap-ws-proto-send", "raw-ws", 0.6, 1.5),
+    Target("bridge Send JSON / raw websockets", "asap-ws-json-send", "raw-ws", 0.3, None),
+    Target("gRPC Stream / raw gRPC bidi", "asap-grpc-stream", "raw-grpc-bidi", 0.8, None),
+    Target("bridge Stream proto / raw websockets", "asap-ws-stream", "raw-ws", 0.6, None),
+)
+
+
+def ws_available() -> bool:
+    """Whether the WebSocket bridge transport is importable (it may still be under construction)."""
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("asap.transports.ws.client", "asap.transports.ws.server")
+        )
+    except ModuleNotFoundError:
+        return False
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    index = max(0, min(len(sorted_values) - 1, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def busy_seconds() -> float:
+    """CPU seconds every CPU of the machine has spent busy since boot (0 without /proc/stat)."""
+    try:
+        with Path("/proc/stat").open() as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user nice system idle iowait irq softirq steal ...: user, nice, system and steal (time the
+    # hypervisor gave to others). Interrupts are left out: loopback traffic is mostly softirq time
+    # that no process is charged with, including this benchmark's own.
+    busy = sum(fields[:3]) + fields[7]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class Meter:
+    """Client and server CPU and wall time around one phase, and other processes' CPU meanwhile."""
+
+    server: ServerProcess
+    wall: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    other_cpu: float = 0.0
+    """CPU seconds the rest of the machine used meanwhile (a shared machine makes numbers noisy)."""
+    _start: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def __enter__(self) -> Meter:
+        server_cpu = self.server.stats().cpu
+        self._start = (time.perf_counter(), time.process_time(), server_cpu, busy_seconds())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        wall, client, server = time.perf_counter(), time.process_time(), self.server.stats().cpu
+        busy = busy_seconds()
+        self.wall = wall - self._start[0]
+        self.client_cpu = client - self._start[1]
+        self.server_cpu = server - self._start[2]
+        if busy:
+            used = busy - self._start[3] - self.client_cpu - self.server_cpu
+            self.other_cpu = max(0.0, used)
+
+    @property
+    def other_percent(self) -> float:
+        """Other processes' CPU use meanwhile, in percent of one CPU."""
+        return self.other_cpu / self.wall * 100 if self.wall > 0 else 0.0
+
+
+async def latency(
+    driver: Driver, calls: int, *, min_seconds: float = 0.0, max_calls: int = 1_000_000
+) -> list[float]:
+    """Sequential round-trip times in microseconds, sorted.
+
+    At least ``calls`` calls, and more until ``min_seconds`` have passed (at most ``max_calls``).
+    """
+    samples: list[float] = []
+    clock = time.perf_counter_ns
+    until = clock() + round(min_seconds * 1e9)
+    while len(samples) < calls or (clock() < until and len(samples) < max_calls):
+        start = clock()
+        await driver.call()
+        samples.append((clock() - start) / 1000)
+    samples.sort()
+    return samples
+
+
+async def measure(driver: Driver, server: ServerProcess, settings: Settings) -> dict[str, Any]:
+    """Warm up, then the latency phase and one throughput phase per in-flight level."""
+    await driver.check()
+    for _ in range(settings.warmup):
+        await driver.call()
+    await driver.run(settings.warmup, max(IN_FLIGHT))
+    with Meter(server) as meter:
+        samples = await latency(driver, settings.latency_calls)
+    calls = settings.latency_calls
+    background = [meter.other_percent]
+    result: dict[str, Any] = {
+        "latency": {
+            "p50_us": percentile(samples, 0.50),
+            "p99_us": percentile(samples, 0.99),
+            "mean_us": statistics.fmean(samples),
+            "client_cpu_us": meter.client_cpu / calls * 1e6,
+            "server_cpu_us": meter.server_cpu / calls * 1e6,
+        },
+        "throughput": {},
+    }
+    for in_flight in IN_FLIGHT:
+        calls = settings.throughput_calls
+        with Meter(server) as meter:
+            await driver.run(calls, in_flight)
+        background.append(meter.other_percent)
+        result["throughput"][str(in_flight)] = {
+            "calls_per_s": calls / meter.wall,
+            "client_cpu_us": meter.client_cpu / calls * 1e6,
+            "server_cpu_us": meter.server_cpu / calls * 1e6,
+        }
+    result["background_cpu_percent"] = max(background)
+    return result
+
+
+def median_tree(rounds: Sequence[Any]) -> Any:  # noqa: ANN401 - JSON-shaped results
+    """The element-wise median of equally shaped nested dicts of numbers."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {key: median_tree([each[key] for each in rounds]) for key in first}
+    return statistics.median(rounds)
+
+
+@dataclass(slots=True)
+class Suite:
+    """Every scenario's servers and results for one event loop."""
+
+    loop: str
+    settings: Settings
+    scenarios: Sequence[Scenario]
+    server_cpus: set[int]
+    client_cpus: set[int]
+    rounds: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    idle: dict[str, Any] | None = None
+
+    async def run(self, servers: dict[str, ServerProcess], *, idle: bool) -> None:
+        """All rounds; each round measures every scenario once, in order, on a new connection."""
+        for number in range(1, self.settings.rounds + 1):
+            for scenario in self.scenarios:
+                server = servers[scenario.server]
+                started = time.perf_counter()
+                driver = await scenario.open(server.value)
+                try:
+                    result = await measure(driver, server, self.settings)
+                finally:
+                    await driver.close()
+                self.rounds.setdefault(scenario.key, []).append(result)
+                print(
+                    f"  [{self.loop} round {number}/{self.settings.rounds}] {scenario.label}: "
+                    f"p50 {result['latency']['p50_us']:.0f} us, "
+                    f"{result['throughput']['64']['calls_per_s']:.0f} calls/s at 64, "
+                    f"other processes {result['background_cpu_percent']:.0f} % CPU "
+                    f"({time.perf_counter() - started:.1f} s)",
+                    flush=True,
+                )
+        if idle:
+            self.idle = await idle_connections(self)
+
+    def medians(self) -> dict[str, Any]:
+        """Per scenario, the median over rounds of every number."""
+        return {key: median_tree(results) for key, results in self.rounds.items()}
+
+    def best(self) -> dict[str, Any]:
+        """Per scenario, the lowest p50 and the highest throughputs over rounds.
+
+        The least disturbed round: on a shared machine other processes only ever slow a round down.
+        """
+        return {
+            key: {
+                "latency": {"p50_us": min(result["latency"]["p50_us"] for result in results)},
+                "throughput": {
+                    level: {
+                        "calls_per_s": max(
+                            result["throughput"][level]["calls_per_s"] for result in results
+                        )
+                    }
+                    for level in results[0]["throughput"]
+                },
+            }
+            for key, results in self.rounds.items()
+        }
+
+
+async def idle_connections(suite: Suite) -> dict[str, Any]:
+    """Server RSS per idle bridge connection and an active caller's latency with and without them."""
+    settings = suite.settings
+    count = settings.idle_connections
+    print(f"  [{suite.loop}] idle connections: {count}, heartbeat {settings.idle_heartbeat} s")
+    with contextlib.ExitStack() as stack:
+        server = ServerProcess(
+            "asap-ws",
+            [
+                "--heartbeat",
+                str(settings.idle_heartbeat),
+                "--max-connections",
+                str(count + 16),
+            ],
+            cpus=suite.server_cpus,
+            uvloop=suite.loop == "uvloop",
+        )
+        stack.callback(server.stop)
+        url = _bridge_url(server.value)
+        driver = AsapSend(url, SUBPROTOCOL_PROTO)
+        try:
+            await driver.check()
+            for _ in range(settings.warmup):
+                await driver.call()
+            # Long enough to span several heartbeats of every idle connection.
+            window = 3 * settings.idle_heartbeat
+            with Meter(server) as quiet:
+                base = await latency(driver, settings.idle_latency_calls, min_seconds=window)
+            # Measured after the calls above: their dedupe entries are not the connections' memory.
+            before = server.stats()
+            opened = time.perf_counter()
+            holder = ServerProcess(
+                "idle-clients",
+                ["--url", url, "--count", str(count)],
+                cpus=suite.client_cpus,
+                uvloop=suite.loop == "uvloop",
+                ready="READY",
+                timeout=60.0 + count / 10,
+            )
+            stack.callback(holder.stop)
+            open_seconds = time.perf_counter() - opened
+            # Let every connection go through a couple of heartbeats before measuring.
+            await asyncio.sleep(2 * settings.idle_heartbeat)
+            settled = server.stats()
+            idle_window = max(2.0, 2 * settings.idle_heartbeat)
+            await asyncio.sleep(idle_window)
+            idle_cpu = server.stats().cpu - settled.cpu
+            with Meter(server) as busy:
+                loaded = await latency(driver, settings.idle_latency_calls, min_seconds=window)
+        finally:
+            await driver.close()
+    return {
+        "connections": count,
+        "heartbeat_s": settings.idle_heartbeat,
+        "open_seconds": open_seconds,
+        "rss_before_kib": before.rss_kib,
+        "rss_after_kib": settled.rss_kib,
+        "rss_per_connection_kib": (settled.rss_kib - before.rss_kib) / count,
+        "idle_server_cpu_percent": idle_cpu / idle_window * 100,
+        "without": _idle_phase(base, quiet),
+        "with": _idle_phase(loaded, busy),
+    }
+
+
+def _idle_phase(samples: Sequence[float], meter: Meter) -> dict[str, float]:
+    return {
+        "calls": len(samples),
+        "p50_us": percentile(samples, 0.50),
+        "p99_us": percentile(samples, 0.99),
+        "p999_us": percentile(samples, 0.999),
+        "max_us": samples[-1],
+        "server_cpu_us": meter.server_cpu / len(samples) * 1e6,
+        "other_cpu_percent": meter.other_percent,
+    }
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def ratios(medians: dict[str, Any]) -> list[dict[str, Any]]:
+    """ASAP/raw throughput ratios (per in-flight level) and p50 ratios, against the targets."""
+    rows: list[dict[str, Any]] = []
+    for target in TARGETS:
+        if target.asap not in medians or target.raw not in medians:
+            continue
+        asap, raw = medians[target.asap], medians[target.raw]
+        throughput = {
+            level: asap["throughput"][level]["calls_per_s"]
+            / raw["throughput"][level]["calls_per_s"]
+            for level in raw["throughput"]
+        }
+        p50 = asap["latency"]["p50_us"] / raw["latency"]["p50_us"]
+        throughput_met = min(throughput.values()) >= target.min_throughput
+        p50_met = target.max_p50 is None or p50 <= target.max_p50
+        rows.append(
+            {
+                "comparison": target.label,
+                "asap": target.asap,
+                "raw": target.raw,
+                "throughput_ratio": throughput,
+                "p50_ratio": p50,
+                "min_throughput_ratio": target.min_throughput,
+                "max_p50_ratio": target.max_p50,
+                "throughput_met": throughput_met,
+                "p50_met": p50_met,
+                "met": throughput_met and p50_met,
+            }
+        )
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ratio_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no ASAP/raw pair among the scenarios run)"
+    return _table(
+        [
+            "comparison",
+            *(f"thr x{level}" for level in IN_FLIGHT),
+            "target thr",
+            "p50 x",
+            "target p50",
+            "met",
+        ],
+        [
+            [
+                row["comparison"],
+                *(f"{row['throughput_ratio'][str(level)]:.2f}" for level in IN_FLIGHT),
+                f">= {row['min_throughput_ratio']}",
+                f"{row['p50_ratio']:.2f}",
+                "-" if row["max_p50_ratio"] is None else f"<= {row['max_p50_ratio']}",
+                "yes" if row["met"] else "NO",
+            ]
+            for row in rows
+        ],
+    )
+
+
+def markdown(suite: Suite) -> str:
+    """The suite's results as Markdown tables."""
+    medians = suite.medians()
+    labels = {scenario.key: scenario.label for scenario in suite.scenarios}
+    parts = [
+        f"### Event loop: {suite.loop} ({suite.settings.rounds} round(s), medians; "
+        f"{PAYLOAD_BYTES} B payload)",
+        "",
+        f"Sequential latency ({suite.settings.latency_calls} calls) and CPU per call:",
+        "",
+        _table(
+            ["scenario", "p50 µs", "p99 µs", "client CPU µs/call", "server CPU µs/call"],
+            [
+                [
+                    labels[key],
+                    f"{result['latency']['p50_us']:.0f}",
+                    f"{result['latency']['p99_us']:.0f}",
+                    f"{result['latency']['client_cpu_us']:.0f}",
+                    f"{result['latency']['server_cpu_us']:.0f}",
+                ]
+                for key, result in medians.items()
+            ],
+        ),
+        "",
+        f"Throughput ({suite.settings.throughput_calls} calls per level), calls/s, and CPU per call "
+        "with 64 in flight:",
+        "",
+        _table(
+            [
+                "scenario",
+                *(f"{level} in flight" for level in IN_FLIGHT),
+                "client CPU µs/call @64",
+                "server CPU µs/call @64",
+            ],
+            [
+                [
+                    labels[key],
+                    *(
+                        f"{result['throughput'][str(level)]['calls_per_s']:.0f}"
+                        for level in IN_FLIGHT
+                    ),
+                    f"{result['throughput']['64']['client_cpu_us']:.0f}",
+                    f"{result['throughput']['64']['server_cpu_us']:.0f}",
+                ]
+                for key, result in medians.items()
+            ],
+        ),
+        "",
+        "Ratios ASAP/raw (throughput: higher is better; p50: lower is better):",
+        "",
+        _ratio_table(ratios(medians)),
+    ]
+    if suite.settings.rounds > 1:
+        parts += [
+            "",
+            "The same ratios from each scenario's best round (lowest p50, highest throughput):",
+            "",
+            _ratio_table(ratios(suite.best())),
+        ]
+    background = [
+        result["background_cpu_percent"] for results in suite.rounds.values() for result in results
+    ]
+    if background:
+        parts += [
+            "",
+            f"Other processes on this machine used up to {max(background):.0f} % of one CPU "
+            f"during a measurement (median {statistics.median(background):.0f} %)"
+            + (
+                "; the numbers are noisy, rerun on a quiet machine."
+                if max(background) > NOISY_PERCENT
+                else "."
+            ),
+        ]
+    if suite.idle is not None:
+        idle = suite.idle
+        parts += [
+            "",
+            f"Idle bridge connections: {idle['connections']} (heartbeat every "
+            f"{idle['heartbeat_s']} s, opened in {idle['open_seconds']:.1f} s): server RSS "
+            f"{idle['rss_before_kib'] / 1024:.1f} → {idle['rss_after_kib'] / 1024:.1f} MiB, "
+            f"{idle['rss_per_connection_kib']:.1f} KiB per connection; idle server CPU "
+            f"{idle['idle_server_cpu_percent']:.1f} %.",
+            "",
+            _table(
+                [
+                    "active caller (bridge proto Send)",
+                    "calls",
+                    "p50 µs",
+                    "p99 µs",
+                    "p99.9 µs",
+                    "max µs",
+                    "server CPU µs/call",
+                    "other processes % CPU",
+                ],
+                [
+                    [
+                        name,
+                        f"{idle[key]['calls']}",
+                        f"{idle[key]['p50_us']:.0f}",
+                        f"{idle[key]['p99_us']:.0f}",
+                        f"{idle[key]['p999_us']:.0f}",
+                        f"{idle[key]['max_us']:.0f}",
+                        f"{idle[key]['server_cpu_us']:.0f}",
+                        f"{idle[key]['other_cpu_percent']:.0f}",
+                    ]
+                    for name, key in (
+                        ("no idle connections", "without"),
+                        (f"{idle['connections']} idle connections", "with"),
+                    )
+                ],
+            ),
+        ]
+    return "\n".join(parts)
+
+
+def environment(server_cpus: set[int], client_cpus: set[int]) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    commit = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],  # noqa: S607 - read-only, informative
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": commit,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "server_cpus": sorted(server_cpus),
+        "client_cpus": sorted(client_cpus),
+        "grpcio": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+        "protobuf_implementation": api_implementation.Type(),
+        "websockets": importlib.metadata.version("websockets"),
+    }
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def _loops(requested: bool) -> list[str]:
+    if not requested:
+        return ["asyncio"]
+    if importlib.util.find_spec("uvloop") is None:
+        print("uvloop is not importable: --uvloop ignored (it is not a dependency of ASAP)")
+        return ["asyncio"]
+    return ["asyncio", "uvloop"]
+
+
+@contextlib.contextmanager
+def servers_for(suite: Suite) -> Iterator[dict[str, ServerProcess]]:
+    """Start the servers the suite's scenarios need; stop and reap them on the way out."""
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {}
+        for kind in dict.fromkeys(scenario.server for scenario in suite.scenarios):
+            server = ServerProcess(kind, cpus=suite.server_cpus, uvloop=suite.loop == "uvloop")
+            stack.callback(server.stop)
+            servers[kind] = server
+        yield servers
+
+
+def run_suite(suite: Suite, *, idle: bool) -> None:
+    """Run one suite on its event loop."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if suite.loop == "uvloop":
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        loop_factory = uvloop.new_event_loop
+    with servers_for(suite) as servers, asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(suite.run(servers, idle=idle))
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run every suite, print the tables and write the JSON file."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 round, fewer calls (< 1 minute)")
+    parser.add_argument("--uvloop", action="store_true", help="also run on uvloop if importable")
+    parser.add_argument("--json", type=Path, default=Path("bench-results/bench.json"))
+    parser.add_argument("--only", default="", help="only scenarios whose key contains this")
+    parser.add_argument("--skip-idle", action="store_true", help="skip idle connections")
+    parser.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
+    parser.add_argument("--idle-connections", type=int, default=0, help="override K")
+    options = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
+    logging.basicConfig(level=logging.ERROR)  # plaintext-to-loopback warnings are expected here
+
+    settings = QUICK if options.quick else FULL
+    overrides: dict[str, Any] = {}
+    if options.rounds > 0:
+        overrides["rounds"] = options.rounds
+    if options.idle_connections > 0:
+        overrides["idle_connections"] = options.idle_connections
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    server_cpus, client_cpus = split_cpus()
+    pin(client_cpus)
+    bridge = ws_available()
+    scenarios = [
+        scenario
+        for scenario in SCENARIOS
+        if options.only in scenario.key and (bridge or scenario.server != "asap-ws")
+    ]
+    if not bridge:
+        print("asap.transports.ws is not importable yet: bridge scenarios skipped")
+    idle = bridge and not options.skip_idle and (not options.only or "ws" in options.only)
+    print(
+        f"bench: {'quick' if options.quick else 'full'}, {settings.rounds} round(s), "
+        f"server CPUs {sorted(server_cpus) or 'any'}, client CPUs {sorted(client_cpus) or 'any'}",
+        flush=True,
+    )
+    started = time.perf_counter()
+    suites = [
+        Suite(loop, settings, scenarios, server_cpus, client_cpus)
+        for loop in _loops(options.uvloop)
+    ]
+    for suite in suites:
+        run_suite(suite, idle=idle)
+    report = {
+        "environment": environment(server_cpus, client_cpus),
+        "settings": {"mode": "quick" if options.quick else "full", **dataclasses.asdict(settings)},
+        "payload_bytes": PAYLOAD_BYTES,
+        "in_flight": list(IN_FLIGHT),
+        "suites": {
+            suite.loop: {
+                "rounds": suite.rounds,
+                "medians": suite.medians(),
+                "ratios": ratios(suite.medians()),
+                "best_round_ratios": ratios(suite.best()),
+                "idle_connections": suite.idle,
+            }
+            for suite in suites
+        },
+        "seconds": time.perf_counter() - started,
+    }
+    print()
+    for suite in suites:
+        print(markdown(suite))
+        print()
+    options.json.parent.mkdir(parents=True, exist_ok=True)
+    options.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {options.json} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every server was stopped", file=sys.stderr)
+        sys.exit(130)
