@@ -124,6 +124,7 @@ class Client:
         self.sender = sender
         self.timeout = timeout
         self._token = token
+        check_metadata(metadata)
         self._metadata = metadata
         self._retry = retry or RetryPolicy()
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
@@ -135,12 +136,19 @@ class Client:
         if self._closed:
             message = "the client is closed"
             raise InvalidState(message)
+        timeout = self.timeout if timeout is None else timeout
+        if not metadata and self._token is None:
+            # The common case: nothing new to check (the client's own metadata was checked once).
+            return CallOptions(timeout=timeout, metadata=self._metadata)
+        if metadata:
+            check_metadata(metadata)
         entries = self._metadata + metadata
         if self._token is not None:
             token = self._token if isinstance(self._token, str) else await self._token()
-            entries = (("authorization", f"Bearer {token}"), *entries)
-        check_metadata(entries)
-        return CallOptions(timeout=self.timeout if timeout is None else timeout, metadata=entries)
+            authorization = (("authorization", f"Bearer {token}"),)
+            check_metadata(authorization)
+            entries = authorization + entries
+        return CallOptions(timeout=timeout, metadata=entries)
 
     def prepare(self, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
         """Fill the envelope's id, timestamp, version and sender when empty (in place)."""

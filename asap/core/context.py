@@ -34,6 +34,7 @@ class CallContext:
         "_cancelled",
         "_trailing",
         "deadline",
+        "deadline_enforced_by_transport",
         "identity",
         "metadata",
         "method",
@@ -49,6 +50,7 @@ class CallContext:
         peer: str,
         transport: str,
         timeout: float | None,
+        deadline_enforced_by_transport: bool = False,
     ) -> None:
         self.method = method
         self.metadata = metadata
@@ -58,6 +60,8 @@ class CallContext:
             None if timeout is None else asyncio.get_running_loop().time() + timeout
         )
         """The deadline on the event loop's clock (``loop.time()``), or None."""
+        self.deadline_enforced_by_transport = deadline_enforced_by_transport
+        """True when the transport itself cancels the call at its deadline (gRPC does)."""
         self.identity: Identity | None = None
         """Set by authentication middleware."""
         self._trailing: list[tuple[str, MetadataValue]] = []

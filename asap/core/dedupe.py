@@ -40,9 +40,16 @@ class DedupeStore(Protocol):
 
 @dataclass(slots=True)
 class _Entry:
-    outcome: bytes | None
-    expires_at: float
-    done: asyncio.Event
+    outcome: bytes | None = None
+    expires_at: float = float("inf")
+    done: bool = False
+    wakeup: asyncio.Event | None = None
+    """Created only when a second arrival waits (the rare case), so a claim allocates no Event."""
+
+    def finish(self) -> None:
+        self.done = True
+        if self.wakeup is not None:
+            self.wakeup.set()
 
 
 class InMemoryDedupeStore:
@@ -75,39 +82,40 @@ class InMemoryDedupeStore:
     async def claim(self, key: str) -> bytes | None:
         """See :meth:`DedupeStore.claim`."""
         while True:
-            now = self._clock()
             entry = self._entries.get(key)
-            if entry is not None and entry.done.is_set() and entry.expires_at <= now:
+            if entry is not None and entry.done and entry.expires_at <= self._clock():
                 del self._entries[key]
                 entry = None
             if entry is None:
-                self._entries[key] = _Entry(None, float("inf"), asyncio.Event())
-                self._evict(now)
+                self._entries[key] = _Entry()
                 return None
-            if entry.done.is_set():
+            if entry.done:
                 return entry.outcome
-            await entry.done.wait()
+            if entry.wakeup is None:
+                entry.wakeup = asyncio.Event()
+            await entry.wakeup.wait()
             if entry.outcome is not None:
                 return entry.outcome
             # Abandoned: loop and claim it ourselves (unless another waiter got there first).
 
     async def complete(self, key: str, outcome: bytes) -> None:
         """See :meth:`DedupeStore.complete`."""
+        now = self._clock()
         entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry(None, 0.0, asyncio.Event())
-            self._entries[key] = entry
+            entry = self._entries[key] = _Entry()
+        else:
+            self._entries.move_to_end(key)
         entry.outcome = outcome
-        entry.expires_at = self._clock() + self._ttl
-        self._entries.move_to_end(key)
-        entry.done.set()
-        self._evict(self._clock())
+        entry.expires_at = now + self._ttl
+        entry.finish()
+        self._evict(now)
 
     async def abandon(self, key: str) -> None:
         """See :meth:`DedupeStore.abandon`."""
         entry = self._entries.pop(key, None)
         if entry is not None:
-            entry.done.set()
+            entry.finish()
 
     def _evict(self, now: float) -> None:
         """Drop expired outcomes from the old end, then the oldest outcomes beyond the bound.
@@ -117,7 +125,7 @@ class InMemoryDedupeStore:
         """
         doomed: list[str] = []
         for key, entry in self._entries.items():
-            if not entry.done.is_set():
+            if not entry.done:
                 continue
             if entry.expires_at <= now or len(self._entries) - len(doomed) > self._max_entries:
                 doomed.append(key)

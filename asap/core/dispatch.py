@@ -8,7 +8,7 @@ per-call middleware, and turns whatever ends the call into an outcome: None for 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
@@ -74,16 +74,19 @@ class Dispatcher:
         self._in_flight += 1
         self._idle.clear()
         try:
-            async with asyncio.timeout_at(ctx.deadline) as scope:
-                try:
-                    for guard in self._middleware:
-                        await guard.on_call(ctx)
-                    await rpc(ctx, call)
-                except asyncio.CancelledError:
-                    ctx.mark_cancelled()
-                    raise
+            if ctx.deadline is None or ctx.deadline_enforced_by_transport:
+                # No deadline, or the transport cancels the call at its deadline and reports
+                # DEADLINE_EXCEEDED itself (gRPC): an asyncio timeout here would only cost time.
+                await self._run(ctx, call, rpc)
+            else:
+                async with asyncio.timeout_at(ctx.deadline) as scope:
+                    await self._run(ctx, call, rpc)
         except TimeoutError as exc:
-            if scope.expired():
+            if (
+                ctx.deadline is not None
+                and not ctx.deadline_enforced_by_transport
+                and scope.expired()
+            ):
                 ctx.mark_cancelled()
                 return DeadlineExceeded()
             return as_asap_error(exc, where=ctx.method.path)
@@ -94,3 +97,17 @@ class Dispatcher:
             if self._in_flight == 0:
                 self._idle.set()
         return None
+
+    async def _run(
+        self,
+        ctx: CallContext,
+        call: ServerCall,
+        rpc: Callable[[CallContext, ServerCall], Awaitable[None]],
+    ) -> None:
+        try:
+            for guard in self._middleware:
+                await guard.on_call(ctx)
+            await rpc(ctx, call)
+        except asyncio.CancelledError:
+            ctx.mark_cancelled()
+            raise

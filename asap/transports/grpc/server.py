@@ -206,6 +206,7 @@ def _context(spec: MethodSpec, context: Servicer) -> CallContext:
         peer=context.peer(),
         transport=TRANSPORT,
         timeout=context.time_remaining(),
+        deadline_enforced_by_transport=True,  # grpc cancels at the deadline and answers DEADLINE_EXCEEDED
     )
 
 
