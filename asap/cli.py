@@ -95,7 +95,16 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    tls = ClientTLS(Path(args.ca).read_bytes()) if args.ca else None
+    tls = None
+    if args.ca or args.cert or args.key:
+        if bool(args.cert) != bool(args.key):
+            message = "--cert and --key go together"
+            raise SystemExit(message)
+        tls = ClientTLS(
+            root_certificates=Path(args.ca).read_bytes() if args.ca else None,
+            cert_chain=Path(args.cert).read_bytes() if args.cert else None,
+            private_key=Path(args.key).read_bytes() if args.key else None,
+        )
     return connect(
         args.url,
         sender=CLI_SENDER,
@@ -161,6 +170,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
         command.add_argument("--token", help="bearer token")
         command.add_argument("--ca", metavar="FILE", help="PEM CA bundle to trust (TLS)")
+        command.add_argument("--cert", metavar="FILE", help="PEM client certificate (mTLS)")
+        command.add_argument("--key", metavar="FILE", help="PEM client private key (mTLS)")
         command.add_argument(
             "--allow-insecure", action="store_true", help="allow plaintext to a non-loopback host"
         )
