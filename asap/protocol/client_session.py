@@ -3,10 +3,12 @@
 Theory of operation: as :mod:`asap.protocol.session`, with the directions swapped (bridge.proto,
 "Calls (streams)"). The client picks stream ids 1, 2, 3, … (non-zero, strictly increasing) and
 sends CallStart, MessageFrame, HalfClose and Cancel; it receives HeadersFrame, MessageFrame,
-CallStatus and GoAway. A server frame that breaks a stream's rules fails that call locally
-(:class:`~asap.protocol.events.StreamError`) and the client sends Cancel so the server stops too.
-A server frame for a stream id the client never opened cannot be attributed to a call and closes
-the connection (1002). Frames for calls the client has already cancelled are ignored.
+CallStatus and GoAway. A CallStart may carry the first request and the HalfClose, and a CallStatus
+the last response ("Combined frames"), so that a unary call is one frame each way. A server frame
+that breaks a stream's rules fails that call locally (:class:`~asap.protocol.events.StreamError`)
+and the client sends Cancel so the server stops too. A server frame for a stream id the client never
+opened cannot be attributed to a call and closes the connection (1002). Frames for calls the client
+has already cancelled are ignored.
 """
 
 from __future__ import annotations
@@ -76,13 +78,22 @@ class ClientSession(Session):
         method: str,
         metadata: Iterable[tuple[str, str | bytes]] = (),
         timeout: float | None = None,
+        *,
+        message: Message | None = None,
+        half_close: bool = False,
     ) -> int:
-        """Open a call and queue its CallStart.
+        """Open a call and queue its CallStart, carrying the first request and HalfClose if given.
+
+        A unary or server-streaming call passes its request and ``half_close=True``, so the
+        whole call is one frame (bridge.proto "Combined frames"); the server answers exactly as
+        it would the CallStart, the MessageFrame and the HalfClose sent apart.
 
         Args:
             method: The gRPC method path, for example ``"/asap.v1.AgentService/Send"``.
             metadata: Request metadata.
             timeout: Seconds the caller will wait (from when the server receives the frame).
+            message: The first request message, sent inside the CallStart.
+            half_close: Whether no more request messages follow (after ``message``).
 
         Returns:
             The new call's stream id.
@@ -90,6 +101,8 @@ class ClientSession(Session):
         Raises:
             asap.errors.InvalidState: The connection is closed, the server sent GoAway, or the
                 stream ids are used up (see :attr:`accepting_calls`).
+            asap.errors.MessageTooLarge: ``message`` is over ``limits.max_message_bytes``; no call
+                was opened and nothing was queued.
             ValueError: Malformed metadata, or a negative or non-finite timeout.
         """
         if not self.accepting_calls:
@@ -102,11 +115,23 @@ class ClientSession(Session):
                 raise ValueError(msg)
             start.timeout.FromNanoseconds(math.ceil(timeout * 1e9))
         stream_id = self.next_stream_id()
+        # Encode before opening: a message over the limit leaves no call behind to cancel.
+        data = self.codec.encode_start(
+            stream_id,
+            start,
+            message,
+            half_close=half_close,
+            max_message_bytes=self.limits.max_message_bytes,
+        )
         stream = Stream(stream_id)
-        stream.handle(StreamEvent.START)
+        stream.advance(StreamEvent.START)
+        if message is not None:
+            stream.advance(StreamEvent.CLIENT_MESSAGE)
+        if half_close:
+            stream.advance(StreamEvent.HALF_CLOSE)
         self.streams[stream_id] = stream
         self.highest_stream_id = stream_id
-        self._queue(bridge_pb2.Frame(stream_id=stream_id, start=start))
+        self.outgoing.append(data)
         return stream_id
 
     def send_message(self, stream_id: int, message: Message) -> bool:
@@ -187,14 +212,21 @@ class ClientSession(Session):
         stream = self._stream_for(stream_id, "status")
         if stream is None:
             return
+        call_status = frame.status
+        # bridge.proto "Combined frames": a message in the CallStatus is a MessageFrame received
+        # just before it, with the same checks; the status is then applied as usual.
+        if call_status.HasField("message") and not self._accept_message(
+            stream, call_status.message
+        ):
+            return
         try:
-            trailers = metadata_from_entries(frame.status.trailers)
+            trailers = metadata_from_entries(call_status.trailers)
         except MalformedFrame as exc:
             self._fail(stream_id, exc)
             return
         stream.handle(StreamEvent.STATUS)
         del self.streams[stream_id]
-        self.events.append(CallEnded(stream_id, frame.status.status, trailers))
+        self.events.append(CallEnded(stream_id, call_status.status, trailers))
 
     def _unknown_stream(self, stream_id: int, error: AsapError) -> None:
         # The server wrote on a stream id the client never chose: no call to blame it on.

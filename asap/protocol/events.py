@@ -36,7 +36,8 @@ class CallStarted:
 class MessageReceived:
     """Either side: one call message arrived, within the size limit and with the right body kind.
 
-    The session does not know the message type; unpack it with
+    It came in a MessageFrame, or inside a CallStart or CallStatus (bridge.proto "Combined
+    frames"); the event is the same. The session does not know the message type; unpack it with
     :meth:`Codec.unpack_message <asap.protocol.frames.Codec.unpack_message>`.
     """
 

@@ -165,6 +165,97 @@ class Codec(ABC):
         _check_size(self.body_size(body), max_message_bytes)
         return self.encode(bridge_pb2.Frame(stream_id=stream_id, message=body))
 
+    def encode_start(
+        self,
+        stream_id: int,
+        start: bridge_pb2.CallStart,
+        message: Message | None = None,
+        *,
+        half_close: bool = False,
+        max_message_bytes: int | None = None,
+    ) -> bytes | str:
+        """Encode ``Frame{stream_id, start}``, carrying the first request and HalfClose if given.
+
+        bridge.proto "Combined frames": ``CallStart.message`` and ``CallStart.half_close`` stand
+        for a MessageFrame and a HalfClose right after the CallStart. ``start`` is not modified.
+
+        Args:
+            stream_id: The call's stream.
+            start: The CallStart (method, metadata, timeout).
+            message: The first request message, or ``None``.
+            half_close: Whether no more request messages follow.
+            max_message_bytes: When given, refuse a ``message`` whose serialization is larger.
+
+        Raises:
+            asap.errors.MessageTooLarge: ``message`` is over ``max_message_bytes``; nothing was
+                encoded.
+        """
+        return self.encode(
+            self._start_frame(stream_id, start, message, half_close, max_message_bytes)
+        )
+
+    def encode_status(
+        self,
+        stream_id: int,
+        call_status: bridge_pb2.CallStatus,
+        message: Message | None = None,
+        *,
+        max_message_bytes: int | None = None,
+    ) -> bytes | str:
+        """Encode ``Frame{stream_id, status}``, carrying a last response message if given.
+
+        bridge.proto "Combined frames": ``CallStatus.message`` stands for a MessageFrame right
+        before the CallStatus. ``call_status`` is not modified.
+
+        Args:
+            stream_id: The call's stream.
+            call_status: The status and trailers.
+            message: The last response message, or ``None``.
+            max_message_bytes: When given, refuse a ``message`` whose serialization is larger.
+
+        Raises:
+            asap.errors.MessageTooLarge: ``message`` is over ``max_message_bytes``; nothing was
+                encoded.
+            TypeError: (JSON) An Any in the frame names a type the descriptor pool does not know.
+        """
+        return self.encode(self._status_frame(stream_id, call_status, message, max_message_bytes))
+
+    def _start_frame(
+        self,
+        stream_id: int,
+        start: bridge_pb2.CallStart,
+        message: Message | None,
+        half_close: bool,
+        max_message_bytes: int | None,
+    ) -> bridge_pb2.Frame:
+        """The Frame :meth:`encode_start` encodes (the Frame holds a copy of ``start``)."""
+        frame = bridge_pb2.Frame(stream_id=stream_id, start=start)
+        if message is not None:
+            self._set_body(frame.start.message, message, max_message_bytes)
+        if half_close:
+            frame.start.half_close = True
+        return frame
+
+    def _status_frame(
+        self,
+        stream_id: int,
+        call_status: bridge_pb2.CallStatus,
+        message: Message | None,
+        max_message_bytes: int | None,
+    ) -> bridge_pb2.Frame:
+        """The Frame :meth:`encode_status` encodes (the Frame holds a copy of ``call_status``)."""
+        frame = bridge_pb2.Frame(stream_id=stream_id, status=call_status)
+        if message is not None:
+            self._set_body(frame.status.message, message, max_message_bytes)
+        return frame
+
+    def _set_body(
+        self, target: bridge_pb2.MessageFrame, message: Message, max_message_bytes: int | None
+    ) -> None:
+        """Put ``message`` into ``target`` for this subprotocol, within ``max_message_bytes``."""
+        target.CopyFrom(self.pack_message(message))
+        _check_size(self.body_size(target), max_message_bytes)
+
 
 class ProtoCodec(Codec):
     """The ``asap.v1.proto`` subprotocol: binary messages, ``MessageFrame.binary`` bodies."""
@@ -218,18 +309,59 @@ class ProtoCodec(Codec):
         of these two fields is fixed, so the message is serialized once and framed with a
         six-to-sixteen-byte header. The result is byte-for-byte what protobuf would produce.
         """
-        if not 0 <= stream_id <= MAX_STREAM_ID:
-            msg = f"stream id out of range: {stream_id}"
-            raise ValueError(msg)
+        prefix = _stream_prefix(stream_id)
         body = message.SerializeToString()
         size = len(body)
         _check_size(size, max_message_bytes)
         header = _varint(size)
         # Frame.stream_id (field 1, varint; omitted when 0), Frame.message (field 3,
         # length-delimited) holding MessageFrame.binary (field 1, length-delimited).
-        prefix = b"\x08" + _varint(stream_id) if stream_id else b""
         inner = 1 + len(header) + size
         return b"".join((prefix, b"\x1a", _varint(inner), b"\x0a", header, body))
+
+    def encode_start(
+        self,
+        stream_id: int,
+        start: bridge_pb2.CallStart,
+        message: Message | None = None,
+        *,
+        half_close: bool = False,
+        max_message_bytes: int | None = None,
+    ) -> bytes:
+        """Encode a CallStart by hand around the request (see :meth:`Codec.encode_start`).
+
+        The hot path of every unary call: protobuf would copy the serialized request into a
+        MessageFrame, the CallStart and the Frame; here it is serialized once and spliced in.
+        """
+        if message is None or start.HasField("message") or start.half_close:
+            # Nothing to splice, or fields already set that the splice would duplicate.
+            return self.encode(
+                self._start_frame(stream_id, start, message, half_close, max_message_bytes)
+            )
+        # CallStart.message is field 4 and half_close field 5, after every field of ``start``, so
+        # appending them gives protobuf's own field order, byte for byte.
+        tail = _START_HALF_CLOSE if half_close else b""
+        return _spliced(
+            stream_id, _FRAME_START, start, _START_MESSAGE, message, tail, max_message_bytes
+        )
+
+    def encode_status(
+        self,
+        stream_id: int,
+        call_status: bridge_pb2.CallStatus,
+        message: Message | None = None,
+        *,
+        max_message_bytes: int | None = None,
+    ) -> bytes:
+        """Encode a CallStatus by hand around the response (see :meth:`Codec.encode_status`)."""
+        if message is None or call_status.HasField("message"):
+            return self.encode(
+                self._status_frame(stream_id, call_status, message, max_message_bytes)
+            )
+        # CallStatus.message is field 3, after status (1) and trailers (2): protobuf's order.
+        return _spliced(
+            stream_id, _FRAME_STATUS, call_status, _STATUS_MESSAGE, message, b"", max_message_bytes
+        )
 
 
 class JsonCodec(Codec):
@@ -331,8 +463,76 @@ def _check_size(size: int, limit: int | None) -> None:
         raise MessageTooLarge(msg)
 
 
+# Tags (field number << 3 | wire type 2, length-delimited) of the fields spliced by hand.
+_FRAME_START = b"\x12"  # Frame.start = 2
+_FRAME_STATUS = b"\x3a"  # Frame.status = 7
+_START_MESSAGE = b"\x22"  # CallStart.message = 4
+_STATUS_MESSAGE = b"\x1a"  # CallStatus.message = 3
+_MESSAGE_BINARY = b"\x0a"  # MessageFrame.binary = 1
+_START_HALF_CLOSE = b"\x28\x01"  # CallStart.half_close = 5 (varint), true
+
+
+def _stream_prefix(stream_id: int) -> bytes:
+    """``Frame.stream_id`` (field 1, varint) as protobuf writes it: nothing when 0.
+
+    Raises:
+        ValueError: ``stream_id`` is not a uint32.
+    """
+    if not 0 <= stream_id <= MAX_STREAM_ID:
+        msg = f"stream id out of range: {stream_id}"
+        raise ValueError(msg)
+    return b"\x08" + _varint(stream_id) if stream_id else b""
+
+
+def _spliced(
+    stream_id: int,
+    kind_tag: bytes,
+    head: Message,
+    body_tag: bytes,
+    message: Message,
+    tail: bytes,
+    max_message_bytes: int | None,
+) -> bytes:
+    """``Frame{stream_id, kind: head + body_tag: MessageFrame{binary: message} + tail}``, by hand.
+
+    ``head`` is serialized by protobuf; the message is serialized once and joined in with its
+    two length-delimited headers, so its bytes are copied once rather than once per nesting level.
+    """
+    prefix = _stream_prefix(stream_id)
+    body = message.SerializeToString()
+    size = len(body)
+    _check_size(size, max_message_bytes)
+    head_bytes = head.SerializeToString()
+    size_varint = _varint(size)
+    message_frame = 1 + len(size_varint) + size
+    message_frame_varint = _varint(message_frame)
+    kind = len(head_bytes) + len(body_tag) + len(message_frame_varint) + message_frame + len(tail)
+    return b"".join(
+        (
+            prefix,
+            kind_tag,
+            _varint(kind),
+            head_bytes,
+            body_tag,
+            message_frame_varint,
+            _MESSAGE_BINARY,
+            size_varint,
+            body,
+            tail,
+        )
+    )
+
+
+_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
 def _varint(value: int) -> bytes:
     """Encode a non-negative int as a protobuf base-128 varint."""
+    # Stream ids and frame lengths are mostly one or two varint bytes: skip the loop for them.
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -11,6 +11,11 @@ clock; a session owns every rule of bridge.proto. The I/O layer loops:
 
 The ``send_*`` methods queue frames the same way; call :meth:`Session.data_to_send` after them.
 
+Combined frames (bridge.proto): a CallStart may carry the call's first message and its HalfClose,
+and a CallStatus a last response. A session turns them into exactly the events, checks and stream
+states of the separate frames (every received message goes through one method,
+``Session._accept_message``), so the I/O layer never sees which form the peer used.
+
 Failures follow bridge.proto "Errors". A frame that breaks the rules for a stream it can be
 attributed to fails only that stream (:class:`~asap.protocol.events.StreamError`): the server
 answers CallStatus INVALID_ARGUMENT/MALFORMED_FRAME, the client sends Cancel. Frames for streams that
@@ -131,7 +136,7 @@ class Session(ABC):
             return
         kind = frame.WhichOneof("kind")
         stream_id = frame.stream_id
-        if kind in ("ping", "pong", "goaway") and stream_id == 0:
+        if stream_id == 0 and kind in ("ping", "pong", "goaway"):
             self._on_connection_frame(frame)
             return
         handler = self.handlers.get(kind or "")
@@ -185,20 +190,34 @@ class Session(ABC):
 
     def _on_message(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
         stream = self._stream_for(stream_id, "message")
-        if stream is None:
-            return
-        body = frame.message
+        if stream is not None:
+            self._accept_message(stream, frame.message)
+
+    def _accept_message(self, stream: Stream, body: bridge_pb2.MessageFrame) -> bool:
+        """Apply the rules of one received call message, alone or inside a combined frame.
+
+        Every form of bridge.proto ("Combined frames") goes through here, so a message in a
+        CallStart or CallStatus gets exactly the checks and state change of a MessageFrame.
+
+        Returns:
+            ``True`` if reported as :class:`~asap.protocol.events.MessageReceived`; ``False`` if
+            the stream failed instead.
+        """
+        codec = self.codec
+        error: AsapError
         if stream.next_state(self.peer_message) is None:
-            self._fail(stream_id, MalformedFrame("message frame not allowed now"))
-        elif body.WhichOneof("body") != self.codec.body_kind:
-            text = f"{self.codec.subprotocol} carries messages in '{self.codec.body_kind}'"
-            self._fail(stream_id, MalformedFrame(text))
-        elif (size := self.codec.body_size(body)) > self.limits.max_message_bytes:
-            text = f"received message larger than max ({size} vs. {self.limits.max_message_bytes})"
-            self._fail(stream_id, MessageTooLarge(text))
+            error = MalformedFrame("message frame not allowed now")
+        elif body.WhichOneof("body") != codec.body_kind:
+            error = MalformedFrame(f"{codec.subprotocol} carries messages in '{codec.body_kind}'")
+        elif (size := codec.body_size(body)) > self.limits.max_message_bytes:
+            limit = self.limits.max_message_bytes
+            error = MessageTooLarge(f"received message larger than max ({size} vs. {limit})")
         else:
-            stream.handle(self.peer_message)
-            self.events.append(MessageReceived(stream_id, body))
+            stream.advance(self.peer_message)
+            self.events.append(MessageReceived(stream.stream_id, body))
+            return True
+        self._fail(stream.stream_id, error)
+        return False
 
     def _stream_for(self, stream_id: int, kind: str) -> Stream | None:
         """The open stream a frame is for; ``None`` when the frame was ignored or failed."""
@@ -252,11 +271,12 @@ class Session(ABC):
 class ServerSession(Session):
     """The server side of one bridge connection.
 
-    Receives CallStart, MessageFrame, HalfClose, Cancel, Ping and Pong; sends HeadersFrame,
-    MessageFrame, CallStatus, GoAway, Ping and Pong. Stream ids must be non-zero and strictly
-    increase: a CallStart that reuses the id of an open call fails that call with MALFORMED_FRAME;
-    one with any other id not above the highest seen closes the connection (1002), since that
-    stream has already had its CallStatus. The session answers by itself, reporting a
+    Receives CallStart (which may carry the first message and the HalfClose), MessageFrame,
+    HalfClose, Cancel, Ping and Pong; sends HeadersFrame, MessageFrame, CallStatus (which may carry
+    a unary response, see :meth:`send_status`), GoAway, Ping and Pong. Stream ids must be non-zero
+    and strictly increase: a CallStart that reuses the id of an open call fails that call with
+    MALFORMED_FRAME; one with any other id not above the highest seen closes the connection (1002),
+    since that stream has already had its CallStatus. The session answers by itself, reporting a
     :class:`~asap.protocol.events.StreamError`: malformed frames, calls beyond
     ``limits.max_concurrent_streams`` (TOO_MANY_CALLS), calls after :meth:`send_goaway`
     (SHUTTING_DOWN), messages over ``limits.max_message_bytes`` (MESSAGE_TOO_LARGE), and Cancel
@@ -322,27 +342,51 @@ class ServerSession(Session):
         return True
 
     def send_status(
-        self, stream_id: int, status: status_pb2.Status, trailers: _MetadataIn = ()
+        self,
+        stream_id: int,
+        status: status_pb2.Status,
+        trailers: _MetadataIn = (),
+        *,
+        message: Message | None = None,
     ) -> bool:
-        """Queue the call's final status and trailers; the stream is over after it.
+        """Queue the call's final status and trailers, after a last response if given.
+
+        With ``message`` (a unary call's response) the answer takes one frame, the message
+        inside the CallStatus (bridge.proto "Combined frames"), when the client's CallStart used
+        combined frames itself; a client that sent the separate frames may predate them, so it
+        gets a MessageFrame and then the CallStatus. The stream is over after this.
 
         Returns:
             ``True`` if queued; ``False`` if the stream had already ended.
 
         Raises:
+            asap.errors.MessageTooLarge: ``message`` is over ``limits.max_message_bytes``; nothing
+                was queued and the call is still open (end it with that error's status).
             asap.errors.InvalidState: The stream was never opened.
             ValueError: Malformed trailers.
-            TypeError: Under asap.v1.json, a status detail whose type is not in the descriptor
-                pool; nothing was queued and the call is still open.
+            TypeError: Under asap.v1.json, a status detail or message whose type is not in the
+                descriptor pool; nothing was queued and the call is still open.
         """
         stream = self._sendable(stream_id)
         if stream is None:
             return False
-        # Encode first: if that fails (an Any the JSON codec cannot resolve) the call is still open.
-        data = self._status_data(stream_id, status, metadata_to_entries(trailers))
+        # Encode everything first: if that fails (too large, an Any the JSON codec cannot resolve,
+        # bad trailers) nothing is queued and the call is still open.
+        call_status = bridge_pb2.CallStatus(status=status, trailers=metadata_to_entries(trailers))
+        codec = self.codec
+        limit = self.limits.max_message_bytes
+        if message is None or stream.combined:
+            data = [codec.encode_status(stream_id, call_status, message, max_message_bytes=limit)]
+        else:
+            data = [
+                codec.encode_message(stream_id, message, max_message_bytes=limit),
+                codec.encode(bridge_pb2.Frame(stream_id=stream_id, status=call_status)),
+            ]
+        if message is not None:
+            stream.handle(StreamEvent.SERVER_MESSAGE)
         stream.handle(StreamEvent.STATUS)
         del self.streams[stream_id]
-        self.outgoing.append(data)
+        self.outgoing.extend(data)
         return True
 
     def send_error(self, stream_id: int, error: AsapError, trailers: _MetadataIn = ()) -> bool:
@@ -401,16 +445,27 @@ class ServerSession(Session):
             self.highest_stream_id = stream_id
             deadline = None if timeout is None else now + timeout
             self.events.append(CallStarted(stream_id, start.method, metadata, timeout, deadline))
+            # bridge.proto "Combined frames": the same events, checks and states as a MessageFrame
+            # and a HalfClose received right after this CallStart.
+            has_message = start.HasField("message")
+            if has_message or start.half_close:
+                stream.combined = True
+                if has_message and not self._accept_message(stream, start.message):
+                    return
+                if start.half_close:
+                    self._half_close(stream)
 
     def _on_half_close(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
         stream = self._stream_for(stream_id, "half_close")
-        if stream is None:
-            return
-        if stream.next_state(StreamEvent.HALF_CLOSE) is None:
-            self._fail(stream_id, MalformedFrame("half_close frame not allowed now"))
-            return
-        stream.handle(StreamEvent.HALF_CLOSE)
-        self.events.append(HalfClosed(stream_id))
+        if stream is not None:
+            self._half_close(stream)
+
+    def _half_close(self, stream: Stream) -> None:
+        """Apply a HalfClose, sent alone or as ``CallStart.half_close``."""
+        if stream.advance(StreamEvent.HALF_CLOSE):
+            self.events.append(HalfClosed(stream.stream_id))
+        else:
+            self._fail(stream.stream_id, MalformedFrame("half_close frame not allowed now"))
 
     def _on_cancel(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
         stream = self._stream_for(stream_id, "cancel")

@@ -39,6 +39,11 @@ from asap.errors import InvalidState
 class StreamState(Enum):
     """Where a call is in its life."""
 
+    # Enum's own __hash__ is Python code (hash of the name), run twice per table lookup on every
+    # frame. Members are singletons compared by identity, so identity hashing is equivalent and
+    # runs in C.
+    __hash__ = object.__hash__
+
     IDLE = "idle"
     """No CallStart yet."""
     OPEN = "open"
@@ -51,6 +56,8 @@ class StreamState(Enum):
 
 class StreamEvent(Enum):
     """A frame that moves a call along; the name says who sends it."""
+
+    __hash__ = object.__hash__  # as StreamState.__hash__: identity, in C
 
     START = "start"
     """Client: CallStart."""
@@ -88,7 +95,14 @@ TRANSITIONS: Mapping[tuple[StreamState, StreamEvent], StreamState] = {
 }
 """Every allowed (state, event) pair and the state it leads to; anything else is a violation."""
 
-_RESPONSE_EVENTS = frozenset({StreamEvent.HEADERS, StreamEvent.SERVER_MESSAGE})
+_ROWS: Mapping[StreamState, Mapping[StreamEvent, StreamState]] = {
+    state: {event: target for (source, event), target in TRANSITIONS.items() if source is state}
+    for state in StreamState
+}
+"""TRANSITIONS by state: one lookup per frame, with no (state, event) tuple to build and hash."""
+
+HEADERS = StreamEvent.HEADERS
+SERVER_MESSAGE = StreamEvent.SERVER_MESSAGE
 
 
 class Stream:
@@ -98,7 +112,7 @@ class Stream:
         stream_id: The call's stream id.
     """
 
-    __slots__ = ("response_started", "state", "stream_id")
+    __slots__ = ("combined", "response_started", "state", "stream_id")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
@@ -107,15 +121,32 @@ class Stream:
         """The current state."""
         self.response_started = False
         """Whether the server has sent HeadersFrame or a MessageFrame (no HEADERS after that)."""
+        self.combined = False
+        """Whether the CallStart carried a message or half_close (bridge.proto "Combined
+        frames"): a client that sends them reads them, so the server may combine its answer."""
 
     def __repr__(self) -> str:
         return f"Stream({self.stream_id}, {self.state.name})"
 
     def next_state(self, event: StreamEvent) -> StreamState | None:
         """The state ``event`` would lead to, or ``None`` if it is not allowed now."""
-        if event is StreamEvent.HEADERS and self.response_started:
+        if event is HEADERS and self.response_started:
             return None
-        return TRANSITIONS.get((self.state, event))
+        return _ROWS[self.state].get(event)
+
+    def advance(self, event: StreamEvent) -> bool:
+        """Apply ``event`` if it is allowed now (the sessions' per-frame path: one lookup).
+
+        Returns:
+            ``True`` if applied; ``False`` if ``event`` is not allowed (the state is unchanged).
+        """
+        state = self.next_state(event)
+        if state is None:
+            return False
+        self.state = state
+        if event is SERVER_MESSAGE or event is HEADERS:
+            self.response_started = True
+        return True
 
     def handle(self, event: StreamEvent) -> StreamState:
         """Apply ``event`` and return the new state.
@@ -123,15 +154,11 @@ class Stream:
         Raises:
             asap.errors.InvalidState: ``event`` is not allowed in the current state.
         """
-        state = self.next_state(event)
-        if state is None:
+        if not self.advance(event):
             msg = (
                 f"{event.name} is not allowed on stream {self.stream_id} in state {self.state.name}"
             )
-            if event is StreamEvent.HEADERS and self.response_started:
+            if event is HEADERS and self.response_started:
                 msg = f"headers already sent or a message already sent on stream {self.stream_id}"
             raise InvalidState(msg)
-        self.state = state
-        if event in _RESPONSE_EVENTS:
-            self.response_started = True
-        return state
+        return self.state

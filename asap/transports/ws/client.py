@@ -4,10 +4,12 @@ Theory of operation. A channel holds at most one usable connection at a time. It
 on the first call; concurrent first calls share one connection attempt. Each connection has a
 :class:`~asap.protocol.client_session.ClientSession` and a reader task that feeds the session and
 routes its events to per-call inboxes
-(:class:`~asap.transports.ws.client_connection.ClientCall`). A call is a stream: ``unary()`` queues
-CallStart, the request and HalfClose and writes them in one flush, then waits for the CallStatus;
-``open_stream()`` returns a :class:`WebSocketResponseStream` whose pump task opens the call and, for
-client-streaming methods, writes the request iterator out, then HalfClose.
+(:class:`~asap.transports.ws.client_connection.ClientCall`). A call is a stream: ``unary()`` sends
+one CallStart carrying the request and the HalfClose (bridge.proto "Combined frames"), then waits
+for the CallStatus, which from an ASAP server carries the response too; ``open_stream()`` returns a
+:class:`WebSocketResponseStream` whose pump task opens the call (for server-streaming methods the
+same single CallStart) and, for client-streaming methods, writes the request iterator out, then
+HalfClose.
 
 Failures. A call fails with the AsapError the server's CallStatus carries (the same class the
 handler raised, with its details and trailers). A connection that ends fails every call on it with

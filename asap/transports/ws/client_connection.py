@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from asap._typing import Metadata
 from asap.core.method import MethodSpec
-from asap.errors import AsapError, ConnectionLost, MessageTooLarge, from_status
+from asap.errors import AsapError, ConnectionLost, from_status
 from asap.protocol.client_session import ClientSession
 from asap.protocol.events import (
     CallEnded,
@@ -145,25 +145,20 @@ class ClientBridgeConnection(BridgeConnection[ClientSession]):
         *,
         half_close: bool,
     ) -> ClientCall:
-        """Queue CallStart, then the request and HalfClose when given; flush afterwards.
+        """Queue CallStart, carrying the request and HalfClose when given; flush afterwards.
+
+        A unary or server-streaming call is then one frame (bridge.proto "Combined frames").
 
         Raises:
-            asap.errors.MessageTooLarge: The request is over ``max_message_bytes``; the call was
-                cancelled.
+            asap.errors.MessageTooLarge: The request is over ``max_message_bytes``; no call was
+                opened.
             ValueError: Malformed metadata.
         """
-        session = self.session
-        stream_id = session.send_start(method.path, metadata, timeout)
+        stream_id = self.session.send_start(
+            method.path, metadata, timeout, message=request, half_close=half_close
+        )
         call = ClientCall(stream_id)
         self.calls[stream_id] = call
-        if request is not None:
-            try:
-                session.send_message(stream_id, request)
-            except MessageTooLarge:
-                self.abandon(call, "the request is too large")
-                raise
-        if half_close:
-            session.send_half_close(stream_id)
         return call
 
     def abandon(self, call: ClientCall, reason: str) -> None:

@@ -15,9 +15,10 @@ time flushes: a task that finds a flush already running returns at once, and the
 keeps writing until the queue is empty, so whatever the latecomer queued goes out behind what was
 there before it.
 
-Writing. A flush often has several frames (CallStart, request and HalfClose of a unary call; a
-response and its CallStatus). ``ws.send()`` would write each with its own transport write (one
-system call each); instead the flush hands every queued frame to websockets' sans-I/O protocol
+Writing. A flush often has several frames (the calls several tasks started or answered while one
+flush was writing; a streamed response and its CallStatus). A unary call itself is one frame each
+way (bridge.proto "Combined frames"). ``ws.send()`` would write each with its own transport write
+(one system call each); instead the flush hands every queued frame to websockets' sans-I/O protocol
 (``ws.protocol``, exactly what ``send()`` does inside), writes all the resulting WebSocket frames
 with one ``transport.writelines()``, then waits for the write buffer to drain as ``send()`` does.
 Nothing is awaited before everything taken from the session is written, so a cancelled flush (a

@@ -342,17 +342,28 @@ class _ServerConnection(BridgeConnection[ServerSession]):
                 self.idle.set()
 
     async def _finish(self, ctx: CallContext, call: _Call, error: AsapError | None) -> None:
-        """Send the call's status and trailers; count rate-limit strikes."""
+        """Send the call's status and trailers (a unary response with them); count strikes."""
         session = self.session
+        stream_id = call.stream_id
+        trailers = ctx.trailing_metadata
+        response: Message | None = None
         if error is None and not call.spec.server_streaming:
-            error = self._send_response(call)
-        status = _OK if error is None else to_status(error)
+            response = call.response
+            if response is None:
+                error = Internal(_NO_RESPONSE)
         try:
-            sent = session.send_status(call.stream_id, status, ctx.trailing_metadata)
+            try:
+                # A unary answer rides in the CallStatus: one frame (bridge.proto "Combined
+                # frames"); on error the response is dropped, as gRPC sends it with OK only.
+                status = _OK if error is None else to_status(error)
+                sent = session.send_status(stream_id, status, trailers, message=response)
+            except MessageTooLarge as exc:
+                error = exc  # nothing was queued: the call fails with this instead
+                sent = session.send_status(stream_id, to_status(exc), trailers)
         except (ValueError, TypeError):
             # Trailers that break the metadata rules, or (JSON) a detail type the pool lacks.
             _log.exception("cannot encode the status of %s", ctx.method.path)
-            sent = session.send_status(call.stream_id, to_status(Internal()))
+            sent = session.send_status(stream_id, to_status(Internal()))
         if not sent:
             return
         await self.flush()
@@ -363,16 +374,6 @@ class _ServerConnection(BridgeConnection[ServerSession]):
                 if isinstance(event, ProtocolViolation):
                     _log.info("closing %s: %s", self.peer, event.reason)
                     await self.close(event.close_code, event.reason)
-
-    def _send_response(self, call: _Call) -> AsapError | None:
-        """Queue a unary call's response; the error to end the call with instead, if any."""
-        if call.response is None:
-            return Internal(_NO_RESPONSE)
-        try:
-            self.session.send_message(call.stream_id, call.response)
-        except MessageTooLarge as exc:
-            return exc
-        return None
 
     async def shutdown(self, code: int, reason: str) -> None:
         """Cancel every handler, write what is queued, and close the connection."""

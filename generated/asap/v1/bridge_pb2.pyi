@@ -44,11 +44,31 @@ class Frame(_message.Message):
     non-zero and strictly increasing on a connection. A call runs:
       client → CallStart, then zero or more MessageFrame, then HalfClose (or Cancel at any time);
       server → optional HeadersFrame, then zero or more MessageFrame, then exactly one CallStatus.
-    A unary or server-streaming call sends exactly one request MessageFrame before HalfClose; the
-    client may send CallStart, the message and HalfClose back to back without waiting. A stream is
+    A unary or server-streaming call sends exactly one request message before HalfClose (in a
+    MessageFrame, or inside the CallStart: see "Combined frames"); the client may send CallStart,
+    the message and HalfClose back to back without waiting. A stream is
     over once the server sends CallStatus; the client sends nothing more on it, and the server ignores
     frames for finished streams. Frames of different streams may interleave in any order; frames of
     one stream are processed in order.
+
+    ## Combined frames
+    So that a unary call can take one WebSocket message each way, two frames may carry what would
+    otherwise follow them in separate frames:
+      - CallStart.message is the call's first request message, exactly as if it were sent in a
+        MessageFrame right after the CallStart; CallStart.half_close = true means a HalfClose follows
+        (after that message, if any). A unary or server-streaming call is then one CallStart.
+      - CallStatus.message is a last response message, exactly as if it were sent in a MessageFrame
+        right before the CallStatus. A successful unary answer is then one CallStatus.
+    Senders MAY use either field, or neither. Receivers MUST accept both forms and treat them the
+    same: the same size limits, body rules and stream states apply, and a violation is reported as
+    it would be for the separate frame (for example a MessageFrame or HalfClose after a CallStart
+    with half_close = true is a message or HalfClose after HalfClose). The separate-frame form stays
+    valid, and a CallStart with a message but without half_close may be followed by more
+    MessageFrames and a HalfClose. A peer written before these fields existed ignores them (they are
+    unknown fields to it), so a server may keep to the separate form for a client that has not used
+    them itself: the ASAP server puts a response in CallStatus only on a call whose CallStart did.
+    These fields are part of the first released asap.v1 schema, so every v1 server accepts a
+    combined CallStart and clients may always send one.
 
     ## Errors
     A call's error is its CallStatus (the same Status a gRPC caller sees in grpc-status,
@@ -91,7 +111,7 @@ class Frame(_message.Message):
     """The call this frame belongs to; 0 for connection-level frames (Ping, Pong, GoAway)."""
     @_builtins.property
     def start(self) -> Global___CallStart:
-        """Client → server: opens a call."""
+        """Client → server: opens a call (and may carry its first message and its HalfClose)."""
 
     @_builtins.property
     def message(self) -> Global___MessageFrame:
@@ -111,7 +131,9 @@ class Frame(_message.Message):
 
     @_builtins.property
     def status(self) -> Global___CallStatus:
-        """Server → client: the final status and trailing metadata; ends the call."""
+        """Server → client: the final status and trailing metadata (and maybe a last message); ends
+        the call.
+        """
 
     @_builtins.property
     def ping(self) -> Global___Ping:
@@ -192,8 +214,14 @@ class CallStart(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    HALF_CLOSE_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """The gRPC method path, for example "/asap.v1.AgentService/Send"."""
+    half_close: _builtins.bool
+    """No more request messages follow (after `message`, if set), as if a HalfClose followed this
+    CallStart. A HalfClose or MessageFrame sent after it breaks the stream's rules.
+    """
     @_builtins.property
     def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataEntry]:
         """Request metadata (the same entries a gRPC caller would send as headers)."""
@@ -205,16 +233,24 @@ class CallStart(_message.Message):
         DEADLINE_EXCEEDED.
         """
 
+    @_builtins.property
+    def message(self) -> Global___MessageFrame:
+        """The call's first request message, as if sent in a MessageFrame right after this CallStart
+        (see "Combined frames"). Unset: no message comes with the CallStart.
+        """
+
     def __init__(
         self,
         *,
         method: _builtins.str = ...,
         metadata: _abc.Iterable[Global___MetadataEntry] | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        message: Global___MessageFrame | None = ...,
+        half_close: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "method", b"method", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["half_close", b"half_close", "message", b"message", "metadata", b"metadata", "method", b"method", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -321,6 +357,7 @@ class CallStatus(_message.Message):
 
     STATUS_FIELD_NUMBER: _builtins.int
     TRAILERS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def status(self) -> _status_pb2.Status:
         """The outcome: code 0 (OK) or an error with details."""
@@ -329,15 +366,22 @@ class CallStatus(_message.Message):
     def trailers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataEntry]:
         """Trailing metadata."""
 
+    @_builtins.property
+    def message(self) -> Global___MessageFrame:
+        """A last response message, delivered before the status, as if sent in a MessageFrame right
+        before this CallStatus; lets a unary answer travel in one frame (see "Combined frames").
+        """
+
     def __init__(
         self,
         *,
         status: _status_pb2.Status | None = ...,
         trailers: _abc.Iterable[Global___MetadataEntry] | None = ...,
+        message: Global___MessageFrame | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status", "trailers", b"trailers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "status", b"status", "trailers", b"trailers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

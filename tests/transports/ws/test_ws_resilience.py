@@ -24,7 +24,7 @@ from asap.server import Server
 from asap.transports.base import CallOptions
 from asap.transports.ws.client import ReconnectPolicy
 from asap.transports.ws.server import INBOX_HIGH_WATER
-from asap.v1 import agent_service_pb2, bridge_pb2, payload_pb2, status_pb2
+from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2, payload_pb2, status_pb2
 
 
 if TYPE_CHECKING:
@@ -241,6 +241,19 @@ async def answer_manifest(ws: ServerConnection, start: bridge_pb2.Frame, connect
     await ws.send(bridge_pb2.Frame(stream_id=start.stream_id, status=status).SerializeToString())
 
 
+async def answer_manifest_in_one_frame(
+    ws: ServerConnection, start: bridge_pb2.Frame, connection: int
+) -> None:
+    """A correct answer in one frame: the CallStatus carries the response ("Combined frames")."""
+    body = bridge_pb2.MessageFrame(
+        binary=agent_service_pb2.GetManifestResponse(
+            manifest=manifest_pb2.Manifest(name="fake")
+        ).SerializeToString()
+    )
+    status = bridge_pb2.CallStatus(status=status_pb2.Status(), message=body)
+    await ws.send(bridge_pb2.Frame(stream_id=start.stream_id, status=status).SerializeToString())
+
+
 class FakeBridge:
     """A bridge server that answers each call with the next scripted behaviour."""
 
@@ -248,6 +261,8 @@ class FakeBridge:
         self.scripts = list(scripts)
         self.connections = 0
         self.close_codes: list[int | None] = []
+        self.received: list[bridge_pb2.Frame] = []
+        """Every frame received, in order (so tests can count WebSocket messages)."""
 
     async def handler(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -256,7 +271,10 @@ class FakeBridge:
             async for data in ws:
                 assert isinstance(data, bytes)
                 frame = bridge_pb2.Frame.FromString(data)
-                if frame.WhichOneof("kind") == "half_close":
+                self.received.append(frame)
+                # The request is complete at a HalfClose, alone or inside the CallStart.
+                kind = frame.WhichOneof("kind")
+                if kind == "half_close" or (kind == "start" and frame.start.half_close):
                     await self.scripts.pop(0)(ws, frame, connection)
         except ConnectionClosed:
             pass
@@ -346,3 +364,62 @@ async def test_goaway_sends_new_calls_to_a_new_connection(open_channel: ChannelF
         assert drained.ws.close_code == 1000
         await channel.close()
     assert bridge.connections == 2
+
+
+# -- combined frames (bridge.proto "Combined frames") --------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "answer", [answer_manifest_in_one_frame, answer_manifest], ids=["combined", "separate"]
+)
+async def test_unary_call_is_one_frame_and_reads_either_answer(
+    open_channel: ChannelFactory, answer: Script
+) -> None:
+    """unary() sends one CallStart carrying the request and half_close; both answer forms work."""
+    bridge = FakeBridge(answer)
+    async for url in fake_bridge(bridge):
+        channel = open_channel(url)
+        reply = await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, CallOptions(timeout=5.0))
+        assert isinstance(reply.message, agent_service_pb2.GetManifestResponse)
+        if answer is answer_manifest_in_one_frame:
+            assert reply.message.manifest.name == "fake"
+        [frame] = bridge.received
+        assert frame.start.method == GET_MANIFEST.path
+        assert frame.start.half_close
+        assert frame.start.timeout.ToNanoseconds() > 0
+        request = agent_service_pb2.GetManifestRequest.FromString(frame.start.message.binary)
+        assert request == MANIFEST_REQUEST
+        await channel.close()
+
+
+@pytest.mark.asyncio
+async def test_server_streaming_call_is_one_frame(open_channel: ChannelFactory, kit: Kit) -> None:
+    """open_stream() for a server-streaming method sends one combined CallStart; the last response
+    may come inside the CallStatus."""
+
+    async def two_updates(ws: ServerConnection, start: bridge_pb2.Frame, connection: int) -> None:
+        def body(n: int) -> bridge_pb2.MessageFrame:
+            response = agent_service_pb2.SubscribeResponse(envelope=kit.envelope("echo", n=n))
+            return bridge_pb2.MessageFrame(binary=response.SerializeToString())
+
+        await ws.send(
+            bridge_pb2.Frame(stream_id=start.stream_id, message=body(0)).SerializeToString()
+        )
+        status = bridge_pb2.CallStatus(status=status_pb2.Status(), message=body(1))
+        await ws.send(
+            bridge_pb2.Frame(stream_id=start.stream_id, status=status).SerializeToString()
+        )
+
+    bridge = FakeBridge(two_updates)
+    async for url in fake_bridge(bridge):
+        channel = open_channel(url)
+        request = agent_service_pb2.SubscribeRequest(envelope=kit.envelope("echo"))
+        stream = channel.open_stream(method("Subscribe"), request, NO_OPTIONS)
+        items = [item async for item in stream]
+        numbers = [item.envelope.task_request.input["n"] for item in items]  # type: ignore[attr-defined]
+        assert numbers == [0, 1]
+        [frame] = bridge.received
+        assert frame.start.half_close
+        assert agent_service_pb2.SubscribeRequest.FromString(frame.start.message.binary) == request
+        await channel.close()

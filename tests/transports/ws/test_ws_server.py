@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trustme
+from google.protobuf.message import Message
 from websockets.exceptions import InvalidStatus
 
 from asap import errors
@@ -27,6 +28,8 @@ from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2
 
 
 if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
     from tests.transports.ws.conftest import ChannelFactory, Kit, Probe, RawFactory, ServerFactory
 
 
@@ -558,3 +561,146 @@ async def test_ssl_context_is_tls_1_2_or_later(ca: trustme.CA) -> None:
     """The server's TLS context refuses anything older than TLS 1.2."""
     context = server_tls(ca).ssl_context()
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+# -- combined frames (bridge.proto "Combined frames") --------------------------------------
+
+
+def combined_start(
+    stream_id: int, name: str, request: Message, *, half_close: bool = True
+) -> bytes:
+    """One CallStart carrying the request and the HalfClose, under asap.v1.proto."""
+    body = bridge_pb2.MessageFrame(binary=request.SerializeToString())
+    start = bridge_pb2.CallStart(method=method(name).path, message=body, half_close=half_close)
+    return bridge_pb2.Frame(stream_id=stream_id, start=start).SerializeToString()
+
+
+async def assert_nothing_more(ws: ClientConnection, kit: Kit) -> None:
+    """The server sent nothing else for now: a Ping's Pong is the very next frame."""
+    await ws.send(kit.frame(0, ping=bridge_pb2.Ping(nonce=9)))
+    assert (await kit.next_frame(ws)).pong.nonce == 9
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["GetManifest", "Send"])
+async def test_combined_unary_call_is_answered_in_one_frame(
+    server: Server, raw: RawFactory, kit: Kit, name: str
+) -> None:
+    """One CallStart with the request and half_close gets one CallStatus carrying the response."""
+    ws = await raw(kit.url(server))
+    request = MANIFEST_REQUEST if name == "GetManifest" else kit.send_request("echo")
+    await ws.send(combined_start(1, name, request))
+    answer = await kit.next_frame(ws)
+    assert (answer.stream_id, answer.WhichOneof("kind")) == (1, "status")
+    assert answer.status.status.code == 0
+    response = method(name).response_type.FromString(answer.status.message.binary)
+    if name == "Send":
+        assert isinstance(response, agent_service_pb2.SendResponse)
+        assert response.envelope.task_response.task_id == "t-echo"
+    await assert_nothing_more(ws, kit)
+
+
+@pytest.mark.asyncio
+async def test_separate_frames_are_answered_with_message_then_status(
+    server: Server, raw: RawFactory, kit: Kit
+) -> None:
+    """A client that sends CallStart, the request and HalfClose apart gets two frames back (it may
+    predate combined frames)."""
+    ws = await raw(kit.url(server))
+    for data in kit.start_frames(1, "Send", kit.send_request("echo")):
+        await ws.send(data)
+    message = await kit.next_frame(ws)
+    assert (message.stream_id, message.WhichOneof("kind")) == (1, "message")
+    agent_service_pb2.SendResponse.FromString(message.message.binary)
+    status = await kit.next_frame(ws)
+    assert (status.stream_id, status.status.status.code) == (1, 0)
+    assert not status.status.HasField("message")
+
+
+@pytest.mark.asyncio
+async def test_combined_json_call_is_answered_in_one_frame(
+    server: Server, raw: RawFactory, kit: Kit
+) -> None:
+    """Under asap.v1.json the combined CallStart and CallStatus carry typed messages."""
+    ws = await raw(kit.url(server), subprotocols=[SUBPROTOCOL_JSON])
+    body = {"@type": "type.googleapis.com/asap.v1.GetManifestRequest"}
+    start = {"method": GET_MANIFEST.path, "message": {"typed": body}, "halfClose": True}
+    await ws.send(json.dumps({"streamId": 1, "start": start}))
+    answer = json.loads(await ws.recv())
+    assert answer["streamId"] == 1
+    typed = answer["status"]["message"]["typed"]
+    assert typed["@type"].endswith("asap.v1.GetManifestResponse")
+    await ws.send(json.dumps({"ping": {"nonce": "4"}}))
+    assert json.loads(await ws.recv()) == {"pong": {"nonce": "4"}}
+
+
+@pytest.mark.asyncio
+async def test_failed_combined_call_is_answered_with_the_status_only(
+    server: Server, raw: RawFactory, kit: Kit
+) -> None:
+    """A unary call that fails gets one CallStatus with the error and no message."""
+    ws = await raw(kit.url(server))
+    await ws.send(combined_start(1, "Send", kit.send_request("fail")))
+    answer = await kit.next_frame(ws)
+    assert answer.stream_id == 1
+    assert isinstance(errors.from_status(answer.status.status), errors.FailedPrecondition)
+    assert not answer.status.HasField("message")
+    assert [entry.key for entry in answer.status.trailers][:1] == ["x-test-trailer"]
+    await assert_nothing_more(ws, kit)
+
+
+@pytest.mark.asyncio
+async def test_oversized_combined_response_is_message_too_large(
+    start_server: ServerFactory, raw: RawFactory, kit: Kit
+) -> None:
+    """A unary response over the limit fails the call: one CallStatus, no message."""
+    server = await start_server(limits=Limits(rate_limit_per_second=0, max_message_bytes=4096))
+    ws = await raw(kit.url(server))
+    await ws.send(combined_start(1, "Send", kit.send_request("big", size=8192)))
+    answer = await kit.next_frame(ws)
+    assert isinstance(errors.from_status(answer.status.status), errors.MessageTooLarge)
+    assert not answer.status.HasField("message")
+    await assert_nothing_more(ws, kit)
+
+
+@pytest.mark.asyncio
+async def test_half_close_after_a_half_closing_start_fails_the_call(
+    server: Server, raw: RawFactory, probe: Probe, kit: Kit
+) -> None:
+    """A HalfClose after CallStart.half_close is MALFORMED_FRAME; the handler is cancelled."""
+    ws = await raw(kit.url(server))
+    await ws.send(combined_start(1, "Send", kit.send_request("block")))
+    await probe.entered.wait()
+    await ws.send(kit.frame(1, half_close=bridge_pb2.HalfClose()))
+    failed = await kit.next_frame(ws)
+    assert failed.stream_id == 1
+    assert errors.from_status(failed.status.status).reason == "MALFORMED_FRAME"
+    await probe.cancelled.wait()
+
+
+@pytest.mark.asyncio
+async def test_combined_start_then_separate_half_close(
+    server: Server, raw: RawFactory, kit: Kit
+) -> None:
+    """A CallStart with the request but no half_close may be followed by a separate HalfClose."""
+    ws = await raw(kit.url(server))
+    await ws.send(combined_start(1, "GetManifest", MANIFEST_REQUEST, half_close=False))
+    await ws.send(kit.frame(1, half_close=bridge_pb2.HalfClose()))
+    answer = await kit.next_frame(ws)
+    assert (answer.stream_id, answer.status.status.code) == (1, 0)
+    agent_service_pb2.GetManifestResponse.FromString(answer.status.message.binary)
+
+
+@pytest.mark.asyncio
+async def test_server_streaming_responses_stay_separate_frames(
+    server: Server, raw: RawFactory, kit: Kit
+) -> None:
+    """A combined Subscribe gets each response in its own MessageFrame, then a bare CallStatus."""
+    ws = await raw(kit.url(server))
+    request = agent_service_pb2.SubscribeRequest(envelope=kit.envelope("progress"))
+    await ws.send(combined_start(1, "Subscribe", request))
+    kinds = [(await kit.next_frame(ws)).WhichOneof("kind") for _ in range(kit.UPDATES + 1)]
+    assert kinds == ["message"] * (kit.UPDATES + 1)
+    status = await kit.next_frame(ws)
+    assert (status.stream_id, status.status.status.code) == (1, 0)
+    assert not status.status.HasField("message")

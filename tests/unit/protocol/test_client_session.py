@@ -33,7 +33,8 @@ from asap.protocol.events import (
 from asap.protocol.frames import MAX_STREAM_ID, CloseCode, Codec, JsonCodec, ProtoCodec
 from asap.protocol.limits import Limits
 from asap.protocol.session import ServerSession
-from asap.v1 import agent_service_pb2, bridge_pb2
+from asap.protocol.stream import StreamState
+from asap.v1 import agent_service_pb2, bridge_pb2, status_pb2
 
 
 METHOD = "/asap.v1.AgentService/Send"
@@ -72,6 +73,24 @@ def status(stream_id: int, *trailers: bridge_pb2.MetadataEntry) -> bridge_pb2.Fr
 def response(session: ClientSession, stream_id: int, size: int = 1) -> bridge_pb2.Frame:
     body = session.codec.pack_message(agent_service_pb2.EnvelopeError(envelope_id="x" * size))
     return bridge_pb2.Frame(stream_id=stream_id, message=body)
+
+
+def status_with_response(
+    session: ClientSession,
+    stream_id: int,
+    *,
+    code: int = 0,
+    size: int = 1,
+    body: bridge_pb2.MessageFrame | None = None,
+    trailers: tuple[bridge_pb2.MetadataEntry, ...] = (),
+) -> bridge_pb2.Frame:
+    """A CallStatus carrying the last response ("Combined frames")."""
+    if body is None:
+        body = response(session, stream_id, size).message
+    call_status = bridge_pb2.CallStatus(
+        status=status_pb2.Status(code=code), trailers=trailers, message=body
+    )
+    return bridge_pb2.Frame(stream_id=stream_id, status=call_status)
 
 
 def assert_failed(
@@ -325,6 +344,7 @@ def test_arbitrary_input_never_raises(codec: Codec, chunks: list[bytes | str]) -
 _KINDS = [
     "start",
     "message",
+    "status+",
     "half_close",
     "cancel",
     "headers",
@@ -355,6 +375,8 @@ def test_server_frame_sequences_never_raise(
         frame = bridge_pb2.Frame(stream_id=stream_id)
         if kind == "message":
             frame = response(client, stream_id)
+        elif kind == "status+":
+            frame = status_with_response(client, stream_id)
         elif kind is not None:
             getattr(frame, kind).SetInParent()
         feed(client, frame)
@@ -362,3 +384,153 @@ def test_server_frame_sequences_never_raise(
             assert out.stream_id not in cancelled
             if out.HasField("cancel"):
                 cancelled.add(out.stream_id)
+
+
+# -- combined frames (bridge.proto "Combined frames") ---------------------------------------
+
+
+def test_send_start_with_the_request_is_one_frame(client: ClientSession) -> None:
+    """send_start(message=..., half_close=True) queues one CallStart carrying both."""
+    request = agent_service_pb2.SendRequest()
+    request.envelope.id = "e1"
+    stream_id = client.send_start(
+        METHOD, [("k", "v")], timeout=2.0, message=request, half_close=True
+    )
+    (frame,) = sent(client)
+    assert frame.stream_id == stream_id == 1
+    assert frame.start.method == METHOD
+    assert [entry.key for entry in frame.start.metadata] == ["k"]
+    assert frame.start.timeout.ToNanoseconds() == 2_000_000_000
+    assert frame.start.half_close
+    assert client.codec.unpack_message(frame.start.message, type(request)) == request
+    assert client.streams[stream_id].state is StreamState.HALF_CLOSED_REMOTE
+    with pytest.raises(InvalidState, match="half-closed"):
+        client.send_message(stream_id, request)
+    with pytest.raises(InvalidState):
+        client.send_half_close(stream_id)
+
+
+def test_send_start_with_a_first_message_only(client: ClientSession) -> None:
+    """Without half_close, more messages and a HalfClose may follow the combined CallStart."""
+    stream_id = client.send_start(METHOD, message=agent_service_pb2.SendRequest())
+    assert client.send_message(stream_id, agent_service_pb2.SendRequest())
+    assert client.send_half_close(stream_id)
+    kinds = [frame.WhichOneof("kind") for frame in sent(client)]
+    assert kinds == ["start", "message", "half_close"]
+
+
+def test_send_start_with_a_request_too_large(codec: Codec) -> None:
+    """A first message over the limit raises MessageTooLarge: no call opened, nothing queued."""
+    client = ClientSession(codec, Limits(max_message_bytes=5))
+    big = agent_service_pb2.EnvelopeError(envelope_id="x" * 10)
+    with pytest.raises(MessageTooLarge):
+        client.send_start(METHOD, message=big, half_close=True)
+    assert sent(client) == []
+    assert client.streams == {}
+    assert client.next_stream_id() == 1
+
+
+def test_status_with_a_response(client: ClientSession) -> None:
+    """A CallStatus carrying a message is a MessageReceived, then the CallEnded."""
+    client.send_start(METHOD, message=agent_service_pb2.SendRequest(), half_close=True)
+    sent(client)
+    trailer = bridge_pb2.MetadataEntry(key="t", text="w")
+    message, ended = feed(client, status_with_response(client, 1, trailers=(trailer,)))
+    assert isinstance(message, MessageReceived)
+    body = client.codec.unpack_message(message.message_frame, agent_service_pb2.EnvelopeError)
+    assert body.envelope_id == "x"
+    assert isinstance(ended, CallEnded)
+    assert (ended.status.code, ended.trailers) == (0, (("t", "w"),))
+    assert not client.is_open(1)
+    assert sent(client) == []
+
+
+def test_status_with_a_response_after_headers_and_messages(client: ClientSession) -> None:
+    """The combined CallStatus may follow headers and other messages (a streamed answer)."""
+    client.send_start(METHOD)
+    events = feed(client, headers(1), response(client, 1), status_with_response(client, 1))
+    assert [type(event) for event in events] == [
+        HeadersReceived,
+        MessageReceived,
+        MessageReceived,
+        CallEnded,
+    ]
+
+
+def test_error_status_with_a_response(client: ClientSession) -> None:
+    """An error status may carry a message too: it is delivered, then the error."""
+    client.send_start(METHOD)
+    message, ended = feed(client, status_with_response(client, 1, code=Code.NOT_FOUND))
+    assert isinstance(message, MessageReceived)
+    assert isinstance(ended, CallEnded)
+    assert from_status(ended.status).code is Code.NOT_FOUND
+
+
+def test_status_with_a_response_too_large(codec: Codec) -> None:
+    """The size limit applies to the message in a CallStatus; the status is not reported."""
+    client = ClientSession(codec, Limits(max_message_bytes=10))
+    client.send_start(METHOD)
+    sent(client)
+    assert_failed(
+        client, feed(client, status_with_response(client, 1, size=20)), 1, MessageTooLarge
+    )
+
+
+def test_status_with_a_response_of_the_wrong_body_kind(client: ClientSession) -> None:
+    """The message in a CallStatus must use the subprotocol's body kind."""
+    wrong = bridge_pb2.MessageFrame()
+    if client.codec.body_kind == "binary":
+        wrong.typed.Pack(agent_service_pb2.EnvelopeError())
+    else:
+        wrong.binary = b""
+    client.send_start(METHOD)
+    sent(client)
+    assert_failed(
+        client, feed(client, status_with_response(client, 1, body=wrong)), 1, MalformedFrame
+    )
+
+
+def test_status_with_a_response_and_bad_trailers(client: ClientSession) -> None:
+    """As with the separate frames: the message is delivered, then the bad trailers fail the call."""
+    client.send_start(METHOD)
+    sent(client)
+    bad = bridge_pb2.MetadataEntry(key="x-bin", text="v")
+    events = feed(client, status_with_response(client, 1, trailers=(bad,)))
+    assert isinstance(events[0], MessageReceived)
+    assert_failed(client, events[1:], 1, MalformedFrame)
+
+
+@pytest.mark.parametrize("combine", [True, False], ids=["combined", "separate"])
+def test_sessions_interoperate_in_both_forms(codec: Codec, combine: bool) -> None:
+    """A unary call end to end: one frame each way when the client combines, else three and two."""
+    client = ClientSession(codec)
+    server = ServerSession(type(codec)())
+    request = agent_service_pb2.SendRequest()
+    request.envelope.id = "e1"
+    if combine:
+        stream_id = client.send_start(METHOD, timeout=5.0, message=request, half_close=True)
+    else:
+        stream_id = client.send_start(METHOD, timeout=5.0)
+        client.send_message(stream_id, request)
+        client.send_half_close(stream_id)
+    requests = client.data_to_send()
+    assert len(requests) == (1 if combine else 3)
+    for data in requests:
+        server.receive_data(data, 10.0)
+    started, received, closed = server.events_received()
+    assert started == CallStarted(1, METHOD, (), 5.0, 15.0)
+    assert isinstance(received, MessageReceived)
+    assert server.codec.unpack_message(received.message_frame, type(request)) == request
+    assert closed == HalfClosed(1)
+    answer = agent_service_pb2.SendResponse()
+    answer.envelope.id = "r1"
+    assert server.send_status(stream_id, status_pb2.Status(), message=answer)
+    responses = server.data_to_send()
+    assert len(responses) == (1 if combine else 2)
+    for data in responses:
+        client.receive_data(data, 10.0)
+    message, ended = client.events_received()
+    assert isinstance(message, MessageReceived)
+    assert client.codec.unpack_message(message.message_frame, type(answer)) == answer
+    assert isinstance(ended, CallEnded)
+    assert ended.status.code == 0

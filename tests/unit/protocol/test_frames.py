@@ -7,6 +7,7 @@ import json
 
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,9 +30,10 @@ from asap.protocol.frames import (
     FrameError,
     JsonCodec,
     ProtoCodec,
+    _varint,
     codec_for,
 )
-from asap.v1 import agent_service_pb2, bridge_pb2, envelope_pb2
+from asap.v1 import agent_service_pb2, bridge_pb2, envelope_pb2, status_pb2
 
 
 CODECS = [ProtoCodec, JsonCodec]
@@ -68,6 +70,18 @@ FRAMES = [
     bridge_pb2.Frame(ping=bridge_pb2.Ping(nonce=2**64 - 1)),
     bridge_pb2.Frame(pong=bridge_pb2.Pong(nonce=7)),
     bridge_pb2.Frame(goaway=bridge_pb2.GoAway(reason="draining")),
+    bridge_pb2.Frame(
+        stream_id=6,
+        start=bridge_pb2.CallStart(
+            method="/asap.v1.AgentService/Send",
+            message=bridge_pb2.MessageFrame(binary=b"\x0a\x00"),
+            half_close=True,
+        ),
+    ),
+    bridge_pb2.Frame(
+        stream_id=7,
+        status=bridge_pb2.CallStatus(message=bridge_pb2.MessageFrame(binary=b"\x0a\x00")),
+    ),
 ]
 
 
@@ -313,6 +327,158 @@ def test_encode_message_refuses_large_messages(codec: Codec) -> None:
     assert codec.encode_message(1, message, max_message_bytes=size)
     with pytest.raises(MessageTooLarge, match=f"{size} vs. {size - 1}"):
         codec.encode_message(1, message, max_message_bytes=size - 1)
+
+
+_METADATA = [
+    bridge_pb2.MetadataEntry(key="authorization", text="Bearer t"),
+    bridge_pb2.MetadataEntry(key="k-bin", binary=b"\x00\xff"),
+]
+
+
+def _start(*, timeout: bool = True) -> bridge_pb2.CallStart:
+    return bridge_pb2.CallStart(
+        method="/asap.v1.AgentService/Send",
+        metadata=_METADATA,
+        timeout=duration_pb2.Duration(seconds=3, nanos=7) if timeout else None,
+    )
+
+
+def _protobuf_start(
+    stream_id: int, start: bridge_pb2.CallStart, message: Message | None, *, half_close: bool
+) -> bytes:
+    """What protobuf itself serializes for a combined CallStart (the reference)."""
+    combined = bridge_pb2.CallStart()
+    combined.CopyFrom(start)
+    if message is not None:
+        combined.message.binary = message.SerializeToString()
+    combined.half_close = half_close
+    return bridge_pb2.Frame(stream_id=stream_id, start=combined).SerializeToString()
+
+
+def _protobuf_status(
+    stream_id: int, call_status: bridge_pb2.CallStatus, message: Message | None
+) -> bytes:
+    combined = bridge_pb2.CallStatus()
+    combined.CopyFrom(call_status)
+    if message is not None:
+        combined.message.binary = message.SerializeToString()
+    return bridge_pb2.Frame(stream_id=stream_id, status=combined).SerializeToString()
+
+
+@given(
+    stream_id=st.integers(min_value=0, max_value=MAX_STREAM_ID),
+    payload=st.binary(max_size=300),
+    half_close=st.booleans(),
+    timeout=st.booleans(),
+)
+def test_combined_start_matches_protobuf(
+    stream_id: int, payload: bytes, half_close: bool, timeout: bool
+) -> None:
+    """The hand-spliced CallStart with a message is byte-for-byte protobuf's own encoding."""
+    message = struct_pb2.Value(string_value=payload.hex())
+    start = _start(timeout=timeout)
+    encoded = ProtoCodec().encode_start(stream_id, start, message, half_close=half_close)
+    assert encoded == _protobuf_start(stream_id, start, message, half_close=half_close)
+
+
+@given(
+    stream_id=st.integers(min_value=0, max_value=MAX_STREAM_ID),
+    payload=st.binary(max_size=300),
+    code=st.integers(min_value=0, max_value=16),
+)
+def test_combined_status_matches_protobuf(stream_id: int, payload: bytes, code: int) -> None:
+    """The hand-spliced CallStatus with a message is byte-for-byte protobuf's own encoding."""
+    message = struct_pb2.Value(string_value=payload.hex())
+    call_status = bridge_pb2.CallStatus(status=status_pb2.Status(code=code), trailers=_METADATA)
+    encoded = ProtoCodec().encode_status(stream_id, call_status, message)
+    assert encoded == _protobuf_status(stream_id, call_status, message)
+
+
+@pytest.mark.parametrize("size", [0, 127, 128, 16_383, 16_384, 2_000_000])
+def test_combined_frames_at_varint_boundaries(size: int) -> None:
+    """The splice is right where the message's and the outer lengths grow a byte."""
+    message = agent_service_pb2.EnvelopeError(envelope_id="x" * size)
+    codec = ProtoCodec(max_frame_bytes=10_000_000)
+    start = codec.encode_start(300, _start(), message, half_close=True)
+    assert start == _protobuf_start(300, _start(), message, half_close=True)
+    call_status = bridge_pb2.CallStatus(status=status_pb2.Status())
+    assert codec.encode_status(300, call_status, message) == _protobuf_status(
+        300, call_status, message
+    )
+
+
+def test_combined_start_without_a_message(codec: Codec) -> None:
+    """encode_start without a message is the plain CallStart, with half_close when asked."""
+    start = _start()
+    assert codec.decode(codec.encode_start(1, start)) == bridge_pb2.Frame(stream_id=1, start=start)
+    frame = codec.decode(codec.encode_start(1, start, half_close=True))
+    assert frame.start.half_close
+    assert not frame.start.HasField("message")
+
+
+def test_combined_frames_round_trip(codec: Codec) -> None:
+    """Both codecs carry the message in their own body kind; the arguments are left unchanged."""
+    start = _start()
+    frame = codec.decode(codec.encode_start(9, start, _request(), half_close=True))
+    assert frame.stream_id == 9
+    assert frame.start.method == start.method
+    assert list(frame.start.metadata) == list(start.metadata)
+    assert frame.start.half_close
+    assert frame.start.message.WhichOneof("body") == codec.body_kind
+    assert codec.unpack_message(frame.start.message, agent_service_pb2.SendRequest) == _request()
+    assert start == _start()
+
+    call_status = bridge_pb2.CallStatus(status=status_pb2.Status(code=5), trailers=_METADATA)
+    response = agent_service_pb2.SendResponse(envelope=_request().envelope)
+    frame = codec.decode(codec.encode_status(9, call_status, response))
+    assert frame.status.status.code == 5
+    assert list(frame.status.trailers) == _METADATA
+    assert codec.unpack_message(frame.status.message, agent_service_pb2.SendResponse) == response
+    assert not call_status.HasField("message")
+
+
+def test_combined_frames_refuse_large_messages(codec: Codec) -> None:
+    """Both combined encoders apply max_message_bytes to the message, as encode_message does."""
+    message = agent_service_pb2.EnvelopeError(envelope_id="x" * 100)
+    size = message.ByteSize()
+    call_status = bridge_pb2.CallStatus()
+    assert codec.encode_start(1, _start(), message, max_message_bytes=size)
+    assert codec.encode_status(1, call_status, message, max_message_bytes=size)
+    with pytest.raises(MessageTooLarge, match=f"{size} vs. {size - 1}"):
+        codec.encode_start(1, _start(), message, max_message_bytes=size - 1)
+    with pytest.raises(MessageTooLarge, match=f"{size} vs. {size - 1}"):
+        codec.encode_status(1, call_status, message, max_message_bytes=size - 1)
+
+
+def test_combined_encoding_falls_back_when_fields_are_set() -> None:
+    """A CallStart or CallStatus that already has the fields is encoded by protobuf, not spliced.
+
+    Splicing would append a second ``message`` field; the argument wins as in the other codec.
+    """
+    codec = ProtoCodec()
+    start = _start()
+    start.message.binary = b"old"
+    start.half_close = True
+    frame = codec.decode(codec.encode_start(1, start, _request(), half_close=True))
+    assert codec.unpack_message(frame.start.message, agent_service_pb2.SendRequest) == _request()
+    call_status = bridge_pb2.CallStatus(message=bridge_pb2.MessageFrame(binary=b"old"))
+    frame = codec.decode(codec.encode_status(1, call_status, _request()))
+    assert codec.unpack_message(frame.status.message, agent_service_pb2.SendRequest) == _request()
+
+
+def test_combined_frames_stream_id_range() -> None:
+    """A stream id outside uint32 raises ValueError."""
+    with pytest.raises(ValueError, match="out of range"):
+        ProtoCodec().encode_start(MAX_STREAM_ID + 1, _start(), _request())
+    with pytest.raises(ValueError, match="out of range"):
+        ProtoCodec().encode_status(MAX_STREAM_ID + 1, bridge_pb2.CallStatus(), _request())
+
+
+@given(value=st.integers(min_value=0, max_value=2**64 - 1))
+def test_varint_matches_protobuf(value: int) -> None:
+    """_varint (with its one- and two-byte fast paths) is protobuf's varint encoding."""
+    encoded = bridge_pb2.Ping(nonce=value).SerializeToString()
+    assert (b"\x08" + _varint(value) if value else b"") == encoded
 
 
 def test_encode_message_stream_id_range() -> None:

@@ -34,6 +34,7 @@ from asap.protocol.events import (
 from asap.protocol.frames import SUBPROTOCOL_JSON, CloseCode, Codec, JsonCodec, ProtoCodec
 from asap.protocol.limits import Limits
 from asap.protocol.session import ServerSession
+from asap.protocol.stream import StreamState
 from asap.v1 import agent_service_pb2, bridge_pb2, envelope_pb2, status_pb2
 
 
@@ -65,6 +66,24 @@ def start(
 def message(session: ServerSession, stream_id: int, envelope_id: str = "e1") -> bridge_pb2.Frame:
     request = agent_service_pb2.SendRequest(envelope=envelope_pb2.Envelope(id=envelope_id))
     return bridge_pb2.Frame(stream_id=stream_id, message=session.codec.pack_message(request))
+
+
+def combined_start(
+    session: ServerSession,
+    stream_id: int,
+    *,
+    with_message: bool = True,
+    half_close: bool = True,
+    body: bridge_pb2.MessageFrame | None = None,
+) -> bridge_pb2.Frame:
+    """A CallStart carrying the first message and/or the HalfClose ("Combined frames")."""
+    frame = start(stream_id)
+    if body is not None:
+        frame.start.message.CopyFrom(body)
+    elif with_message:
+        frame.start.message.CopyFrom(message(session, stream_id).message)
+    frame.start.half_close = half_close
+    return frame
 
 
 def half_close(stream_id: int) -> bridge_pb2.Frame:
@@ -507,6 +526,7 @@ def test_arbitrary_input_never_raises(codec: Codec, chunks: list[bytes | str]) -
 
 _KINDS = [
     "start",
+    "start+",
     "message",
     "half_close",
     "cancel",
@@ -536,11 +556,14 @@ def test_frame_sequences_keep_the_invariants(
         frame = bridge_pb2.Frame(stream_id=stream_id)
         if kind == "message":
             frame = message(server, stream_id)
+        elif kind == "start+":
+            frame = combined_start(server, stream_id)
         elif kind is not None:
             getattr(frame, kind).SetInParent()
         feed(server, frame)
         if respond and server.is_open(stream_id):
-            server.send_status(stream_id, status_pb2.Status())
+            response = agent_service_pb2.SendResponse() if stream_id % 2 else None
+            server.send_status(stream_id, status_pb2.Status(), message=response)
         out.extend(sent(server))
     ended: set[int] = set()
     for frame in out:
@@ -559,3 +582,188 @@ def test_unencodable_status_leaves_the_call_open() -> None:
         server.send_status(1, status)
     assert server.is_open(1)
     assert server.send_status(1, status_pb2.Status())
+
+
+# -- combined frames (bridge.proto "Combined frames") ---------------------------------------
+
+
+def test_combined_start_is_the_three_frames(codec: Codec) -> None:
+    """A CallStart with a message and half_close gives the events of the three separate frames."""
+    combined, separate = ServerSession(codec), ServerSession(type(codec)())
+    events = feed(combined, combined_start(combined, 1), now=5.0)
+    assert events == feed(separate, start(1), message(separate, 1), half_close(1), now=5.0)
+    assert [type(event) for event in events] == [CallStarted, MessageReceived, HalfClosed]
+    assert isinstance(events[1], MessageReceived)
+    request = codec.unpack_message(events[1].message_frame, agent_service_pb2.SendRequest)
+    assert request.envelope.id == "e1"
+    assert combined.streams[1].state is StreamState.HALF_CLOSED_REMOTE
+    assert sent(combined) == []
+
+
+def test_combined_start_with_only_a_message(server: ServerSession) -> None:
+    """A CallStart with a message and no half_close: more messages and a HalfClose may follow."""
+    events = feed(server, combined_start(server, 1, half_close=False))
+    assert [type(event) for event in events] == [CallStarted, MessageReceived]
+    events = feed(server, message(server, 1, "e2"), half_close(1))
+    assert [type(event) for event in events] == [MessageReceived, HalfClosed]
+    assert sent(server) == []
+
+
+def test_combined_start_with_only_half_close(server: ServerSession) -> None:
+    """A CallStart with half_close and no message is a CallStart then a HalfClose."""
+    events = feed(server, combined_start(server, 1, with_message=False))
+    assert events == [CallStarted(1, METHOD, (), None, None), HalfClosed(1)]
+
+
+def test_half_close_after_a_half_closing_start_fails_the_stream(server: ServerSession) -> None:
+    """A HalfClose after CallStart.half_close is a second HalfClose: MALFORMED_FRAME."""
+    feed(server, combined_start(server, 1))
+    assert_stream_error(server, feed(server, half_close(1)), 1, MalformedFrame)
+
+
+def test_message_after_a_half_closing_start_fails_the_stream(server: ServerSession) -> None:
+    """A MessageFrame after CallStart.half_close is a message after HalfClose: MALFORMED_FRAME."""
+    feed(server, combined_start(server, 1, with_message=False))
+    assert_stream_error(server, feed(server, message(server, 1)), 1, MalformedFrame)
+
+
+def test_combined_message_too_large(codec: Codec) -> None:
+    """The size limit applies to a message in a CallStart; the half_close is not reported."""
+    server = ServerSession(codec, Limits(max_message_bytes=4))
+    events = feed(server, combined_start(server, 1))
+    assert isinstance(events[0], CallStarted)
+    assert_stream_error(server, events[1:], 1, MessageTooLarge)
+
+
+def test_combined_message_with_the_wrong_body_kind(server: ServerSession) -> None:
+    """A message in a CallStart must use the subprotocol's body kind, as a MessageFrame must."""
+    wrong = bridge_pb2.MessageFrame()
+    if server.codec.body_kind == "binary":
+        wrong.typed.Pack(agent_service_pb2.SendRequest())
+    else:
+        wrong.binary = b""
+    events = feed(server, combined_start(server, 1, body=wrong))
+    assert isinstance(events[0], CallStarted)
+    assert_stream_error(server, events[1:], 1, MalformedFrame)
+
+
+def test_combined_message_without_a_body(server: ServerSession) -> None:
+    """An empty MessageFrame in a CallStart (no body at all) fails the stream."""
+    events = feed(server, combined_start(server, 1, body=bridge_pb2.MessageFrame()))
+    assert_stream_error(server, events[1:], 1, MalformedFrame)
+
+
+def test_refused_combined_start_reports_only_the_refusal(codec: Codec) -> None:
+    """A combined CallStart refused (limit, draining) reports no message or HalfClose."""
+    server = ServerSession(codec, Limits(max_concurrent_streams=1))
+    feed(server, start(1))
+    assert_stream_error(server, feed(server, combined_start(server, 2)), 2, TooManyCalls)
+    server.send_goaway()
+    sent(server)
+    assert_stream_error(server, feed(server, combined_start(server, 3)), 3, ShuttingDown)
+
+
+def test_send_status_with_the_response_is_one_frame(server: ServerSession) -> None:
+    """On a combined call, send_status(message=...) puts the response inside the CallStatus."""
+    feed(server, combined_start(server, 1))
+    response = agent_service_pb2.SendResponse(envelope=envelope_pb2.Envelope(id="r1"))
+    assert server.send_status(1, status_pb2.Status(), [("t", "v")], message=response)
+    (frame,) = sent(server)
+    assert frame.stream_id == 1
+    assert frame.status.status.code == 0
+    assert [entry.key for entry in frame.status.trailers] == ["t"]
+    assert server.codec.unpack_message(frame.status.message, type(response)) == response
+    assert not server.is_open(1)
+
+
+def test_send_status_with_the_response_to_a_separate_frame_client(server: ServerSession) -> None:
+    """A client that sent separate frames may predate combined ones: it gets two frames."""
+    feed(server, start(1), message(server, 1), half_close(1))
+    response = agent_service_pb2.SendResponse(envelope=envelope_pb2.Envelope(id="r1"))
+    assert server.send_status(1, status_pb2.Status(), message=response)
+    first, second = sent(server)
+    assert server.codec.unpack_message(first.message, type(response)) == response
+    assert second.HasField("status")
+    assert not second.status.HasField("message")
+    assert not server.is_open(1)
+
+
+def test_send_status_with_a_response_too_large(codec: Codec) -> None:
+    """A response over the limit raises MessageTooLarge; nothing is queued, the call stays open."""
+    server = ServerSession(codec, Limits(max_message_bytes=4))
+    feed(server, combined_start(server, 1, with_message=False))
+    big = agent_service_pb2.SendResponse(envelope=envelope_pb2.Envelope(id="x" * 10))
+    with pytest.raises(MessageTooLarge):
+        server.send_status(1, status_pb2.Status(), message=big)
+    assert sent(server) == []
+    assert server.is_open(1)
+    assert server.send_error(1, MessageTooLarge())
+    assert type(statuses(sent(server))[1]) is MessageTooLarge
+
+
+def test_send_status_with_a_response_after_the_stream_ended(server: ServerSession) -> None:
+    """A response for a stream that has already ended is dropped like any other send."""
+    feed(server, combined_start(server, 1), cancel(1))
+    sent(server)
+    assert not server.send_status(1, status_pb2.Status(), message=agent_service_pb2.SendResponse())
+    assert sent(server) == []
+
+
+def test_send_status_with_a_response_after_headers(server: ServerSession) -> None:
+    """Headers, then the response with the status: two frames, in that order."""
+    feed(server, combined_start(server, 1))
+    assert server.send_headers(1, [("h", "v")])
+    assert server.send_status(1, status_pb2.Status(), message=agent_service_pb2.SendResponse())
+    assert [frame.WhichOneof("kind") for frame in sent(server)] == ["headers", "status"]
+
+
+_FOLLOW_UPS = ["message", "half_close", "cancel", "respond"]
+
+
+def comparable(event: ServerEvent) -> object:
+    """An event as a value: errors (which do not compare equal) by class and message."""
+    if isinstance(event, StreamError):
+        return (StreamError, event.stream_id, type(event.error), event.error.message)
+    return event
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    with_message=st.booleans(),
+    half_closing=st.booleans(),
+    follow_ups=st.lists(st.sampled_from(_FOLLOW_UPS), max_size=6),
+    limit=st.sampled_from([4, 1000]),
+)
+def test_combined_and_separate_forms_are_equivalent(
+    codec: Codec, with_message: bool, half_closing: bool, follow_ups: list[str], limit: int
+) -> None:
+    """Whatever follows, a combined CallStart and its separate frames give the same events and
+    the same answers (the response comes in one frame or two, with the same content)."""
+    sessions = [ServerSession(type(codec)(), Limits(max_message_bytes=limit)) for _ in range(2)]
+    combined, separate = sessions
+    seen: list[list[object]] = [[], []]
+    answers: list[list[tuple[int, int]]] = [[], []]
+    feeds = [
+        [combined_start(combined, 1, with_message=with_message, half_close=half_closing)],
+        [start(1)]
+        + ([message(separate, 1)] if with_message else [])
+        + ([half_close(1)] if half_closing else []),
+    ]
+    for index, session in enumerate(sessions):
+        seen[index].extend(map(comparable, feed(session, *feeds[index])))
+        for step in follow_ups:
+            if step == "respond":
+                if session.is_open(1):
+                    session.send_status(1, status_pb2.Status(code=5), message=status_pb2.Status())
+            else:
+                frames = {"message": message(session, 1), "half_close": half_close(1)}
+                seen[index].extend(map(comparable, feed(session, frames.get(step, cancel(1)))))
+        for frame in sent(session):
+            if frame.HasField("status"):
+                if frame.status.HasField("message"):
+                    answers[index].append((frame.stream_id, -1))
+                answers[index].append((frame.stream_id, frame.status.status.code))
+            elif frame.HasField("message"):
+                answers[index].append((frame.stream_id, -1))
+    assert seen[0] == seen[1]
+    assert answers[0] == answers[1]

@@ -92,3 +92,31 @@ def test_unary_call_runs_through() -> None:
     ]
     assert states[-1] is StreamState.CLOSED
     assert states[2] is StreamState.HALF_CLOSED_REMOTE
+
+
+@pytest.mark.parametrize(("state", "event"), list(itertools.product(StreamState, StreamEvent)))
+def test_advance_agrees_with_the_table(state: StreamState, event: StreamEvent) -> None:
+    """advance() applies exactly the table's transitions and reports refusals without raising."""
+    stream = _at(state)
+    target = TRANSITIONS.get((state, event))
+    assert stream.advance(event) is (target is not None)
+    assert stream.state is (state if target is None else target)
+
+
+def test_advance_refuses_headers_after_the_response_started() -> None:
+    """advance() applies the one rule outside the table, as next_state() does."""
+    stream = Stream(1)
+    assert stream.advance(StreamEvent.START)
+    assert stream.advance(StreamEvent.SERVER_MESSAGE)
+    assert stream.response_started
+    assert not stream.advance(StreamEvent.HEADERS)
+    assert stream.state is StreamState.OPEN
+
+
+def test_states_and_events_hash_by_identity() -> None:
+    """The members hash by identity (in C), and still work as keys and set members."""
+    for member in [*StreamState, *StreamEvent]:
+        assert hash(member) == object.__hash__(member)
+    assert {StreamState.OPEN: 1}[StreamState.OPEN] == 1
+    assert StreamEvent.START in frozenset(StreamEvent)
+    assert StreamState("open") is StreamState.OPEN
