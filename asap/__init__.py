@@ -14,7 +14,7 @@ from pkgutil import extend_path
 __path__ = extend_path(__path__, __name__)
 
 from asap.client import Client, DuplexStream, RetryPolicy, Subscription, task_envelope
-from asap.connect import connect, open_channel
+from asap.connect import connect, discover, open_channel
 from asap.core.agent import Agent, Incoming
 from asap.core.context import CallContext, Identity
 from asap.core.middleware import BearerAuth, Middleware
@@ -49,6 +49,7 @@ __all__ = [
     "ServerTLS",
     "Subscription",
     "connect",
+    "discover",
     "open_channel",
     "task_envelope",
 ]
