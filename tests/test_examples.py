@@ -58,3 +58,28 @@ def test_client_survives_server_restart_without_duplicates() -> None:
     """All 30 sends are answered across a restart and each envelope is processed exactly once."""
     output = run_example("survive_restart.py")
     assert "answered 30 of 30, processed 30 envelopes, 0 twice" in output
+
+
+@pytest.mark.slow
+def test_demo_prints_the_same_outcomes_for_both_transports() -> None:
+    """`make demo` (python -m asap.demo) runs every call shape on both transports with equal outcomes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "asap.demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    grpc_rows = [
+        line.split(None, 1)[1].rsplit(" [", 1)[0] for line in lines if line.startswith("  gRPC ")
+    ]
+    ws_rows = [
+        line.split(None, 2)[2].rsplit(" [", 1)[0]
+        for line in lines
+        if line.startswith("  WebSocket bridge ")
+    ]
+    assert len(grpc_rows) == 9
+    assert grpc_rows == ws_rows
+    assert not any("unexpected" in row for row in grpc_rows)
