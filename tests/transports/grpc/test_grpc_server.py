@@ -1,4 +1,7 @@
-"""GrpcServerTransport: health, reflection, TLS, keepalive, graceful stop, and foreign gRPC clients."""
+"""GrpcServerTransport: health, reflection, keepalive, graceful stop, and foreign gRPC clients.
+
+TLS is tested on every transport in ``tests/transports/test_transport_security.py``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from typing import TYPE_CHECKING, cast
 import grpc
 import pytest
 import pytest_asyncio
-import trustme
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -27,7 +29,6 @@ from asap.core.health import HealthState
 from asap.core.method import SERVICE_NAME, method
 from asap.protocol.limits import Limits
 from asap.server import Server
-from asap.tls import ClientTLS, ServerTLS
 from asap.transports.base import CallOptions
 from asap.transports.grpc.client import GrpcChannel
 from asap.transports.grpc.server import GrpcServerTransport
@@ -35,7 +36,8 @@ from asap.v1 import agent_service_pb2, manifest_pb2
 
 
 if TYPE_CHECKING:
-    from tests.transports.grpc.conftest import ChannelFactory, Kit, Probe, ServerFactory
+    from tests.transports.conftest import Kit, Probe
+    from tests.transports.grpc.conftest import ChannelFactory
 
 
 NO_OPTIONS = CallOptions()
@@ -52,32 +54,6 @@ async def raw_channel(server: Server, kit: Kit) -> AsyncIterator[grpc.aio.Channe
     """A plain grpc.aio channel to the server, as a foreign gRPC client would use."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{kit.port(server)}") as channel:
         yield channel
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    """A throwaway certificate authority."""
-    return trustme.CA()
-
-
-def server_tls(ca: trustme.CA, *, mutual: bool = False) -> ServerTLS:
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    return ServerTLS(
-        cert_chain=b"".join(pem.bytes() for pem in cert.cert_chain_pems),
-        private_key=cert.private_key_pem.bytes(),
-        client_ca=ca.cert_pem.bytes() if mutual else None,
-    )
-
-
-def client_tls(ca: trustme.CA, *, with_cert: bool = False) -> ClientTLS:
-    if not with_cert:
-        return ClientTLS(root_certificates=ca.cert_pem.bytes())
-    cert = ca.issue_cert("client.example")
-    return ClientTLS(
-        root_certificates=ca.cert_pem.bytes(),
-        cert_chain=b"".join(pem.bytes() for pem in cert.cert_chain_pems),
-        private_key=cert.private_key_pem.bytes(),
-    )
 
 
 @pytest.mark.asyncio
@@ -196,19 +172,6 @@ async def test_graceful_stop_lets_an_in_flight_call_finish(
 
 
 @pytest.mark.asyncio
-async def test_stop_without_grace_cancels_in_flight_calls(
-    server: Server, channel: GrpcChannel, probe: Probe, kit: Kit
-) -> None:
-    """stop(0) cancels a call in flight: the handler sees the cancellation, the caller an error."""
-    in_flight = asyncio.create_task(channel.unary(SEND, kit.send_request("block"), NO_OPTIONS))
-    await probe.entered.wait()
-    await server.stop(grace=0)
-    await probe.cancelled.wait()
-    with pytest.raises(errors.AsapError):
-        await in_flight
-
-
-@pytest.mark.asyncio
 async def test_reflection_lists_the_services(raw_channel: grpc.aio.Channel) -> None:
     """Server reflection lists AgentService, health and reflection itself."""
     reflect = raw_channel.stream_stream(
@@ -291,44 +254,6 @@ async def test_foreign_client_reads_error_details_with_grpc_status(
         {"task": "t-1"},
     )
     assert status.details[1].Is(error_details_pb2.PreconditionFailure.DESCRIPTOR)
-
-
-@pytest.mark.asyncio
-async def test_tls_serves_grpcs(
-    start_server: ServerFactory, open_channel: ChannelFactory, ca: trustme.CA, kit: Kit
-) -> None:
-    """With ServerTLS the endpoint is grpcs:// and a client trusting the CA gets answers."""
-    server = await start_server(tls=server_tls(ca))
-    assert server.endpoints()[0].url == f"grpcs://127.0.0.1:{kit.port(server)}"
-    channel = open_channel(kit.port(server), tls=client_tls(ca))
-    assert channel.url.startswith("grpcs://")
-    reply = await channel.unary(SEND, kit.send_request("echo"), NO_OPTIONS)
-    assert isinstance(reply.message, agent_service_pb2.SendResponse)
-
-
-@pytest.mark.asyncio
-async def test_tls_refuses_a_client_that_does_not_trust_the_server(
-    start_server: ServerFactory, open_channel: ChannelFactory, ca: trustme.CA, kit: Kit
-) -> None:
-    """A client trusting another CA fails the handshake (UNAVAILABLE)."""
-    server = await start_server(tls=server_tls(ca))
-    channel = open_channel(kit.port(server), tls=client_tls(trustme.CA()))
-    with pytest.raises(errors.Unavailable):
-        await channel.unary(SEND, kit.send_request("echo"), NO_OPTIONS)
-
-
-@pytest.mark.asyncio
-async def test_mtls_requires_a_client_certificate(
-    start_server: ServerFactory, open_channel: ChannelFactory, ca: trustme.CA, kit: Kit
-) -> None:
-    """With client_ca set, a client without a certificate fails and one with a certificate works."""
-    server = await start_server(tls=server_tls(ca, mutual=True))
-    anonymous = open_channel(kit.port(server), tls=client_tls(ca))
-    with pytest.raises(errors.Unavailable):
-        await anonymous.unary(SEND, kit.send_request("echo"), NO_OPTIONS)
-    authenticated = open_channel(kit.port(server), tls=client_tls(ca, with_cert=True))
-    reply = await authenticated.unary(SEND, kit.send_request("echo"), NO_OPTIONS)
-    assert isinstance(reply.message, agent_service_pb2.SendResponse)
 
 
 @pytest.mark.asyncio

@@ -20,7 +20,8 @@ from asap.v1 import agent_service_pb2
 
 
 if TYPE_CHECKING:
-    from tests.transports.ws.conftest import Kit, ServerFactory
+    from tests.transports.conftest import Kit
+    from tests.transports.ws.conftest import ServerFactory, Wire
 
 
 SEND = method("Send")
@@ -160,7 +161,9 @@ async def test_idle_channels_are_evicted_on_the_injected_clock(factory: Factory)
 
 
 @pytest.mark.asyncio
-async def test_dead_channels_are_discarded(start_server: ServerFactory, kit: Kit) -> None:
+async def test_dead_channels_are_discarded(
+    start_server: ServerFactory, kit: Kit, wire: Wire
+) -> None:
     """A channel returned closed, or whose connection was lost, is dropped; a new one replaces it."""
     server = await start_server()
     made = Factory(kit.url(server))
@@ -171,7 +174,7 @@ async def test_dead_channels_are_discarded(start_server: ServerFactory, kit: Kit
         async with pool.acquire() as second:
             await second.unary(GET_MANIFEST, MANIFEST_REQUEST, CallOptions())
         assert second is not first
-        [conn] = kit.connections(server)
+        [conn] = wire.connections(server)
         await server.stop(0)  # the pooled channel's connection is lost
         await conn.wait_closed()
         await second._current.wait_closed()  # type: ignore[union-attr]

@@ -28,7 +28,8 @@ from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2, payload_pb2, st
 
 
 if TYPE_CHECKING:
-    from tests.transports.ws.conftest import ChannelFactory, Kit, Probe, ServerFactory
+    from tests.transports.conftest import Kit, Probe
+    from tests.transports.ws.conftest import ChannelFactory, ServerFactory, Wire
 
 
 NO_OPTIONS = CallOptions()
@@ -173,7 +174,7 @@ def test_reconnect_policy_backs_off_exponentially_with_jitter() -> None:
 
 @pytest.mark.asyncio
 async def test_concurrent_first_calls_share_one_connection(
-    server: Server, open_channel: ChannelFactory, kit: Kit
+    server: Server, open_channel: ChannelFactory, kit: Kit, wire: Wire
 ) -> None:
     """Fifty calls started at once share one connection attempt and are multiplexed on it."""
     channel = open_channel(kit.url(server))
@@ -183,7 +184,7 @@ async def test_concurrent_first_calls_share_one_connection(
     )
     numbers = [reply.message.envelope.task_response.result["n"] for reply in replies]  # type: ignore[attr-defined]
     assert numbers == list(range(50))
-    assert len(kit.connections(server)) == 1
+    assert len(wire.connections(server)) == 1
     assert len(channel._connections) == 1
 
 

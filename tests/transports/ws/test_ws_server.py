@@ -1,5 +1,8 @@
-"""WebSocketServerTransport: the handshake checks, TLS, credentials, per-stream failures, graceful
-stop, and one test per entry of the close-code table (bridge.proto "Close codes")."""
+"""WebSocketServerTransport: the handshake checks, credentials, per-stream failures, graceful stop,
+and one test per entry of the close-code table (bridge.proto "Close codes").
+
+TLS is tested on every transport in ``tests/transports/test_transport_security.py``.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from asap.core.method import method
 from asap.protocol.frames import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
 from asap.protocol.limits import Limits
 from asap.server import Server
-from asap.tls import ClientTLS, ServerTLS
 from asap.transports.base import CallOptions
 from asap.transports.ws.server import WebSocketServerTransport
 from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2
@@ -30,33 +32,14 @@ from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
-    from tests.transports.ws.conftest import ChannelFactory, Kit, Probe, RawFactory, ServerFactory
+    from tests.transports.conftest import Kit, Probe
+    from tests.transports.ws.conftest import ChannelFactory, RawFactory, ServerFactory, Wire
 
 
 NO_OPTIONS = CallOptions()
 SEND = method("Send")
 GET_MANIFEST = method("GetManifest")
 MANIFEST_REQUEST = agent_service_pb2.GetManifestRequest()
-
-
-def server_tls(ca: trustme.CA, *, mutual: bool = False) -> ServerTLS:
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    return ServerTLS(
-        cert_chain=b"".join(pem.bytes() for pem in cert.cert_chain_pems),
-        private_key=cert.private_key_pem.bytes(),
-        client_ca=ca.cert_pem.bytes() if mutual else None,
-    )
-
-
-def client_tls(ca: trustme.CA, *, with_cert: bool = False) -> ClientTLS:
-    if not with_cert:
-        return ClientTLS(root_certificates=ca.cert_pem.bytes())
-    cert = ca.issue_cert("client.example")
-    return ClientTLS(
-        root_certificates=ca.cert_pem.bytes(),
-        cert_chain=b"".join(pem.bytes() for pem in cert.cert_chain_pems),
-        private_key=cert.private_key_pem.bytes(),
-    )
 
 
 # -- the opening handshake -----------------------------------------------------------------
@@ -121,48 +104,6 @@ async def test_origin_allow_list(start_server: ServerFactory, raw: RawFactory, k
     assert caught.value.response.status_code == 403
 
 
-# -- TLS -----------------------------------------------------------------------------------
-
-
-@pytest.mark.asyncio
-async def test_wss_serves_calls_with_a_trusted_certificate(
-    start_server: ServerFactory, open_channel: ChannelFactory, ca: trustme.CA, kit: Kit
-) -> None:
-    """A wss:// server answers a channel that trusts its CA; the endpoint says wss://."""
-    server = await start_server(tls=server_tls(ca))
-    url = kit.url(server)
-    assert url.startswith("wss://127.0.0.1:")
-    channel = open_channel(url, tls=client_tls(ca))
-    reply = await channel.unary(SEND, kit.send_request("echo", n=1), NO_OPTIONS)
-    assert isinstance(reply.message, agent_service_pb2.SendResponse)
-
-
-@pytest.mark.asyncio
-async def test_wss_refuses_an_untrusted_server(
-    start_server: ServerFactory, open_channel: ChannelFactory, ca: trustme.CA, kit: Kit
-) -> None:
-    """A channel that does not trust the server's CA fails with Unavailable (certificate error)."""
-    server = await start_server(tls=server_tls(ca))
-    channel = open_channel(kit.url(server), tls=client_tls(trustme.CA()))
-    with pytest.raises(errors.Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
-        await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
-
-
-@pytest.mark.asyncio
-async def test_mutual_tls_requires_a_client_certificate(
-    start_server: ServerFactory, open_channel: ChannelFactory, ca: trustme.CA, kit: Kit
-) -> None:
-    """With client_ca the server serves a client presenting a certificate and refuses one without."""
-    server = await start_server(tls=server_tls(ca, mutual=True))
-    url = kit.url(server)
-    with_cert = open_channel(url, tls=client_tls(ca, with_cert=True))
-    reply = await with_cert.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
-    assert isinstance(reply.message, agent_service_pb2.GetManifestResponse)
-    without = open_channel(url, tls=client_tls(ca))
-    with pytest.raises(errors.Unavailable):
-        await without.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
-
-
 # -- credentials ---------------------------------------------------------------------------
 
 
@@ -213,65 +154,69 @@ async def test_call_metadata_overrides_the_handshake_token(
 
 @pytest.mark.asyncio
 async def test_malformed_frame_fails_only_its_stream(
-    server: Server, raw: RawFactory, probe: Probe, kit: Kit
+    server: Server, raw: RawFactory, probe: Probe, kit: Kit, wire: Wire
 ) -> None:
     """A frame breaking the rules of stream 3 fails it (MALFORMED_FRAME); stream 1 completes."""
     ws = await raw(kit.url(server))
-    for data in kit.start_frames(1, "Send", kit.send_request("block")):
+    for data in wire.start_frames(1, "Send", kit.send_request("block")):
         await ws.send(data)
     await probe.entered.wait()
     start = bridge_pb2.CallStart(method=GET_MANIFEST.path)
-    await ws.send(kit.frame(3, start=start))
+    await ws.send(wire.frame(3, start=start))
     wrong_body = bridge_pb2.MessageFrame()
     wrong_body.typed.Pack(MANIFEST_REQUEST)  # asap.v1.proto carries messages in 'binary'
-    await ws.send(kit.frame(3, message=wrong_body))
-    failed = await kit.next_frame(ws)
+    await ws.send(wire.frame(3, message=wrong_body))
+    failed = await wire.next_frame(ws)
     assert failed.stream_id == 3
     assert failed.status.status.code == errors.Code.INVALID_ARGUMENT
     assert errors.from_status(failed.status.status).reason == "MALFORMED_FRAME"
     probe.release.set()
-    response = await kit.next_frame(ws)
+    response = await wire.next_frame(ws)
     assert (response.stream_id, response.WhichOneof("kind")) == (1, "message")
-    status = await kit.next_frame(ws)
+    status = await wire.next_frame(ws)
     assert (status.stream_id, status.status.status.code) == (1, 0)
 
 
 @pytest.mark.asyncio
 async def test_request_that_does_not_parse_fails_only_its_call(
-    server: Server, raw: RawFactory, kit: Kit
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """A request body that is not the method's request type fails that call with MALFORMED_FRAME."""
     ws = await raw(kit.url(server))
     start = bridge_pb2.CallStart(method=SEND.path)
-    await ws.send(kit.frame(1, start=start))
-    await ws.send(kit.frame(1, message=bridge_pb2.MessageFrame(binary=b"\xff\xff\xff")))
-    await ws.send(kit.frame(1, half_close=bridge_pb2.HalfClose()))
-    status = await kit.next_frame(ws)
+    await ws.send(wire.frame(1, start=start))
+    await ws.send(wire.frame(1, message=bridge_pb2.MessageFrame(binary=b"\xff\xff\xff")))
+    await ws.send(wire.frame(1, half_close=bridge_pb2.HalfClose()))
+    status = await wire.next_frame(ws)
     assert status.stream_id == 1
     assert errors.from_status(status.status.status).reason == "MALFORMED_FRAME"
-    for data in kit.start_frames(3, "GetManifest", MANIFEST_REQUEST):
+    for data in wire.start_frames(3, "GetManifest", MANIFEST_REQUEST):
         await ws.send(data)
-    assert (await kit.next_frame(ws)).WhichOneof("kind") == "message"
-    assert (await kit.next_frame(ws)).status.status.code == 0
+    assert (await wire.next_frame(ws)).WhichOneof("kind") == "message"
+    assert (await wire.next_frame(ws)).status.status.code == 0
 
 
 @pytest.mark.asyncio
-async def test_unknown_method_is_unimplemented(server: Server, raw: RawFactory, kit: Kit) -> None:
+async def test_unknown_method_is_unimplemented(
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
+) -> None:
     """A CallStart for a method the service lacks gets UNIMPLEMENTED (UNKNOWN_METHOD)."""
     ws = await raw(kit.url(server))
     start = bridge_pb2.CallStart(method="/asap.v1.AgentService/Nope")
-    await ws.send(kit.frame(1, start=start))
-    status = await kit.next_frame(ws)
+    await ws.send(wire.frame(1, start=start))
+    status = await wire.next_frame(ws)
     error = errors.from_status(status.status.status)
     assert isinstance(error, errors.UnknownMethod)
 
 
 @pytest.mark.asyncio
-async def test_ping_frame_is_answered_with_pong(server: Server, raw: RawFactory, kit: Kit) -> None:
+async def test_ping_frame_is_answered_with_pong(
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
+) -> None:
     """A bridge Ping (for browsers) is answered with a Pong carrying the same nonce."""
     ws = await raw(kit.url(server))
-    await ws.send(kit.frame(0, ping=bridge_pb2.Ping(nonce=77)))
-    pong = await kit.next_frame(ws)
+    await ws.send(wire.frame(0, ping=bridge_pb2.Ping(nonce=77)))
+    pong = await wire.next_frame(ws)
     assert pong.pong.nonce == 77
 
 
@@ -297,40 +242,40 @@ async def test_json_subprotocol_speaks_canonical_json(
 
 @pytest.mark.asyncio
 async def test_close_1000_when_the_client_closes(
-    server: Server, open_channel: ChannelFactory, kit: Kit
+    server: Server, open_channel: ChannelFactory, kit: Kit, wire: Wire
 ) -> None:
     """1000: a channel's close() ends its connection with normal closure; the server forgets it."""
     channel = open_channel(kit.url(server))
     await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
-    [conn] = kit.connections(server)
+    [conn] = wire.connections(server)
     await channel.close()
     await conn.wait_closed()
     assert conn.ws.close_code == 1000
-    assert kit.transport(server).connections == 0
+    assert wire.transport(server).connections == 0
 
 
 @pytest.mark.asyncio
 async def test_close_1001_after_draining_on_graceful_stop(
-    server: Server, raw: RawFactory, probe: Probe, kit: Kit
+    server: Server, raw: RawFactory, probe: Probe, kit: Kit, wire: Wire
 ) -> None:
     """1001: stop() sends GoAway, lets the in-flight call finish, then closes with going away."""
     ws = await raw(kit.url(server))
-    for data in kit.start_frames(1, "Send", kit.send_request("block")):
+    for data in wire.start_frames(1, "Send", kit.send_request("block")):
         await ws.send(data)
     await probe.entered.wait()
     stopping = asyncio.create_task(server.stop(30))
-    goaway = await kit.next_frame(ws)
+    goaway = await wire.next_frame(ws)
     assert goaway.WhichOneof("kind") == "goaway"
-    for data in kit.start_frames(3, "GetManifest", MANIFEST_REQUEST):
+    for data in wire.start_frames(3, "GetManifest", MANIFEST_REQUEST):
         await ws.send(data)  # refused while draining
-    refused = await kit.next_frame(ws)
+    refused = await wire.next_frame(ws)
     assert (refused.stream_id, refused.status.status.code) == (3, errors.Code.UNAVAILABLE)
     probe.release.set()
-    answer = await kit.next_frame(ws)
+    answer = await wire.next_frame(ws)
     assert (answer.stream_id, answer.WhichOneof("kind")) == (1, "message")
-    status = await kit.next_frame(ws)
+    status = await wire.next_frame(ws)
     assert (status.stream_id, status.status.status.code) == (1, 0)
-    assert await kit.close_of(ws) == (1001, "server shutting down")
+    assert await wire.close_of(ws) == (1001, "server shutting down")
     await stopping
     assert not probe.cancelled.is_set()
 
@@ -373,26 +318,28 @@ async def test_stop_cancels_calls_still_running_after_the_grace_period(
     "data", [b"\xff\xfe garbage", "text on the binary subprotocol"], ids=["garbage", "text"]
 )
 async def test_close_1002_for_a_frame_no_stream_can_own(
-    server: Server, raw: RawFactory, kit: Kit, data: bytes | str
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire, data: bytes | str
 ) -> None:
     """1002: a binary message that is no Frame, or text under asap.v1.proto, closes the connection."""
     ws = await raw(kit.url(server))
     await ws.send(data)
-    code, _ = await kit.close_of(ws)
+    code, _ = await wire.close_of(ws)
     assert code == 1002
 
 
 @pytest.mark.asyncio
-async def test_close_1007_for_invalid_json(server: Server, raw: RawFactory, kit: Kit) -> None:
+async def test_close_1007_for_invalid_json(
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
+) -> None:
     """1007: text that is not JSON under asap.v1.json closes the connection."""
     ws = await raw(kit.url(server), subprotocols=[SUBPROTOCOL_JSON])
     await ws.send("{not json")
-    assert await kit.close_of(ws) == (1007, "text is not valid JSON")
+    assert await wire.close_of(ws) == (1007, "text is not valid JSON")
 
 
 @pytest.mark.asyncio
 async def test_close_1008_after_rate_limit_strikes(
-    start_server: ServerFactory, open_channel: ChannelFactory, kit: Kit
+    start_server: ServerFactory, open_channel: ChannelFactory, kit: Kit, wire: Wire
 ) -> None:
     """1008: strikes_before_close rate-limited calls in a row close the connection."""
     limits = Limits(
@@ -401,7 +348,7 @@ async def test_close_1008_after_rate_limit_strikes(
     server = await start_server(limits=limits)
     channel = open_channel(kit.url(server))
     await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
-    [conn] = kit.connections(server)
+    [conn] = wire.connections(server)
     for _ in range(2):
         with pytest.raises(errors.RateLimited):
             await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
@@ -412,20 +359,20 @@ async def test_close_1008_after_rate_limit_strikes(
 
 @pytest.mark.asyncio
 async def test_close_1009_for_a_message_over_the_frame_cap(
-    start_server: ServerFactory, raw: RawFactory, kit: Kit
+    start_server: ServerFactory, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """1009: a WebSocket message over max_frame_bytes closes the connection."""
     limits = Limits(max_message_bytes=1024, max_frame_bytes=2048, rate_limit_per_second=0)
     server = await start_server(limits=limits)
     ws = await raw(kit.url(server))
     await ws.send(b"\x08\x01" + b"\x00" * 4096)
-    code, _ = await kit.close_of(ws)
+    code, _ = await wire.close_of(ws)
     assert code == 1009
 
 
 @pytest.mark.asyncio
 async def test_close_1011_when_heartbeats_go_unanswered(
-    start_server: ServerFactory, raw: RawFactory, kit: Kit
+    start_server: ServerFactory, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """1011: a peer that stops answering pings is closed after heartbeat_timeout."""
     # The raw client pauses reading its socket, so its websockets protocol never sees the server's
@@ -433,25 +380,25 @@ async def test_close_1011_when_heartbeats_go_unanswered(
     limits = Limits(heartbeat_interval=0.05, heartbeat_timeout=0.05, rate_limit_per_second=0)
     server = await start_server(limits=limits)
     ws = await raw(kit.url(server))
-    await ws.send(kit.frame(0, ping=bridge_pb2.Ping(nonce=1)))
-    await kit.next_frame(ws)  # the server has registered the connection
-    [conn] = kit.connections(server)
+    await ws.send(wire.frame(0, ping=bridge_pb2.Ping(nonce=1)))
+    await wire.next_frame(ws)  # the server has registered the connection
+    [conn] = wire.connections(server)
     ws.transport.pause_reading()
     await conn.wait_closed()
     ws.transport.resume_reading()
-    assert await kit.close_of(ws) == (1011, "keepalive ping timeout")
+    assert await wire.close_of(ws) == (1011, "keepalive ping timeout")
 
 
 @pytest.mark.asyncio
 async def test_close_1013_at_the_connection_limit(
-    start_server: ServerFactory, open_channel: ChannelFactory, raw: RawFactory, kit: Kit
+    start_server: ServerFactory, open_channel: ChannelFactory, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """1013: beyond max_connections the handshake completes and the connection closes at once."""
     server = await start_server(limits=Limits(max_connections=1, rate_limit_per_second=0))
     channel = open_channel(kit.url(server))
     await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
     ws = await raw(kit.url(server))
-    assert await kit.close_of(ws) == (1013, "connection limit reached")
+    assert await wire.close_of(ws) == (1013, "connection limit reached")
     second = open_channel(kit.url(server))
     with pytest.raises(errors.ConnectionLost) as caught:
         await second.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
@@ -557,9 +504,9 @@ async def test_stop_leaves_no_task(
 
 
 @pytest.mark.asyncio
-async def test_ssl_context_is_tls_1_2_or_later(ca: trustme.CA) -> None:
+async def test_ssl_context_is_tls_1_2_or_later(ca: trustme.CA, kit: Kit) -> None:
     """The server's TLS context refuses anything older than TLS 1.2."""
-    context = server_tls(ca).ssl_context()
+    context = kit.server_tls(ca).ssl_context()
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
 
 
@@ -575,44 +522,44 @@ def combined_start(
     return bridge_pb2.Frame(stream_id=stream_id, start=start).SerializeToString()
 
 
-async def assert_nothing_more(ws: ClientConnection, kit: Kit) -> None:
+async def assert_nothing_more(ws: ClientConnection, wire: Wire) -> None:
     """The server sent nothing else for now: a Ping's Pong is the very next frame."""
-    await ws.send(kit.frame(0, ping=bridge_pb2.Ping(nonce=9)))
-    assert (await kit.next_frame(ws)).pong.nonce == 9
+    await ws.send(wire.frame(0, ping=bridge_pb2.Ping(nonce=9)))
+    assert (await wire.next_frame(ws)).pong.nonce == 9
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("name", ["GetManifest", "Send"])
 async def test_combined_unary_call_is_answered_in_one_frame(
-    server: Server, raw: RawFactory, kit: Kit, name: str
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire, name: str
 ) -> None:
     """One CallStart with the request and half_close gets one CallStatus carrying the response."""
     ws = await raw(kit.url(server))
     request = MANIFEST_REQUEST if name == "GetManifest" else kit.send_request("echo")
     await ws.send(combined_start(1, name, request))
-    answer = await kit.next_frame(ws)
+    answer = await wire.next_frame(ws)
     assert (answer.stream_id, answer.WhichOneof("kind")) == (1, "status")
     assert answer.status.status.code == 0
     response = method(name).response_type.FromString(answer.status.message.binary)
     if name == "Send":
         assert isinstance(response, agent_service_pb2.SendResponse)
         assert response.envelope.task_response.task_id == "t-echo"
-    await assert_nothing_more(ws, kit)
+    await assert_nothing_more(ws, wire)
 
 
 @pytest.mark.asyncio
 async def test_separate_frames_are_answered_with_message_then_status(
-    server: Server, raw: RawFactory, kit: Kit
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """A client that sends CallStart, the request and HalfClose apart gets two frames back (it may
     predate combined frames)."""
     ws = await raw(kit.url(server))
-    for data in kit.start_frames(1, "Send", kit.send_request("echo")):
+    for data in wire.start_frames(1, "Send", kit.send_request("echo")):
         await ws.send(data)
-    message = await kit.next_frame(ws)
+    message = await wire.next_frame(ws)
     assert (message.stream_id, message.WhichOneof("kind")) == (1, "message")
     agent_service_pb2.SendResponse.FromString(message.message.binary)
-    status = await kit.next_frame(ws)
+    status = await wire.next_frame(ws)
     assert (status.stream_id, status.status.status.code) == (1, 0)
     assert not status.status.HasField("message")
 
@@ -636,43 +583,43 @@ async def test_combined_json_call_is_answered_in_one_frame(
 
 @pytest.mark.asyncio
 async def test_failed_combined_call_is_answered_with_the_status_only(
-    server: Server, raw: RawFactory, kit: Kit
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """A unary call that fails gets one CallStatus with the error and no message."""
     ws = await raw(kit.url(server))
     await ws.send(combined_start(1, "Send", kit.send_request("fail")))
-    answer = await kit.next_frame(ws)
+    answer = await wire.next_frame(ws)
     assert answer.stream_id == 1
     assert isinstance(errors.from_status(answer.status.status), errors.FailedPrecondition)
     assert not answer.status.HasField("message")
     assert [entry.key for entry in answer.status.trailers][:1] == ["x-test-trailer"]
-    await assert_nothing_more(ws, kit)
+    await assert_nothing_more(ws, wire)
 
 
 @pytest.mark.asyncio
 async def test_oversized_combined_response_is_message_too_large(
-    start_server: ServerFactory, raw: RawFactory, kit: Kit
+    start_server: ServerFactory, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """A unary response over the limit fails the call: one CallStatus, no message."""
     server = await start_server(limits=Limits(rate_limit_per_second=0, max_message_bytes=4096))
     ws = await raw(kit.url(server))
     await ws.send(combined_start(1, "Send", kit.send_request("big", size=8192)))
-    answer = await kit.next_frame(ws)
+    answer = await wire.next_frame(ws)
     assert isinstance(errors.from_status(answer.status.status), errors.MessageTooLarge)
     assert not answer.status.HasField("message")
-    await assert_nothing_more(ws, kit)
+    await assert_nothing_more(ws, wire)
 
 
 @pytest.mark.asyncio
 async def test_half_close_after_a_half_closing_start_fails_the_call(
-    server: Server, raw: RawFactory, probe: Probe, kit: Kit
+    server: Server, raw: RawFactory, probe: Probe, kit: Kit, wire: Wire
 ) -> None:
     """A HalfClose after CallStart.half_close is MALFORMED_FRAME; the handler is cancelled."""
     ws = await raw(kit.url(server))
     await ws.send(combined_start(1, "Send", kit.send_request("block")))
     await probe.entered.wait()
-    await ws.send(kit.frame(1, half_close=bridge_pb2.HalfClose()))
-    failed = await kit.next_frame(ws)
+    await ws.send(wire.frame(1, half_close=bridge_pb2.HalfClose()))
+    failed = await wire.next_frame(ws)
     assert failed.stream_id == 1
     assert errors.from_status(failed.status.status).reason == "MALFORMED_FRAME"
     await probe.cancelled.wait()
@@ -680,27 +627,27 @@ async def test_half_close_after_a_half_closing_start_fails_the_call(
 
 @pytest.mark.asyncio
 async def test_combined_start_then_separate_half_close(
-    server: Server, raw: RawFactory, kit: Kit
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """A CallStart with the request but no half_close may be followed by a separate HalfClose."""
     ws = await raw(kit.url(server))
     await ws.send(combined_start(1, "GetManifest", MANIFEST_REQUEST, half_close=False))
-    await ws.send(kit.frame(1, half_close=bridge_pb2.HalfClose()))
-    answer = await kit.next_frame(ws)
+    await ws.send(wire.frame(1, half_close=bridge_pb2.HalfClose()))
+    answer = await wire.next_frame(ws)
     assert (answer.stream_id, answer.status.status.code) == (1, 0)
     agent_service_pb2.GetManifestResponse.FromString(answer.status.message.binary)
 
 
 @pytest.mark.asyncio
 async def test_server_streaming_responses_stay_separate_frames(
-    server: Server, raw: RawFactory, kit: Kit
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
 ) -> None:
     """A combined Subscribe gets each response in its own MessageFrame, then a bare CallStatus."""
     ws = await raw(kit.url(server))
     request = agent_service_pb2.SubscribeRequest(envelope=kit.envelope("progress"))
     await ws.send(combined_start(1, "Subscribe", request))
-    kinds = [(await kit.next_frame(ws)).WhichOneof("kind") for _ in range(kit.UPDATES + 1)]
+    kinds = [(await wire.next_frame(ws)).WhichOneof("kind") for _ in range(kit.UPDATES + 1)]
     assert kinds == ["message"] * (kit.UPDATES + 1)
-    status = await kit.next_frame(ws)
+    status = await wire.next_frame(ws)
     assert (status.stream_id, status.status.status.code) == (1, 0)
     assert not status.status.HasField("message")
