@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import random
 from collections import deque
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -92,6 +93,10 @@ INBOX_HIGH_WATER = 64
 
 GOAWAY_REASON = "server shutting down"
 """The GoAway and close reason of a graceful stop."""
+
+HEARTBEAT_JITTER = 0.2
+"""Each connection's heartbeat period is ``heartbeat_interval`` times a random factor in 1 +- this."""
+_JITTER = random.Random()  # noqa: S311 - spreading timers, not cryptography
 
 HEALTH_PATH = "/healthz"
 """A plain HTTP GET here answers 200 SERVING or 503 NOT_SERVING (the state gRPC's health service reports)."""
@@ -525,6 +530,10 @@ class WebSocketServerTransport(ServerTransport):
         if len(self._connections) >= self._limits.max_connections:
             await ws.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
             return
+        if ws.ping_interval is not None:
+            # websockets pings at a fixed period from the handshake, so connections opened together
+            # (a reconnect storm, a benchmark) would ping in phase forever; jitter spreads them.
+            ws.ping_interval *= _JITTER.uniform(1 - HEARTBEAT_JITTER, 1 + HEARTBEAT_JITTER)
         # select_subprotocol accepted only the two the session supports.
         session = ServerSession.for_subprotocol(ws.subprotocol or "", self._limits)
         conn = _ServerConnection(self, ws, session)
