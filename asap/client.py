@@ -17,9 +17,11 @@ from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 
 from asap import validation
 from asap._typing import Metadata
+from asap.core.health import HEALTH_CHECK
 from asap.core.method import method
 from asap.errors import AsapError, InvalidArgument, InvalidState, ShuttingDown, Unavailable
 from asap.protocol.acks import AckTracker
@@ -279,6 +281,20 @@ class Client:
         """Open a duplex stream: send envelopes any time, receive acks, updates and answers."""
         options = await self._options(timeout, metadata)
         return DuplexStream(self, options)
+
+    async def check_health(self, service: str = "", *, timeout: float | None = None) -> bool:
+        """Ask the standard health service whether the agent serves (False while it drains).
+
+        ``service`` is ``""`` for the whole server or ``"asap.v1.AgentService"``.
+
+        Raises:
+            NotFound: the server does not report on ``service``.
+        """
+        options = await self._options(timeout, ())
+        request = health_pb2.HealthCheckRequest(service=service)
+        reply = await self.channel.unary(HEALTH_CHECK, request, options)
+        response = _expect(reply.message, health_pb2.HealthCheckResponse)
+        return response.status == health_pb2.HealthCheckResponse.SERVING
 
     # -- conveniences -----------------------------------------------------------------------
 

@@ -1,8 +1,33 @@
-"""Serving state shared by every transport (gRPC's health service reports it)."""
+"""Serving state shared by every transport, and the standard health Check RPC over it.
+
+gRPC serves ``grpc.health.v1.Health`` with grpcio-health-checking's servicer; the WebSocket bridge
+answers the same ``/grpc.health.v1.Health/Check`` call from :meth:`HealthState.check`, so a caller
+gets the same answer on either transport. Health calls skip the middleware on both (no credentials,
+no rate limit), as load balancers expect.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+
+from grpc_health.v1 import health_pb2  # plain protobuf messages; nothing here imports grpc
+
+from asap.core.method import SERVICE_NAME, Arity, MethodSpec
+from asap.core.service import ServerCall
+from asap.errors import AsapError, InvalidArgument, NotFound
+
+
+HEALTH_CHECK = MethodSpec(
+    name="Check",
+    path="/grpc.health.v1.Health/Check",
+    request_type=health_pb2.HealthCheckRequest,
+    response_type=health_pb2.HealthCheckResponse,
+    arity=Arity.UNARY_UNARY,
+)
+"""The standard health Check RPC."""
+
+HEALTH_SERVICES = ("", SERVICE_NAME)
+"""The service names health reports on: the whole server, and AgentService."""
 
 
 class HealthState:
@@ -21,6 +46,21 @@ class HealthState:
         """Call ``listener(serving)`` now and on every change."""
         self._listeners.append(listener)
         listener(self._serving)
+
+    async def check(self, call: ServerCall) -> AsapError | None:
+        """Answer one health Check call (the bridge's; gRPC uses grpc's own servicer)."""
+        request = await call.read()
+        if not isinstance(request, health_pb2.HealthCheckRequest):
+            return InvalidArgument("expected one HealthCheckRequest")
+        if request.service not in HEALTH_SERVICES:
+            return NotFound(f"unknown service {request.service[:200]!r}")
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self._serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await call.write(health_pb2.HealthCheckResponse(status=status))
+        return None
 
     def set_serving(self, serving: bool) -> None:
         """Change the state and notify listeners."""

@@ -106,3 +106,16 @@ async def test_stop_without_grace_cancels_calls_in_flight(harness: Harness) -> N
     await harness.probe.cancelled("cut")
     with pytest.raises(errors.Unavailable):
         await call
+
+
+async def test_standard_health_check_reports_serving(harness: Harness) -> None:
+    """The standard health Check answers SERVING for the server and for AgentService."""
+    assert await harness.client.check_health()
+    assert await harness.client.check_health("asap.v1.AgentService")
+
+
+async def test_health_of_an_unknown_service_is_not_found(harness: Harness) -> None:
+    """A health Check for a service the server does not report on fails with NotFound."""
+    with pytest.raises(errors.NotFound) as caught:
+        await harness.client.check_health("no.such.Service")
+    assert caught.value.code == errors.Code.NOT_FOUND

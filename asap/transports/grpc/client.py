@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import Message
 
 from asap._typing import Metadata
+from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS, Arity, MethodSpec
 from asap.errors import AsapError, Cancelled, ConnectionLost, InvalidState
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
@@ -166,6 +167,13 @@ class GrpcChannel(Channel):
                     deserializer,
                     _registered_method=True,  # type: ignore[call-arg]
                 )
+
+        self._unary_unary[HEALTH_CHECK.path] = channel.unary_unary(
+            HEALTH_CHECK.path,
+            HEALTH_CHECK.request_type.SerializeToString,
+            HEALTH_CHECK.response_type.FromString,
+            _registered_method=True,  # type: ignore[call-arg]
+        )
 
     @property
     def closed(self) -> bool:

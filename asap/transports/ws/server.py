@@ -51,7 +51,7 @@ from websockets.typing import Subprotocol
 
 from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
-from asap.core.health import HealthState
+from asap.core.health import HEALTH_CHECK, HealthState
 from asap.core.method import METHODS, MethodSpec
 from asap.core.middleware import AUTHORIZATION
 from asap.errors import (
@@ -232,6 +232,7 @@ class _ServerConnection(BridgeConnection[ServerSession]):
     ) -> None:
         super().__init__(ws, session, "asap.ws.server.call")
         self.dispatcher = transport.dispatcher
+        self.health = transport.health
         self.peer = peer_of(ws)
         request = ws.request
         self.authorization = None if request is None else _credentials(request)
@@ -301,6 +302,8 @@ class _ServerConnection(BridgeConnection[ServerSession]):
     def _start(self, event: CallStarted) -> None:
         stream_id = event.stream_id
         spec = METHODS.get(event.method)
+        if spec is None and event.method == HEALTH_CHECK.path:
+            spec = HEALTH_CHECK
         if spec is None:
             message = f"unknown method {event.method[:200]!r}"
             self.session.send_error(stream_id, UnknownMethod(message))
@@ -336,7 +339,10 @@ class _ServerConnection(BridgeConnection[ServerSession]):
     async def _run_call(self, ctx: CallContext, call: _Call) -> None:
         try:
             try:
-                error = await self.dispatcher.handle(ctx, call)
+                if call.spec is HEALTH_CHECK:
+                    error = await self.health.check(call)
+                else:
+                    error = await self.dispatcher.handle(ctx, call)
             finally:
                 self.calls.pop(call.stream_id, None)
                 call.release()
@@ -423,6 +429,7 @@ class WebSocketServerTransport(ServerTransport):
             message = f"path must start with '/', got {path!r}"
             raise ValueError(message)
         self.dispatcher = dispatcher
+        self.health = health
         self._health = health
         self._host = host
         self._port = port
