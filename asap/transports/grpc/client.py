@@ -135,7 +135,7 @@ class GrpcChannel(Channel):
         self._stream_stream: dict[str, grpc.aio.StreamStreamMultiCallable[Message, Message]] = {}
         # _registered_method=True registers the path with grpc core once, as generated stubs do
         # (grpc >= 1.62); the stubs of types-grpcio do not list the argument yet.
-        for spec in METHODS.values():
+        for spec in (*METHODS.values(), HEALTH_CHECK):
             path = spec.path
             serializer = spec.request_type.SerializeToString
             deserializer = spec.response_type.FromString
@@ -167,13 +167,6 @@ class GrpcChannel(Channel):
                     deserializer,
                     _registered_method=True,  # type: ignore[call-arg]
                 )
-
-        self._unary_unary[HEALTH_CHECK.path] = channel.unary_unary(
-            HEALTH_CHECK.path,
-            HEALTH_CHECK.request_type.SerializeToString,
-            HEALTH_CHECK.response_type.FromString,
-            _registered_method=True,  # type: ignore[call-arg]
-        )
 
     @property
     def closed(self) -> bool:
