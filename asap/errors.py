@@ -23,7 +23,8 @@ Exception tree::
     ├── ResourceExhausted
     │   ├── RateLimited            (carries retry_after, sent as google.rpc.RetryInfo)
     │   ├── MessageTooLarge
-    │   └── TooManyCalls
+    │   ├── TooManyCalls
+    │   └── FlowControlViolation   (a bridge peer sent beyond its credit)
     ├── FailedPrecondition
     ├── Aborted
     ├── OutOfRange
@@ -292,6 +293,13 @@ class TooManyCalls(ResourceExhausted):
 
     default_reason = "TOO_MANY_CALLS"
     default_message = "too many concurrent calls"
+
+
+class FlowControlViolation(ResourceExhausted):
+    """A bridge peer sent a call message beyond the stream's flow-control credit."""
+
+    default_reason = "FLOW_CONTROL_VIOLATION"
+    default_message = "message sent beyond the stream's flow-control window"
 
 
 class FailedPrecondition(AsapError):

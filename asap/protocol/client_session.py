@@ -125,7 +125,9 @@ class ClientSession(Session):
         )
         stream = Stream(stream_id)
         stream.advance(StreamEvent.START)
+        self._open_credit(stream)
         if message is not None:
+            self._charge(stream, data)
             stream.advance(StreamEvent.CLIENT_MESSAGE)
         if half_close:
             stream.advance(StreamEvent.HALF_CLOSE)
@@ -154,6 +156,7 @@ class ClientSession(Session):
         data = self.codec.encode_message(
             stream_id, message, max_message_bytes=self.limits.max_message_bytes
         )
+        self._charge(stream, data)
         stream.handle(StreamEvent.CLIENT_MESSAGE)
         self.outgoing.append(data)
         return True

@@ -45,6 +45,9 @@ class MessageReceived:
     """The call's stream."""
     message_frame: bridge_pb2.MessageFrame
     """The MessageFrame as received."""
+    size: int = 0
+    """Its flow-control cost: pass it to :meth:`~asap.protocol.session.Session.consume` when the
+    application takes the message (bridge.proto "Flow control"); 0 on revision 1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,24 @@ class PongReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class CreditAvailable:
+    """Either side: a stream that had no send credit has some again; wake its writer."""
+
+    stream_id: int
+    """The stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsReceived:
+    """Either side: the peer's Settings arrived (bridge revision 2)."""
+
+    initial_window_bytes: int
+    """The peer's initial window now in force."""
+    max_concurrent_streams: int
+    """Server → client: the calls the server runs at once on this connection."""
+
+
+@dataclass(frozen=True, slots=True)
 class GoAwayReceived:
     """Client: the server is draining; start no new calls on this connection."""
 
@@ -148,6 +169,8 @@ ServerEvent = (
     | StreamError
     | ProtocolViolation
     | PongReceived
+    | CreditAvailable
+    | SettingsReceived
 )
 """What a :class:`~asap.protocol.session.ServerSession` reports."""
 
@@ -159,6 +182,8 @@ ClientEvent = (
     | ProtocolViolation
     | PongReceived
     | GoAwayReceived
+    | CreditAvailable
+    | SettingsReceived
 )
 """What a :class:`~asap.protocol.session.ClientSession` reports."""
 

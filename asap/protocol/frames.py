@@ -31,12 +31,23 @@ from asap.protocol.limits import Limits
 from asap.v1 import agent_service_pb2, bridge_pb2
 
 
-SUBPROTOCOL_PROTO = "asap.v1.proto"
-"""Binary subprotocol: serialized Frames in binary WebSocket messages."""
-SUBPROTOCOL_JSON = "asap.v1.json"
-"""JSON subprotocol: canonical proto3 JSON Frames in text WebSocket messages."""
-SUBPROTOCOLS = (SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON)
+SUBPROTOCOL_PROTO = "asap.v1.1.proto"
+"""Binary subprotocol, bridge revision 2 (flow-controlled): serialized Frames in binary messages."""
+SUBPROTOCOL_JSON = "asap.v1.1.json"
+"""JSON subprotocol, bridge revision 2 (flow-controlled): canonical proto3 JSON Frames in text."""
+LEGACY_SUBPROTOCOL_PROTO = "asap.v1.proto"
+"""Binary subprotocol, bridge revision 1: no Settings, WindowUpdate or credit (bridge.proto "Older peers")."""
+LEGACY_SUBPROTOCOL_JSON = "asap.v1.json"
+"""JSON subprotocol, bridge revision 1."""
+SUBPROTOCOLS = (
+    SUBPROTOCOL_PROTO,
+    SUBPROTOCOL_JSON,
+    LEGACY_SUBPROTOCOL_PROTO,
+    LEGACY_SUBPROTOCOL_JSON,
+)
 """Supported subprotocols, most preferred first."""
+FLOW_CONTROLLED = frozenset({SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON})
+"""The subprotocols of bridge revision 2, which have Settings, WindowUpdate and per-stream credit."""
 DEFAULT_PATH = "/asap/v1/ws"
 """The bridge's default URL path."""
 
@@ -104,16 +115,26 @@ class Codec(ABC):
         max_frame_bytes: Largest WebSocket message :meth:`decode` accepts, in bytes.
     """
 
-    subprotocol: ClassVar[str]
+    subprotocol: str
     """The Sec-WebSocket-Protocol name."""
+    flow_controlled: bool
+    """Whether the subprotocol is bridge revision 2 (Settings, WindowUpdate, per-stream credit)."""
+    text: ClassVar[bool]
+    """Whether frames travel as text WebSocket messages (else binary)."""
     body_kind: ClassVar[Literal["binary", "typed"]]
     """Which ``MessageFrame.body`` field carries call messages under this subprotocol."""
 
-    def __init__(self, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES) -> None:
+    default_subprotocol: ClassVar[str]
+
+    def __init__(
+        self, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES, subprotocol: str | None = None
+    ) -> None:
         if max_frame_bytes < 1:
             msg = "max_frame_bytes must be at least 1"
             raise ValueError(msg)
         self.max_frame_bytes = max_frame_bytes
+        self.subprotocol = subprotocol or self.default_subprotocol
+        self.flow_controlled = self.subprotocol in FLOW_CONTROLLED
 
     @abstractmethod
     def encode(self, frame: bridge_pb2.Frame) -> bytes | str:
@@ -260,7 +281,8 @@ class Codec(ABC):
 class ProtoCodec(Codec):
     """The ``asap.v1.proto`` subprotocol: binary messages, ``MessageFrame.binary`` bodies."""
 
-    subprotocol = SUBPROTOCOL_PROTO
+    default_subprotocol = SUBPROTOCOL_PROTO
+    text = False
     body_kind = "binary"
 
     def encode(self, frame: bridge_pb2.Frame) -> bytes:
@@ -367,7 +389,8 @@ class ProtoCodec(Codec):
 class JsonCodec(Codec):
     """The ``asap.v1.json`` subprotocol: canonical proto3 JSON text, ``MessageFrame.typed`` bodies."""
 
-    subprotocol = SUBPROTOCOL_JSON
+    default_subprotocol = SUBPROTOCOL_JSON
+    text = True
     body_kind = "typed"
     pool = descriptor_pool.Default()
     """The types an Any may name: every generated module imported so far."""
@@ -449,10 +472,10 @@ def codec_for(subprotocol: str, *, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYT
     Raises:
         ValueError: ``subprotocol`` is not one of :data:`SUBPROTOCOLS`.
     """
-    if subprotocol == SUBPROTOCOL_PROTO:
-        return ProtoCodec(max_frame_bytes)
-    if subprotocol == SUBPROTOCOL_JSON:
-        return JsonCodec(max_frame_bytes)
+    if subprotocol in (SUBPROTOCOL_PROTO, LEGACY_SUBPROTOCOL_PROTO):
+        return ProtoCodec(max_frame_bytes, subprotocol)
+    if subprotocol in (SUBPROTOCOL_JSON, LEGACY_SUBPROTOCOL_JSON):
+        return JsonCodec(max_frame_bytes, subprotocol)
     msg = f"unsupported subprotocol {subprotocol!r}"
     raise ValueError(msg)
 

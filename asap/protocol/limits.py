@@ -75,6 +75,11 @@ class Limits:
     """Consecutive rate-limited calls on one WebSocket connection before it is closed with 1008;
     0 never closes the connection for this."""
 
+    stream_window_bytes: int = 65_536
+    """Bridge revision 2: bytes of call messages a peer may send on one stream before this side
+    has consumed them (the initial window it announces in Settings; bridge.proto "Flow control").
+    A slow reader holds a writer to about this much plus one message per stream."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_message_bytes",
@@ -83,6 +88,7 @@ class Limits:
             "max_concurrent_calls",
             "rate_limit_burst",
             "rate_limit_max_principals",
+            "stream_window_bytes",
         ):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
         for name in ("handshake_timeout", "heartbeat_interval", "heartbeat_timeout"):
@@ -94,6 +100,7 @@ class Limits:
             self.rate_limit_strikes_before_close >= 0,
             "rate_limit_strikes_before_close must be 0 or more",
         )
+        _require(self.stream_window_bytes <= 2**31 - 1, "stream_window_bytes must be below 2^31")
         if self.max_frame_bytes == 0:
             # The dataclass is frozen; filling in a derived default is the one write it allows.
             object.__setattr__(

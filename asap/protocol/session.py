@@ -30,14 +30,16 @@ in :mod:`asap.protocol.stream`; this module applies them and the per-connection 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Self, cast
 
+from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 
 from asap.errors import (
     AsapError,
     Cancelled,
+    FlowControlViolation,
     InvalidState,
     MalformedFrame,
     MessageTooLarge,
@@ -48,14 +50,17 @@ from asap.errors import (
 from asap.protocol.events import (
     CallCancelled,
     CallStarted,
+    CreditAvailable,
     Event,
     HalfClosed,
     MessageReceived,
     PongReceived,
     ProtocolViolation,
     ServerEvent,
+    SettingsReceived,
     StreamError,
 )
+from asap.protocol.flow import DEFAULT_WINDOW_BYTES, StreamCredit, wire_size
 from asap.protocol.frames import (
     CloseCode,
     Codec,
@@ -102,8 +107,28 @@ class Session(ABC):
         """Events not yet returned by ``events_received``."""
         self.outgoing: list[bytes | str] = []
         """WebSocket messages not yet returned by :meth:`data_to_send`."""
-        self.handlers: dict[str, _Handler] = {"message": self._on_message}
+        self.handlers: dict[str, _Handler] = {
+            "message": self._on_message,
+            "window_update": self._on_window_update,
+        }
         """Call frame kinds this side receives, and what handles each."""
+        self.flow_controlled = codec.flow_controlled
+        """Whether this is bridge revision 2: Settings, WindowUpdate and per-stream credit."""
+        self.peer_window = DEFAULT_WINDOW_BYTES
+        """The peer's initial window: the send credit each new stream starts with."""
+        self.peer_max_streams = 100
+        """The calls the peer runs at once (from a server's Settings)."""
+        self._received_size = 0
+        """The cost of the WebSocket message being processed (bridge.proto "Flow control")."""
+        if self.flow_controlled:
+            self._queue(bridge_pb2.Frame(settings=self._settings()))
+
+    def _settings(self) -> bridge_pb2.Settings:
+        """The Settings this side announces first on a revision 2 connection."""
+        return bridge_pb2.Settings(
+            initial_window_bytes=self.limits.stream_window_bytes,
+            max_message_bytes=self.limits.max_message_bytes,
+        )
 
     @classmethod
     def for_subprotocol(cls, subprotocol: str, limits: Limits = _DEFAULT_LIMITS) -> Self:
@@ -126,6 +151,7 @@ class Session(ABC):
         if self.closed:
             return
         self.last_received = now
+        self._received_size = wire_size(data) if self.flow_controlled else 0
         try:
             frame = self.codec.decode(data)
         except FrameError as exc:
@@ -136,9 +162,11 @@ class Session(ABC):
             return
         kind = frame.WhichOneof("kind")
         stream_id = frame.stream_id
-        if stream_id == 0 and kind in ("ping", "pong", "goaway"):
+        if stream_id == 0 and kind in ("ping", "pong", "goaway", "settings", "window_update"):
             self._on_connection_frame(frame)
             return
+        if kind is None and self.flow_controlled and _has_unknown_fields(frame):
+            return  # bridge.proto "Extensions": a frame of a kind from a later revision
         handler = self.handlers.get(kind or "")
         if stream_id == 0:
             self._violation(CloseCode.PROTOCOL_ERROR, f"{kind or 'empty'} frame on stream 0")
@@ -174,6 +202,62 @@ class Session(ABC):
         """Whether a stream is open (started and not yet ended)."""
         return stream_id in self.streams
 
+    def can_send(self, stream_id: int) -> bool:
+        """Whether a call message may be sent on the stream now (bridge.proto "Flow control").
+
+        Always ``True`` on revision 1 and for streams that have ended (their sends are dropped).
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.credit is None:
+            return True
+        return stream.credit.send > 0
+
+    def consume(self, stream_id: int, size: int) -> None:
+        """Record that the application took a message of ``size`` bytes (``MessageReceived.size``).
+
+        Queues a WindowUpdate once enough has been consumed (call :meth:`data_to_send` after),
+        unless the peer can no longer send on the stream.
+        """
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.credit is None or not size or not self._peer_may_send(stream):
+            return
+        increment = stream.credit.consumed(size)
+        if increment:
+            update = bridge_pb2.WindowUpdate(increment_bytes=increment)
+            self._queue(bridge_pb2.Frame(stream_id=stream_id, window_update=update))
+
+    def buffered_bytes(self) -> int:
+        """Bytes of call messages received and not yet consumed, over every open stream."""
+        total = 0
+        for stream in self.streams.values():
+            credit = stream.credit
+            if credit is not None:
+                total += credit.initial_receive - credit.receive - credit.ungranted
+        return max(total, 0)
+
+    def _peer_may_send(self, stream: Stream) -> bool:
+        """Whether the peer may still send call messages on ``stream`` (grants are useless after)."""
+        return stream.next_state(self.peer_message) is not None
+
+    def _open_credit(self, stream: Stream) -> None:
+        """Give a new stream its credit (revision 2 only)."""
+        if self.flow_controlled:
+            stream.credit = StreamCredit(self.peer_window, self.limits.stream_window_bytes)
+
+    def _charge(self, stream: Stream, data: bytes | str) -> None:
+        """Charge a flow-controlled frame this side is sending.
+
+        Raises:
+            asap.errors.InvalidState: The stream has no credit (wait for :meth:`can_send`).
+        """
+        credit = stream.credit
+        if credit is None:
+            return
+        if credit.send <= 0:
+            msg = f"no flow-control credit on stream {stream.stream_id}; wait for can_send()"
+            raise InvalidState(msg)
+        credit.sent(wire_size(data))
+
     # Receiving.
 
     def _on_connection_frame(self, frame: bridge_pb2.Frame) -> None:
@@ -182,8 +266,40 @@ class Session(ABC):
             self._queue(bridge_pb2.Frame(pong=bridge_pb2.Pong(nonce=frame.ping.nonce)))
         elif kind == "pong":
             self.events.append(PongReceived(frame.pong.nonce))
-        else:
+        elif kind == "goaway":
             self._on_goaway(frame.goaway.reason)
+        elif not self.flow_controlled:
+            self._violation(CloseCode.PROTOCOL_ERROR, f"{kind} frame on a revision 1 subprotocol")
+        elif kind == "settings":
+            self._on_settings(frame.settings)
+        # A WindowUpdate on stream 0 is reserved for a connection window and ignored.
+
+    def _on_settings(self, settings: bridge_pb2.Settings) -> None:
+        """Apply the peer's Settings: a new initial window changes every open stream's credit."""
+        if settings.initial_window_bytes:
+            window = min(settings.initial_window_bytes, 2**31 - 1)
+            delta, self.peer_window = window - self.peer_window, window
+            for stream in self.streams.values():
+                if stream.credit is not None and stream.credit.adjust_send(delta):
+                    self.events.append(CreditAvailable(stream.stream_id))
+        if settings.max_concurrent_streams:
+            self.peer_max_streams = settings.max_concurrent_streams
+        self.events.append(SettingsReceived(self.peer_window, self.peer_max_streams))
+
+    def _on_window_update(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
+        if not self.flow_controlled:
+            self._stream_violation(stream_id, MalformedFrame("window_update on revision 1"))
+            return
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.credit is None:
+            return  # a finished stream (or one never opened): nothing to credit
+        try:
+            woke = stream.credit.window_update(frame.window_update.increment_bytes)
+        except MalformedFrame as exc:
+            self._fail(stream_id, exc)
+            return
+        if woke:
+            self.events.append(CreditAvailable(stream_id))
 
     def _on_goaway(self, reason: str) -> None:
         self._violation(CloseCode.PROTOCOL_ERROR, "unexpected goaway frame")
@@ -213,8 +329,15 @@ class Session(ABC):
             limit = self.limits.max_message_bytes
             error = MessageTooLarge(f"received message larger than max ({size} vs. {limit})")
         else:
+            cost = self._received_size
+            if stream.credit is not None:
+                try:
+                    stream.credit.received(cost)
+                except FlowControlViolation as exc:
+                    self._fail(stream.stream_id, exc)
+                    return False
             stream.advance(self.peer_message)
-            self.events.append(MessageReceived(stream.stream_id, body))
+            self.events.append(MessageReceived(stream.stream_id, body, cost))
             return True
         self._fail(stream.stream_id, error)
         return False
@@ -263,6 +386,10 @@ class Session(ABC):
     def _queue(self, frame: bridge_pb2.Frame) -> None:
         self.outgoing.append(self.codec.encode(frame))
 
+    def events_received(self) -> Sequence[Event]:
+        """Return and forget the events received since the last call, in order."""
+        return self._take_events()
+
     def _take_events(self) -> list[Event]:
         events, self.events = self.events, []
         return events
@@ -294,6 +421,11 @@ class ServerSession(Session):
         self.handlers.update(
             start=self._on_start, half_close=self._on_half_close, cancel=self._on_cancel
         )
+
+    def _settings(self) -> bridge_pb2.Settings:
+        settings = super()._settings()
+        settings.max_concurrent_streams = self.limits.max_concurrent_streams
+        return settings
 
     def events_received(self) -> list[ServerEvent]:
         """Return and forget the events received since the last call, in order."""
@@ -337,6 +469,9 @@ class ServerSession(Session):
         data = self.codec.encode_message(
             stream_id, message, max_message_bytes=self.limits.max_message_bytes
         )
+        if not stream.next_state(StreamEvent.SERVER_MESSAGE):
+            stream.handle(StreamEvent.SERVER_MESSAGE)  # raises InvalidState
+        self._charge(stream, data)
         stream.handle(StreamEvent.SERVER_MESSAGE)
         self.outgoing.append(data)
         return True
@@ -383,6 +518,7 @@ class ServerSession(Session):
                 codec.encode(bridge_pb2.Frame(stream_id=stream_id, status=call_status)),
             ]
         if message is not None:
+            self._charge(stream, data[0])
             stream.handle(StreamEvent.SERVER_MESSAGE)
         stream.handle(StreamEvent.STATUS)
         del self.streams[stream_id]
@@ -441,6 +577,7 @@ class ServerSession(Session):
         else:
             stream = Stream(stream_id)
             stream.handle(StreamEvent.START)
+            self._open_credit(stream)
             self.streams[stream_id] = stream
             self.highest_stream_id = stream_id
             deadline = None if timeout is None else now + timeout
@@ -502,3 +639,8 @@ def _timeout(start: bridge_pb2.CallStart) -> float | None:
         msg = "timeout must be a non-negative duration"
         raise MalformedFrame(msg)
     return seconds + nanos / 1e9
+
+
+def _has_unknown_fields(frame: bridge_pb2.Frame) -> bool:
+    """Whether a frame with no known kind carries fields this revision does not know."""
+    return bool(unknown_fields.UnknownFieldSet(frame))

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from enum import Enum
 
 from asap.errors import InvalidState
+from asap.protocol.flow import StreamCredit
 
 
 class StreamState(Enum):
@@ -112,7 +113,7 @@ class Stream:
         stream_id: The call's stream id.
     """
 
-    __slots__ = ("combined", "response_started", "state", "stream_id")
+    __slots__ = ("combined", "credit", "response_started", "state", "stream_id")
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
@@ -124,6 +125,8 @@ class Stream:
         self.combined = False
         """Whether the CallStart carried a message or half_close (bridge.proto "Combined
         frames"): a client that sends them reads them, so the server may combine its answer."""
+        self.credit: StreamCredit | None = None
+        """Flow-control credit on a bridge revision 2 connection; ``None`` on revision 1."""
 
     def __repr__(self) -> str:
         return f"Stream({self.stream_id}, {self.state.name})"

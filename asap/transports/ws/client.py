@@ -40,8 +40,10 @@ from collections.abc import AsyncIterable
 from urllib.parse import urlsplit
 
 from google.protobuf.message import Message
+from websockets.client import ClientProtocol
 from websockets.exceptions import WebSocketException
 from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from asap.core.method import METHODS, Arity, MethodSpec
 from asap.core.tasks import TaskOwner
@@ -55,14 +57,20 @@ from asap.errors import (
     ShuttingDown,
     Unavailable,
 )
-from asap.protocol.client_session import ClientSession
-from asap.protocol.frames import SUBPROTOCOL_PROTO, SUBPROTOCOLS, CloseCode
+from asap.protocol.frames import (
+    LEGACY_SUBPROTOCOL_JSON,
+    LEGACY_SUBPROTOCOL_PROTO,
+    SUBPROTOCOL_JSON,
+    SUBPROTOCOL_PROTO,
+    SUBPROTOCOLS,
+    CloseCode,
+)
 from asap.protocol.limits import Limits
 from asap.protocol.metadata import metadata_to_entries
 from asap.tls import ClientTLS, check_plaintext_allowed
 from asap.transports.base import CallOptions, Channel, Reply
 from asap.transports.ws.client_connection import ClientBridgeConnection, ClientCall, remaining
-from asap.transports.ws.reconnect import NoRedirectConnect, ReconnectPolicy, connection_error
+from asap.transports.ws.reconnect import ReconnectPolicy, connection_error
 from asap.transports.ws.stream import WebSocketResponseStream
 from asap.v1 import manifest_pb2
 
@@ -70,6 +78,12 @@ from asap.v1 import manifest_pb2
 _log = logging.getLogger("asap.client")
 
 _CLOSED_MESSAGE = "the channel is closed"
+
+_LEGACY_OF = {
+    SUBPROTOCOL_PROTO: LEGACY_SUBPROTOCOL_PROTO,
+    SUBPROTOCOL_JSON: LEGACY_SUBPROTOCOL_JSON,
+}
+"""The revision 1 name offered after each revision 2 one, so a server that predates it still answers."""
 
 __all__ = ["ReconnectPolicy", "WebSocketChannel", "WebSocketResponseStream"]
 
@@ -86,9 +100,10 @@ class _Attempt:
 
 def _not_accepting(conn: ClientBridgeConnection | None) -> AsapError:
     """Why a connection just made takes no call: the server sent GoAway, or it closed."""
-    if conn is not None and conn.session.goaway_reason is not None:
-        return ShuttingDown(f"the server is shutting down ({conn.session.goaway_reason})")
-    code = None if conn is None else conn.ws.close_code
+    session = None if conn is None else conn.session
+    if session is not None and session.goaway_reason is not None:
+        return ShuttingDown(f"the server is shutting down ({session.goaway_reason})")
+    code = None if conn is None else conn.close_code
     if code == CloseCode.GOING_AWAY:
         # A draining server closes new connections at once; gRPC callers see SHUTTING_DOWN then.
         return ShuttingDown("the server is shutting down (it closed the connection with 1001)")
@@ -220,45 +235,45 @@ class WebSocketChannel(Channel):
         if delay > 0:
             await asyncio.sleep(delay)
         limits = self._limits
+        offered = [self.subprotocol]
+        if self.subprotocol in _LEGACY_OF:
+            offered.append(_LEGACY_OF[self.subprotocol])
+        # websockets' sans-I/O client refuses to follow redirects by construction: a 3xx is just
+        # a failed handshake (a redirect could lead ws:// off loopback, carrying the token).
+        uri = parse_uri(self.url)
+        ws = ClientProtocol(
+            uri,
+            subprotocols=[Subprotocol(name) for name in offered],
+            max_size=limits.max_frame_bytes,
+        )
+        conn = ClientBridgeConnection(ws, self.url, limits, self._headers)
+        loop = asyncio.get_running_loop()
         try:
-            ws = await NoRedirectConnect(
-                self.url,
-                subprotocols=[Subprotocol(self.subprotocol)],
-                additional_headers=self._headers,
-                compression=None,
-                max_size=limits.max_frame_bytes,
-                open_timeout=limits.handshake_timeout,
-                ping_interval=limits.heartbeat_interval,
-                ping_timeout=limits.heartbeat_timeout,
-                close_timeout=limits.heartbeat_timeout,
-                ssl=self._ssl,
-            )
-        except (OSError, TimeoutError, WebSocketException) as exc:
+            async with asyncio.timeout(limits.handshake_timeout):
+                await loop.create_connection(
+                    lambda: conn,
+                    uri.host,
+                    uri.port,
+                    ssl=self._ssl,
+                    server_hostname=uri.host if self._ssl is not None else None,
+                )
+                await conn.opened
+        except (OSError, TimeoutError, WebSocketException, AsapError) as exc:
             self._failures += 1
-            attempt.error = connection_error(self.url, exc)
+            if isinstance(exc, AsapError):
+                attempt.error = Unavailable(f"cannot connect to {self.url}: {exc.message}")
+            else:
+                attempt.error = connection_error(self.url, exc)
             _log.info("%s", attempt.error.message)
+            await _discard(conn)
             return
-        if ws.subprotocol != self.subprotocol:
-            self._failures += 1
-            attempt.error = Unavailable(f"{self.url} did not accept {self.subprotocol}")
-            keepalive = ws.keepalive_task
-            ws.transport.abort()
-            await ws.wait_closed()
-            if keepalive is not None:
-                await asyncio.wait({keepalive})
-            return
+        except asyncio.CancelledError:
+            await _discard(conn)
+            raise
         self._failures = 0
-        session = ClientSession.for_subprotocol(self.subprotocol, self._limits)
-        conn = ClientBridgeConnection(ws, session, self.url)
+        conn.on_lost = self._connections.discard
         self._current = conn
         self._connections.add(conn)
-        self._tasks.spawn(self._read(conn), name="asap.ws.reader")
-
-    async def _read(self, conn: ClientBridgeConnection) -> None:
-        try:
-            await conn.read()
-        finally:
-            self._connections.discard(conn)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -281,16 +296,20 @@ class WebSocketChannel(Channel):
             async with asyncio.timeout_at(deadline) as scope:
                 if conn is None or not conn.accepting:
                     conn = await self._connection()
+                await conn.acquire_stream()
+                if not conn.accepting:
+                    conn = await self._connection()
                 call = conn.start_call(
                     method, options.metadata, remaining(deadline, loop), request, half_close=True
                 )
-                await conn.flush()
                 frame = await call.next()
                 if frame is None:
                     message = "the server ended the call without a response"
                     raise Internal(message)
                 try:
-                    response = conn.session.codec.unpack_message(frame, method.response_type)
+                    response = conn.client_session().codec.unpack_message(
+                        frame, method.response_type
+                    )
                     if await call.next() is not None:
                         message = "more than one response to a unary call"
                         raise MalformedFrame(message)
@@ -352,10 +371,12 @@ class WebSocketChannel(Channel):
             attempt = self._attempt
             if attempt is not None and attempt.task is not None:
                 attempt.task.cancel()
-            await asyncio.gather(
-                *(conn.close(CloseCode.NORMAL_CLOSURE, "") for conn in list(self._connections))
-            )
+            connections = list(self._connections)
+            for conn in connections:
+                conn.close(CloseCode.NORMAL_CLOSURE, "")
             await self._tasks.close()
+            for conn in connections:
+                await conn.wait_closed()
         finally:
             self._close_done.set()
 
@@ -366,3 +387,10 @@ class WebSocketChannel(Channel):
             return ValueError(f"unknown method {method.path}")
         kind = "streaming" if method.arity is Arity.UNARY_UNARY else "unary"
         return ValueError(f"{method.name} is not a {kind} method")
+
+
+async def _discard(conn: ClientBridgeConnection) -> None:
+    """Drop a connection whose handshake failed (or never began) and wait until it is gone."""
+    if conn.transport is not None:
+        conn.abort()
+        await conn.wait_closed()

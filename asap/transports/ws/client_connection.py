@@ -1,10 +1,16 @@
-"""The client side of one bridge connection: per-call inboxes and the reader that fills them.
+"""The client side of one bridge connection: the handshake, per-call inboxes, stream slots, credit.
 
-The reader feeds every received WebSocket message to the
-:class:`~asap.protocol.client_session.ClientSession` and routes its events: response messages and
-the final status to the call's :class:`ClientCall`, a broken stream's error to that call (logged),
-a protocol violation to a close with its code (logged), and the end of the connection to every call
+Every received WebSocket message goes through the
+:class:`~asap.protocol.client_session.ClientSession` where it arrives (:mod:`asap.transports.ws.pump`),
+and its events are routed: response messages and the final status to the call's
+:class:`ClientCall`, credit to the call's writer, a broken stream's error to that call (logged), a
+protocol violation to a close with its code (logged), and the end of the connection to every call
 still open as :class:`~asap.errors.ConnectionLost` with the close code.
+
+A call's inbox holds what the server sent and the caller has not yet taken; taking a message grants
+the server its credit back (bridge.proto "Flow control"), so an inbox never holds more than a window
+plus one message. Calls beyond the server's ``max_concurrent_streams`` wait for a free stream, as
+gRPC queues streams beyond HTTP/2's limit, instead of failing.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from collections import deque
 from collections.abc import Callable
 
 from google.protobuf.message import Message
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.http11 import Request, Response
 
 from asap._typing import Metadata
 from asap.core.method import MethodSpec
@@ -24,36 +30,53 @@ from asap.errors import AsapError, ConnectionLost, from_status
 from asap.protocol.client_session import ClientSession
 from asap.protocol.events import (
     CallEnded,
-    ClientEvent,
+    CreditAvailable,
     GoAwayReceived,
     MessageReceived,
     ProtocolViolation,
+    SettingsReceived,
     StreamError,
 )
-from asap.protocol.frames import CloseCode
-from asap.transports.ws.connection import BridgeConnection
+from asap.protocol.limits import Limits
+from asap.transports.ws.pump import BridgePump
 from asap.v1 import bridge_pb2, status_pb2
 
 
 _log = logging.getLogger("asap.client")
 
+INBOX_HIGH_WATER = 64
+"""Revision 1 only: unread response messages of one call before the connection stops reading."""
+
 
 class ClientCall:
-    """One call's inbox: response messages, then the final status or an error (reader side).
+    """One call's inbox: response messages, then the final status or an error.
 
     Args:
+        conn: The connection the call runs on.
         stream_id: The call's stream.
     """
 
-    __slots__ = ("error", "frames", "on_end", "status", "stream_id", "trailers", "waiter")
+    __slots__ = (
+        "conn",
+        "credit_waiter",
+        "error",
+        "frames",
+        "on_end",
+        "status",
+        "stream_id",
+        "trailers",
+        "waiter",
+    )
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, conn: ClientBridgeConnection, stream_id: int) -> None:
+        self.conn = conn
         self.stream_id = stream_id
-        self.frames: deque[bridge_pb2.MessageFrame] = deque()
+        self.frames: deque[tuple[bridge_pb2.MessageFrame, int]] = deque()
         self.status: status_pb2.Status | None = None
         self.trailers: Metadata = ()
         self.error: AsapError | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.credit_waiter: asyncio.Future[None] | None = None
         self.on_end: Callable[[], None] | None = None
 
     @property
@@ -61,10 +84,10 @@ class ClientCall:
         """Whether the call has its final status or error."""
         return self.status is not None or self.error is not None
 
-    def push(self, frame: bridge_pb2.MessageFrame) -> None:
+    def push(self, frame: bridge_pb2.MessageFrame, size: int) -> None:
         """A response message arrived."""
-        self.frames.append(frame)
-        self._wake()
+        self.frames.append((frame, size))
+        _wake(self.waiter)
 
     def end(self, status: status_pb2.Status, trailers: Metadata) -> None:
         """The server ended the call."""
@@ -79,14 +102,11 @@ class ClientCall:
             self._ended()
 
     def _ended(self) -> None:
-        self._wake()
+        _wake(self.waiter)
+        _wake(self.credit_waiter)
+        self.conn.call_ended(self)
         if self.on_end is not None:
             self.on_end()
-
-    def _wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def next(self) -> bridge_pb2.MessageFrame | None:
         """The next response message; None when the call ended with OK.
@@ -111,30 +131,219 @@ class ClientCall:
                 await waiter
             finally:
                 self.waiter = None
-        return frames.popleft()
+        frame, size = frames.popleft()
+        self.conn.consumed(self, size)
+        return frame
+
+    async def wait_credit(self) -> None:
+        """Wait until a request message may be sent (the server granted credit, or the call ended)."""
+        conn = self.conn
+        while not self.over and not conn.session_can_send(self.stream_id):
+            waiter = self.credit_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self.credit_waiter = None
+        if not conn.writable:
+            await conn.wait_writable()
 
 
-class ClientBridgeConnection(BridgeConnection[ClientSession]):
-    """One bridge connection of a channel: its session, its calls and its reader.
+class ClientBridgeConnection(BridgePump[ClientSession]):
+    """One bridge connection of a channel: handshake, session, calls and stream slots.
 
     Args:
-        ws: The open WebSocket connection.
-        session: The client session of the negotiated subprotocol.
+        ws: websockets' client protocol, before the handshake.
         url: The bridge URL (for logs).
+        limits: Sizes, windows, heartbeats.
+        headers: Extra handshake headers (``Authorization``).
     """
 
-    def __init__(self, ws: ClientConnection, session: ClientSession, url: str) -> None:
-        super().__init__(ws, session, "asap.ws.client")
+    def __init__(
+        self,
+        ws: ClientProtocol,
+        url: str,
+        limits: Limits,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(ws, close_timeout=limits.heartbeat_timeout)
+        self.client_ws = ws
         self.url = url
+        self.limits = limits
+        self._headers = headers or {}
         self.calls: dict[int, ClientCall] = {}
-        self.open = True
-        """False once the reader has ended (the connection is closed or closing)."""
-        self.violation: ProtocolViolation | None = None
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        """Resolves when the handshake succeeds; fails with its error otherwise."""
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._paused_by: ClientCall | None = None
+        self.on_lost: Callable[[ClientBridgeConnection], None] | None = None
+        """Called once when the connection has ended (the channel forgets it)."""
+
+    # -- handshake and lifecycle ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Send the opening handshake."""
+        super().connection_made(transport)
+        ws = self.client_ws
+        request = ws.connect()
+        for name, value in self._headers.items():
+            request.headers[name] = value
+        ws.send_request(request)
+        self.flush()
+
+    def on_handshake(self, event: Request | Response) -> None:
+        """The server answered the handshake."""
+        ws = self.client_ws
+        if self.opened.done():  # pragma: no cover - one response per connection
+            return
+        if ws.handshake_exc is not None:
+            self.opened.set_exception(ws.handshake_exc)
+            self.abort()
+            return
+        session = ClientSession.for_subprotocol(ws.subprotocol or "", self.limits)
+        self.session = session
+        self.start_heartbeat(self.limits.heartbeat_interval, self.limits.heartbeat_timeout)
+        if not session.flow_controlled:
+            self.opened.set_result(None)
+        # On revision 2 the server's Settings (its stream limit and window) come right behind the
+        # handshake response; calls start once they are known.
+
+    def on_closed(self) -> None:
+        """Fail every call still open with ConnectionLost (carrying the close code)."""
+        code = self.close_code
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionLost("the connection closed during the handshake"))
+        session = self.session
+        if session is not None:
+            session.receive_eof(code)
+            for event in session.events_received():
+                self.on_event(event)
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call.fail(ConnectionLost("the connection closed", close_code=code))
+        self._wake_slots()
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    @property
+    def open(self) -> bool:
+        """False once the connection is closing or closed."""
+        return self.is_open
 
     @property
     def accepting(self) -> bool:
-        """Whether a new call may start on this connection (open, no GoAway)."""
-        return self.open and self.session.accepting_calls
+        """Whether a new call may start on this connection (open, no GoAway, ids left)."""
+        session = self.session
+        return self.is_open and session is not None and session.accepting_calls
+
+    def client_session(self) -> ClientSession:
+        """The session (after the handshake)."""
+        session = self.session
+        if session is None:
+            message = "the handshake has not completed"
+            raise ConnectionLost(message)
+        return session
+
+    # -- events ----------------------------------------------------------------------
+
+    def on_event(self, event: object) -> None:
+        """Route one session event to its call."""
+        if isinstance(event, MessageReceived):
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                call.push(event.message_frame, event.size)
+                self._legacy_backpressure(call)
+        elif isinstance(event, CallEnded):
+            call = self.calls.pop(event.stream_id, None)
+            if call is not None:
+                call.end(event.status, event.trailers)
+        elif isinstance(event, CreditAvailable):
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                _wake(call.credit_waiter)
+        elif isinstance(event, StreamError):
+            call = self.calls.pop(event.stream_id, None)
+            if call is not None:
+                call.fail(event.error)
+            if not isinstance(event.error, ConnectionLost):
+                _log.warning(
+                    "%s: the server broke stream %d: %s", self.url, event.stream_id, event.error
+                )
+        elif isinstance(event, SettingsReceived):
+            if not self.opened.done():
+                self.opened.set_result(None)
+            self._wake_slots()
+        elif isinstance(event, ProtocolViolation):
+            _log.warning(
+                "%s: closing the connection (%d): %s", self.url, event.close_code, event.reason
+            )
+            self.close(event.close_code, event.reason)
+        elif isinstance(event, GoAwayReceived):
+            _log.info("%s: the server is draining (%s)", self.url, event.reason)
+            self._wake_slots()
+            if not self.calls:
+                self.close(1000, "")
+
+    def _legacy_backpressure(self, call: ClientCall) -> None:
+        session = self.session
+        if session is None or session.flow_controlled or len(call.frames) < INBOX_HIGH_WATER:
+            return
+        if self._paused_by is None and self.transport is not None:
+            self._paused_by = call
+            self.transport.pause_reading()
+
+    def consumed(self, call: ClientCall, size: int) -> None:
+        """The caller took a response: grant the server credit back (or resume reading)."""
+        session = self.session
+        if session is None:
+            return
+        if size:
+            session.consume(call.stream_id, size)
+            if session.outgoing:
+                self.flush()
+        elif self._paused_by is call and len(call.frames) < INBOX_HIGH_WATER // 2:
+            self._resume(call)
+
+    def _resume(self, call: ClientCall) -> None:
+        if self._paused_by is call:
+            self._paused_by = None
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def session_can_send(self, stream_id: int) -> bool:
+        """Whether the stream has credit (``True`` once it ended: sends are then dropped)."""
+        session = self.session
+        return session is None or session.closed or session.can_send(stream_id)
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def acquire_stream(self) -> None:
+        """Wait until the server's ``max_concurrent_streams`` leaves room for one more call."""
+        session = self.client_session()
+        while self.accepting and len(session.streams) >= session.peer_max_streams:
+            waiter = self.loop.create_future()
+            self._slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+
+    def call_ended(self, call: ClientCall) -> None:
+        """A call ended: its stream is free for the next waiting call."""
+        self._resume(call)
+        if self._slot_waiters:
+            self._wake_slots(1)
+        session = self.session
+        if session is not None and session.goaway_reason is not None and not self.calls:
+            self.close(1000, "")  # drained after a GoAway: nothing more will happen here
+
+    def _wake_slots(self, count: int | None = None) -> None:
+        woken = 0
+        while self._slot_waiters and (count is None or woken < count):
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                woken += 1
 
     def start_call(
         self,
@@ -145,7 +354,7 @@ class ClientBridgeConnection(BridgeConnection[ClientSession]):
         *,
         half_close: bool,
     ) -> ClientCall:
-        """Queue CallStart, carrying the request and HalfClose when given; flush afterwards.
+        """Queue CallStart, carrying the request and HalfClose when given, and write it at once.
 
         A unary or server-streaming call is then one frame (bridge.proto "Combined frames").
 
@@ -154,81 +363,26 @@ class ClientBridgeConnection(BridgeConnection[ClientSession]):
                 opened.
             ValueError: Malformed metadata.
         """
-        stream_id = self.session.send_start(
+        stream_id = self.client_session().send_start(
             method.path, metadata, timeout, message=request, half_close=half_close
         )
-        call = ClientCall(stream_id)
+        call = ClientCall(self, stream_id)
         self.calls[stream_id] = call
+        self.flush()
         return call
 
     def abandon(self, call: ClientCall, reason: str) -> None:
-        """Send Cancel for a call that is still open (in the background) and forget it."""
+        """Send Cancel for a call that is still open and forget it."""
         self.calls.pop(call.stream_id, None)
-        if self.open and self.session.send_cancel(call.stream_id, reason):
-            self.flush_soon()
+        session = self.session
+        if session is not None and self.is_open and session.send_cancel(call.stream_id, reason):
+            self.flush()
+        self.call_ended(call)
 
-    async def read(self) -> None:
-        """Read frames until the connection ends; then fail every call still open on it."""
-        ws, session = self.ws, self.session
-        clock = asyncio.get_running_loop().time
-        try:
-            while self.violation is None:
-                try:
-                    data = await ws.recv()
-                except ConnectionClosed:
-                    break
-                session.receive_data(data, clock())
-                for event in session.events_received():
-                    self._on_event(event)
-                if session.outgoing:
-                    # Never wait for writes here: a reader blocked on a full socket while the
-                    # peer is blocked on ours would deadlock both.
-                    self.flush_soon()
-                if session.goaway_reason is not None and not self.calls:
-                    break  # drained after a GoAway: nothing more will happen here
-            self.open = False
-            if self.violation is not None:
-                await self.close(self.violation.close_code, self.violation.reason)
-            else:
-                await self.close(CloseCode.NORMAL_CLOSURE, "")
-        finally:
-            self.open = False
-            code = ws.close_code if self.violation is None else int(self.violation.close_code)
-            session.receive_eof(code)
-            for event in session.events_received():
-                self._on_event(event)
-            calls, self.calls = self.calls, {}
-            for call in calls.values():
-                call.fail(ConnectionLost("the connection closed", close_code=code))
-            await self.tasks.close()
 
-    def _on_event(self, event: ClientEvent) -> None:
-        if isinstance(event, MessageReceived):
-            call = self.calls.get(event.stream_id)
-            if call is not None:
-                call.push(event.message_frame)
-        elif isinstance(event, CallEnded):
-            call = self.calls.pop(event.stream_id, None)
-            if call is not None:
-                call.end(event.status, event.trailers)
-        elif isinstance(event, StreamError):
-            call = self.calls.pop(event.stream_id, None)
-            if call is not None:
-                call.fail(event.error)
-            if not isinstance(event.error, ConnectionLost):
-                _log.warning(
-                    "%s: the server broke stream %d: %s", self.url, event.stream_id, event.error
-                )
-        elif isinstance(event, ProtocolViolation):
-            _log.warning(
-                "%s: closing the connection (%d): %s",
-                self.url,
-                event.close_code,
-                event.reason,
-            )
-            self.violation = event
-        elif isinstance(event, GoAwayReceived):
-            _log.info("%s: the server is draining (%s)", self.url, event.reason)
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:

@@ -1,4 +1,4 @@
-"""Connecting a WebSocketChannel: the reconnect backoff, handshake errors, no redirects."""
+"""Connecting a WebSocketChannel: the reconnect backoff and what a refused handshake raises."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 import random
 from dataclasses import dataclass
 
-from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from asap.errors import (
@@ -89,15 +88,3 @@ def connection_error(url: str, exc: Exception) -> AsapError:
         cls = HTTP_STATUS_ERRORS.get(status, Unknown)
         return cls(f"{url} refused the WebSocket handshake: HTTP {status}: {body}")
     return Unavailable(f"cannot connect to {url}: {str(exc) or type(exc).__name__}")
-
-
-class NoRedirectConnect(connect):
-    """websockets' connect without following redirects.
-
-    A redirect could lead a ``ws://`` connection to a host that is not loopback, past the
-    plaintext check, and would carry the bearer token along; a bridge URL is never redirected.
-    """
-
-    def process_redirect(self, exc: Exception) -> Exception | str:
-        """Never follow a redirect: every error response is final."""
-        return exc

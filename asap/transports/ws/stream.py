@@ -83,6 +83,7 @@ class WebSocketResponseStream(ResponseStream):
             try:
                 async with asyncio.timeout_at(self._deadline):
                     conn = await self._connection()
+                    await conn.acquire_stream()
                 call = conn.start_call(
                     method,
                     metadata,
@@ -103,7 +104,6 @@ class WebSocketResponseStream(ResponseStream):
                 return
             finally:
                 self._ready.set()
-            await conn.flush()
             if single is None and not isinstance(requests, Message):
                 await self._pump_requests(conn, call, requests)
         except asyncio.CancelledError:
@@ -117,14 +117,17 @@ class WebSocketResponseStream(ResponseStream):
     async def _pump_requests(
         self, conn: ClientBridgeConnection, call: ClientCall, requests: AsyncIterable[Message]
     ) -> None:
-        session = conn.session
+        session = conn.client_session()
         stream_id = call.stream_id
         iterator = aiter(requests)
         try:
             async for message in iterator:
+                # bridge.proto "Flow control": wait for the server's credit (and the socket),
+                # so a server that stops reading stops this iterator being pulled.
+                await call.wait_credit()
                 if call.over or not session.send_message(stream_id, message):
                     return
-                await conn.flush()
+                conn.flush()
         except MessageTooLarge as exc:
             self._abandon(exc)
             return
@@ -133,7 +136,7 @@ class WebSocketResponseStream(ResponseStream):
                 # Finish the caller's generator here rather than in the loop's finalizer task.
                 await iterator.aclose()
         if not call.over and session.send_half_close(stream_id):
-            await conn.flush()
+            conn.flush()
 
     def _stop_pump(self) -> None:
         if self._pump is not asyncio.current_task():
@@ -188,7 +191,7 @@ class WebSocketResponseStream(ResponseStream):
         if conn is None:  # pragma: no cover - a frame implies a started call
             raise InvalidState(_CLOSED_MESSAGE)
         try:
-            return conn.session.codec.unpack_message(frame, self._method.response_type)
+            return conn.client_session().codec.unpack_message(frame, self._method.response_type)
         except MalformedFrame as exc:
             _log.warning("%s: bad response to %s: %s", self._url, self._method.path, exc)
             raise

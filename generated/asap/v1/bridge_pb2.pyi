@@ -30,14 +30,68 @@ class Frame(_message.Message):
 
     ## Connecting
     The client opens a WebSocket (RFC 6455) to the agent's bridge URL (default path "/asap/v1/ws") and
-    offers one or both subprotocols in Sec-WebSocket-Protocol:
-      - "asap.v1.proto": every WebSocket message is a binary message holding one serialized Frame;
-        call messages use MessageFrame.binary.
-      - "asap.v1.json": every WebSocket message is a text message holding one Frame in canonical
-        proto3 JSON; call messages use MessageFrame.typed (a google.protobuf.Any, "@type" included).
-    The server refuses the handshake (HTTP 400) when no offered subprotocol is supported.
-    Credentials: an `Authorization: Bearer <token>` header on the handshake, or, for browsers, which
-    cannot set headers, the query parameter `access_token=<token>`; or per call in CallStart.metadata.
+    offers subprotocols in Sec-WebSocket-Protocol. A subprotocol names the schema major (v1), the
+    bridge revision and the encoding:
+      - "asap.v1.1.proto" (revision 2, flow-controlled): every WebSocket message is a binary message
+        holding one serialized Frame; call messages use MessageFrame.binary.
+      - "asap.v1.1.json" (revision 2, flow-controlled): every WebSocket message is a text message
+        holding one Frame in canonical proto3 JSON; call messages use MessageFrame.typed (a
+        google.protobuf.Any, "@type" included).
+      - "asap.v1.proto", "asap.v1.json" (revision 1, legacy): the same encodings without Settings,
+        WindowUpdate or flow control, for peers written before revision 2 (see "Older peers").
+    The server picks the first it supports in the order above; it refuses the handshake (HTTP 400)
+    when no offered subprotocol is supported. Credentials: an `Authorization: Bearer <token>` header
+    on the handshake, or, for browsers, which cannot set headers, the query parameter
+    `access_token=<token>`; or per call in CallStart.metadata.
+
+    ## Settings (revision 2)
+    Each side sends a Settings frame (stream 0) as its first frame, without waiting for the peer's.
+    Until a peer's Settings arrives, the other side assumes the defaults (an initial window of
+    65,536 bytes, 100 concurrent streams). A side may send Settings again later; a field left 0
+    keeps its current value. When initial_window_bytes changes, the send credit of every open
+    stream changes by the difference (it may become negative), as SETTINGS_INITIAL_WINDOW_SIZE
+    does in HTTP/2 (RFC 9113 §6.9.2).
+
+    ## Flow control (revision 2)
+    Each stream has a send credit in each direction, in bytes, in the spirit of HTTP/2 (RFC 9113
+    §5.2). A frame that carries a call message (MessageFrame, a CallStart with `message`, a CallStatus
+    with `message`) is flow-controlled and costs the size of the whole WebSocket message that carries
+    it (the bytes of the binary message, or the UTF-8 bytes of the text message). Rules:
+      1. A stream's send credit starts at the receiver's initial_window_bytes (its Settings, else
+         65,536) when the stream opens, and grows by each WindowUpdate the receiver sends for it.
+      2. A sender sends a flow-controlled frame only while its credit for that stream is above
+         zero, and subtracts the frame's cost (the credit may go below zero: one message may
+         overdraw, so messages larger than the window need no splitting). It then waits for
+         WindowUpdate. So a receiver buffers at most initial window + one frame per stream.
+      3. The receiver grants credit back as the application consumes messages (not as they arrive):
+         that is what carries a slow reader's backpressure to the remote writer. It sends
+         WindowUpdate in batches, for example once half a window has been consumed, and never for a
+         stream the peer can no longer send on (after HalfClose, or after CallStatus).
+      4. A flow-controlled frame that arrives while the receiver's remaining window for its stream is
+         zero or less breaks the rules: the stream fails with RESOURCE_EXHAUSTED, reason
+         FLOW_CONTROL_VIOLATION (the server answers CallStatus; a client sends Cancel). The
+         connection goes on, since the excess is bounded by one frame.
+      5. A WindowUpdate with increment 0, or one that takes the credit above 2^31 - 1, fails its
+         stream with MALFORMED_FRAME. A WindowUpdate for a finished stream is ignored; one on
+         stream 0 is reserved and ignored.
+    All other frames (CallStart without a message, HalfClose, Cancel, HeadersFrame, a CallStatus
+    without a message, Ping, Pong, GoAway, Settings, WindowUpdate) are never flow-controlled, so a
+    full stream never holds up cancellation, liveness, draining or any other stream.
+    There is no connection-level window: TCP already bounds the bytes in flight, the per-stream
+    windows bound what a receiver buffers (at most max_concurrent_streams x (window + one frame) per
+    connection), and a shared window would let one slow stream hold the credit every stream needs.
+
+    ## Older peers
+    A revision 1 subprotocol has no Settings, WindowUpdate or credit. An ASAP server serving it sends
+    without credit (only TCP pushes back, so a client that stops reading slows every call on its
+    connection) and, when one stream's unread requests pass its window, stops reading the
+    connection until that stream's handler catches up. Revision 1 peers treat frames of unknown
+    kinds as errors, so revision 2 frames are never sent to them.
+
+    ## Extensions (revision 2)
+    A receiver ignores a frame whose kind it does not know (a Frame with no known `kind` field but
+    unknown fields), on stream 0 or any other, so later revisions can add frames announced in
+    Settings. A Frame with no kind at all is still malformed.
 
     ## Calls (streams)
     Every call is a stream with a client-chosen stream_id: odd is not required, but ids must be
@@ -107,6 +161,8 @@ class Frame(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
     GOAWAY_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    WINDOW_UPDATE_FIELD_NUMBER: _builtins.int
     stream_id: _builtins.int
     """The call this frame belongs to; 0 for connection-level frames (Ping, Pong, GoAway)."""
     @_builtins.property
@@ -147,6 +203,14 @@ class Frame(_message.Message):
     def goaway(self) -> Global___GoAway:
         """Server → client, stream 0: the server is draining; start no new calls on this connection."""
 
+    @_builtins.property
+    def settings(self) -> Global___Settings:
+        """Either way, stream 0 (revision 2): this side's settings; the first frame each side sends."""
+
+    @_builtins.property
+    def window_update(self) -> Global___WindowUpdate:
+        """Either way (revision 2): more send credit for the stream (see "Flow control")."""
+
     def __init__(
         self,
         *,
@@ -160,12 +224,14 @@ class Frame(_message.Message):
         ping: Global___Ping | None = ...,
         pong: Global___Pong | None = ...,
         goaway: Global___GoAway | None = ...,
+        settings: Global___Settings | None = ...,
+        window_update: Global___WindowUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "goaway", b"goaway", "half_close", b"half_close", "headers", b"headers", "kind", b"kind", "message", b"message", "ping", b"ping", "pong", b"pong", "start", b"start", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "goaway", b"goaway", "half_close", b"half_close", "headers", b"headers", "kind", b"kind", "message", b"message", "ping", b"ping", "pong", b"pong", "settings", b"settings", "start", b"start", "status", b"status", "window_update", b"window_update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "goaway", b"goaway", "half_close", b"half_close", "headers", b"headers", "kind", b"kind", "message", b"message", "ping", b"ping", "pong", b"pong", "start", b"start", "status", b"status", "stream_id", b"stream_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "goaway", b"goaway", "half_close", b"half_close", "headers", b"headers", "kind", b"kind", "message", b"message", "ping", b"ping", "pong", b"pong", "settings", b"settings", "start", b"start", "status", b"status", "stream_id", b"stream_id", "window_update", b"window_update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "message", "half_close", "cancel", "headers", "status", "ping", "pong", "goaway"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "message", "half_close", "cancel", "headers", "status", "ping", "pong", "goaway", "settings", "window_update"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -452,3 +518,59 @@ class GoAway(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GoAway: _TypeAlias = GoAway  # noqa: Y015
+
+@_typing.final
+class Settings(_message.Message):
+    """Settings states one side's parameters of a revision 2 connection (see "Settings")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INITIAL_WINDOW_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_STREAMS_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    initial_window_bytes: _builtins.int
+    """The send credit, in bytes, the peer gets on each new stream toward the sender of this
+    Settings (its initial receive window); 0 keeps the current value (initially 65,536).
+    """
+    max_concurrent_streams: _builtins.int
+    """Server → client: how many calls the server runs at once on this connection; a client queues
+    calls beyond it until a call ends. 0 keeps the current value (initially 100).
+    """
+    max_message_bytes: _builtins.int
+    """The largest call message the sender of this Settings accepts, in bytes; 0 if not stated."""
+    def __init__(
+        self,
+        *,
+        initial_window_bytes: _builtins.int = ...,
+        max_concurrent_streams: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_window_bytes", b"initial_window_bytes", "max_concurrent_streams", b"max_concurrent_streams", "max_message_bytes", b"max_message_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Settings: _TypeAlias = Settings  # noqa: Y015
+
+@_typing.final
+class WindowUpdate(_message.Message):
+    """WindowUpdate grants the peer more send credit on one stream (see "Flow control")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCREMENT_BYTES_FIELD_NUMBER: _builtins.int
+    increment_bytes: _builtins.int
+    """Bytes added to the stream's send credit; must be above 0."""
+    def __init__(
+        self,
+        *,
+        increment_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["increment_bytes", b"increment_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WindowUpdate: _TypeAlias = WindowUpdate  # noqa: Y015

@@ -90,6 +90,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A message exceeded the maximum message size."""
     ERROR_REASON_TOO_MANY_CALLS: _ErrorReason.ValueType  # 402
     """Too many calls are in flight (per server or per connection)."""
+    ERROR_REASON_FLOW_CONTROL_VIOLATION: _ErrorReason.ValueType  # 403
+    """The peer sent a call message on the WebSocket bridge beyond the stream's flow-control credit
+    (bridge.proto "Flow control"); the stream fails, the connection goes on.
+    """
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 500
     """The server is shutting down and accepts no new calls."""
     ERROR_REASON_CONNECTION_LOST: _ErrorReason.ValueType  # 501
@@ -168,6 +172,10 @@ ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 401
 """A message exceeded the maximum message size."""
 ERROR_REASON_TOO_MANY_CALLS: ErrorReason.ValueType  # 402
 """Too many calls are in flight (per server or per connection)."""
+ERROR_REASON_FLOW_CONTROL_VIOLATION: ErrorReason.ValueType  # 403
+"""The peer sent a call message on the WebSocket bridge beyond the stream's flow-control credit
+(bridge.proto "Flow control"); the stream fails, the connection goes on.
+"""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 500
 """The server is shutting down and accepts no new calls."""
 ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -20,11 +21,17 @@ from websockets.exceptions import ConnectionClosed
 from asap.core.dedupe import DedupeStore
 from asap.core.method import method
 from asap.core.middleware import BearerAuth
-from asap.protocol.frames import SUBPROTOCOL_PROTO
+from asap.protocol.frames import (
+    FLOW_CONTROLLED,
+    LEGACY_SUBPROTOCOL_PROTO,
+    SUBPROTOCOL_JSON,
+    SUBPROTOCOL_PROTO,
+)
 from asap.protocol.limits import Limits
 from asap.server import Server
 from asap.transports.ws.client import ReconnectPolicy, WebSocketChannel
-from asap.transports.ws.server import WebSocketServerTransport, _ServerConnection
+from asap.transports.ws.server import WebSocketServerTransport
+from asap.transports.ws.server_connection import ServerBridgeConnection
 from asap.v1 import bridge_pb2
 
 
@@ -39,9 +46,9 @@ def transport_of(server: Server) -> WebSocketServerTransport:
     return transport
 
 
-def server_connections(server: Server) -> list[_ServerConnection]:
+def server_connections(server: Server) -> list[ServerBridgeConnection]:
     """The server's open bridge connections."""
-    return list(transport_of(server)._connections)
+    return transport_of(server).open_connections()
 
 
 def frame_bytes(stream_id: int = 0, **kind: Message) -> bytes:
@@ -155,9 +162,9 @@ def open_channel(closing: Closing) -> ChannelFactory:
     return open_
 
 
-@pytest.fixture(params=["asap.v1.proto", "asap.v1.json"])
+@pytest.fixture(params=[SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON, LEGACY_SUBPROTOCOL_PROTO])
 def subprotocol(request: pytest.FixtureRequest) -> str:
-    """Each subprotocol in turn."""
+    """Each subprotocol in turn: both encodings of revision 2, and revision 1 (an older peer)."""
     value: str = request.param
     return value
 
@@ -175,11 +182,20 @@ RawFactory = Callable[..., Awaitable[ClientConnection]]
 
 @pytest_asyncio.fixture
 async def raw() -> AsyncIterator[RawFactory]:
-    """Open plain websockets clients (no keepalive); every one is closed at teardown."""
+    """Open plain websockets clients (no keepalive); every one is closed at teardown.
+
+    On a revision 2 subprotocol the server's first frame is its Settings: ``open_`` reads it (and
+    checks it is one) unless ``read_settings=False``, so tests start at the first call frame. Such a
+    client sends no Settings of its own, so it gets the default window of 65,536 bytes per stream.
+    """
     opened: list[ClientConnection] = []
 
     async def open_(
-        url: str, *, subprotocols: Sequence[str] = (SUBPROTOCOL_PROTO,), **kwargs: Any
+        url: str,
+        *,
+        subprotocols: Sequence[str] = (SUBPROTOCOL_PROTO,),
+        read_settings: bool = True,
+        **kwargs: Any,
     ) -> ClientConnection:
         ws = await connect(
             url,
@@ -189,6 +205,14 @@ async def raw() -> AsyncIterator[RawFactory]:
             **kwargs,
         )
         opened.append(ws)
+        if read_settings and ws.subprotocol in FLOW_CONTROLLED:
+            first = await ws.recv()
+            frame = (
+                bridge_pb2.Frame.FromString(first)
+                if isinstance(first, bytes)
+                else json_format.Parse(first, bridge_pb2.Frame())
+            )
+            assert frame.WhichOneof("kind") == "settings", frame
         return ws
 
     yield open_

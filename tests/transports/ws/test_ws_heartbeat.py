@@ -8,7 +8,7 @@ from websockets.typing import Subprotocol
 
 from asap import Limits, Server
 from asap.example import agent
-from asap.transports.ws.server import HEARTBEAT_JITTER
+from asap.transports.ws.server import HEARTBEAT_JITTER, WebSocketServerTransport
 from asap.v1 import bridge_pb2
 
 
@@ -28,8 +28,9 @@ async def test_each_connection_gets_a_jittered_heartbeat_period() -> None:
             await client.send(bridge_pb2.Frame(ping=bridge_pb2.Ping(nonce=7)).SerializeToString())
             answer = await client.recv(decode=False)
             assert bridge_pb2.Frame.FromString(answer).pong.nonce == 7
-        connections = list(listener._connections)  # type: ignore[attr-defined]
-        periods = [conn.ws.ping_interval for conn in connections]
+        assert isinstance(listener, WebSocketServerTransport)
+        connections = listener.open_connections()
+        periods = [conn.heartbeat.interval for conn in connections if conn.heartbeat is not None]
         for client in clients:
             await client.close()
     assert len(periods) == 8

@@ -7,10 +7,10 @@ import ast
 import typing
 from pathlib import Path
 
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.server import ServerConnection
+from websockets.client import ClientProtocol
+from websockets.server import ServerProtocol
 
-from asap.transports.ws import client_connection, connection, server
+from asap.transports.ws import client_connection, pump, server, server_connection
 
 
 PACKAGE = Path(__file__).resolve().parents[3] / "asap"
@@ -41,11 +41,17 @@ def test_only_the_ws_package_imports_websockets() -> None:
     assert offenders == []
 
 
-def test_ws_package_uses_only_the_new_asyncio_api() -> None:
-    """The package imports websockets.asyncio (not the legacy API) and never prints."""
+def test_ws_package_uses_only_the_public_sans_io_api() -> None:
+    """The package drives websockets' public sans-I/O protocol: no asyncio or legacy layer (whose
+    private internals the predecessor drove), no private names, and never prints."""
     for path in sorted(WS.glob("*.py")):
         names = _imports(path)
         assert not any(name.startswith("websockets.legacy") for name in names), path
+        assert not any(name.startswith("websockets.asyncio") for name in names), path
+        websockets_names = [name for name in names if name.split(".")[0] == "websockets"]
+        assert not any(part.startswith("_") for n in websockets_names for part in n.split(".")), (
+            path
+        )
         tree = ast.parse(path.read_text(encoding="utf-8"))
         calls = [
             node
@@ -60,9 +66,11 @@ def test_ws_package_uses_only_the_new_asyncio_api() -> None:
 def test_connection_handles_are_typed() -> None:
     """The connection handles are websockets' own connection types, not Any (review V1)."""
     client_hints = typing.get_type_hints(client_connection.ClientBridgeConnection.__init__)
-    server_hints = typing.get_type_hints(server._ServerConnection.__init__)
-    assert client_hints["ws"] is ClientConnection
-    assert server_hints["ws"] is ServerConnection
-    assert typing.get_type_hints(connection.BridgeConnection.__init__)["ws"].__name__ == (
-        "Connection"
+    server_hints = typing.get_type_hints(
+        server_connection.ServerBridgeConnection.__init__,
+        localns={"WebSocketServerTransport": server.WebSocketServerTransport},
     )
+    assert client_hints["ws"] is ClientProtocol
+    assert server_hints["ws"] is ServerProtocol
+    pump_hint = typing.get_type_hints(pump.BridgePump.__init__)["ws"]
+    assert set(typing.get_args(pump_hint)) == {ServerProtocol, ClientProtocol}

@@ -19,11 +19,11 @@ from asap import errors
 from asap.client import Client, RetryPolicy
 from asap.core.dedupe import InMemoryDedupeStore
 from asap.core.method import method
-from asap.protocol.frames import SUBPROTOCOL_PROTO
+from asap.protocol.frames import LEGACY_SUBPROTOCOL_PROTO
 from asap.server import Server
 from asap.transports.base import CallOptions
 from asap.transports.ws.client import ReconnectPolicy
-from asap.transports.ws.server import INBOX_HIGH_WATER
+from asap.transports.ws.server_call import INBOX_HIGH_WATER
 from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2, payload_pb2, status_pb2
 
 
@@ -287,7 +287,9 @@ async def fake_bridge(bridge: FakeBridge) -> AsyncIterator[str]:
         bridge.handler,
         "127.0.0.1",
         0,
-        subprotocols=[Subprotocol(SUBPROTOCOL_PROTO)],
+        # A scripted server of bridge revision 1: the channel, which offers revision 2 first and
+        # revision 1 after it, falls back to what such an older server speaks.
+        subprotocols=[Subprotocol(LEGACY_SUBPROTOCOL_PROTO)],
         compression=None,
     ) as server:
         port = server.sockets[0].getsockname()[1]
@@ -362,7 +364,7 @@ async def test_goaway_sends_new_calls_to_a_new_connection(open_channel: ChannelF
         await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
         assert channel._current is not drained
         await drained.wait_closed()  # the client closed it once its last call ended
-        assert drained.ws.close_code == 1000
+        assert drained.close_code == 1000
         await channel.close()
     assert bridge.connections == 2
 

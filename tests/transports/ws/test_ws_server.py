@@ -250,7 +250,7 @@ async def test_close_1000_when_the_client_closes(
     [conn] = wire.connections(server)
     await channel.close()
     await conn.wait_closed()
-    assert conn.ws.close_code == 1000
+    assert conn.close_code == 1000
     assert wire.transport(server).connections == 0
 
 
@@ -353,8 +353,8 @@ async def test_close_1008_after_rate_limit_strikes(
         with pytest.raises(errors.RateLimited):
             await channel.unary(GET_MANIFEST, MANIFEST_REQUEST, NO_OPTIONS)
     await conn.wait_closed()
-    assert conn.ws.close_code == 1008
-    assert conn.ws.close_reason == "kept calling past the rate limit"
+    assert conn.close_code == 1008
+    assert conn.close_reason == "kept calling past the rate limit"
 
 
 @pytest.mark.asyncio

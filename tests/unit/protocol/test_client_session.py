@@ -30,11 +30,25 @@ from asap.protocol.events import (
     ProtocolViolation,
     StreamError,
 )
-from asap.protocol.frames import MAX_STREAM_ID, CloseCode, Codec, JsonCodec, ProtoCodec
+from asap.protocol.frames import (
+    LEGACY_SUBPROTOCOL_JSON,
+    LEGACY_SUBPROTOCOL_PROTO,
+    MAX_STREAM_ID,
+    CloseCode,
+    Codec,
+    JsonCodec,
+    ProtoCodec,
+)
 from asap.protocol.limits import Limits
 from asap.protocol.session import ServerSession
 from asap.protocol.stream import StreamState
 from asap.v1 import agent_service_pb2, bridge_pb2, status_pb2
+
+
+LEGACY: dict[type[Codec], str] = {
+    ProtoCodec: LEGACY_SUBPROTOCOL_PROTO,
+    JsonCodec: LEGACY_SUBPROTOCOL_JSON,
+}
 
 
 METHOD = "/asap.v1.AgentService/Send"
@@ -43,7 +57,9 @@ METHOD = "/asap.v1.AgentService/Send"
 @pytest.fixture(params=[ProtoCodec, JsonCodec], ids=["proto", "json"])
 def codec(request: pytest.FixtureRequest) -> Codec:
     cls: type[Codec] = request.param
-    return cls()
+    # These tests hold the rules both revisions share; revision 2 (Settings and credit) has its
+    # own tests in test_session_flow.py. A revision 1 session sends nothing unasked.
+    return cls(subprotocol=LEGACY[cls])
 
 
 @pytest.fixture
@@ -292,7 +308,7 @@ def test_ping_pong(client: ClientSession) -> None:
 def test_client_and_server_sessions_interoperate(codec: Codec) -> None:
     """A call runs end to end between a ClientSession and a ServerSession."""
     client = ClientSession(codec)
-    server = ServerSession(type(codec)())
+    server = ServerSession(type(codec)(subprotocol=codec.subprotocol))
     stream_id = client.send_start(METHOD, [("a", "b")], timeout=5.0)
     client.send_message(stream_id, agent_service_pb2.SendRequest())
     client.send_half_close(stream_id)
@@ -316,7 +332,7 @@ def test_client_and_server_sessions_interoperate(codec: Codec) -> None:
 def test_client_cancel_reaches_the_server(codec: Codec) -> None:
     """A client Cancel is reported by the server, whose CANCELLED answer the client ignores."""
     client = ClientSession(codec)
-    server = ServerSession(type(codec)())
+    server = ServerSession(type(codec)(subprotocol=codec.subprotocol))
     stream_id = client.send_start(METHOD)
     client.send_cancel(stream_id, "stop")
     for data in client.data_to_send():
@@ -331,7 +347,7 @@ def test_client_cancel_reaches_the_server(codec: Codec) -> None:
 @given(chunks=st.lists(st.one_of(st.binary(max_size=64), st.text(max_size=64)), max_size=8))
 def test_arbitrary_input_never_raises(codec: Codec, chunks: list[bytes | str]) -> None:
     """Arbitrary data only ever produces events, with any violation last."""
-    client = ClientSession(type(codec)())
+    client = ClientSession(type(codec)(subprotocol=codec.subprotocol))
     client.send_start(METHOD)
     client.send_start(METHOD)
     for chunk in chunks:
@@ -366,7 +382,7 @@ def test_server_frame_sequences_never_raise(
     codec: Codec, script: list[tuple[str | None, int]]
 ) -> None:
     """Any server frame sequence is handled without raising; nothing is sent after Cancel."""
-    client = ClientSession(type(codec)())
+    client = ClientSession(type(codec)(subprotocol=codec.subprotocol))
     for _ in range(3):
         client.send_start(METHOD)
     sent(client)
@@ -504,7 +520,7 @@ def test_status_with_a_response_and_bad_trailers(client: ClientSession) -> None:
 def test_sessions_interoperate_in_both_forms(codec: Codec, combine: bool) -> None:
     """A unary call end to end: one frame each way when the client combines, else three and two."""
     client = ClientSession(codec)
-    server = ServerSession(type(codec)())
+    server = ServerSession(type(codec)(subprotocol=codec.subprotocol))
     request = agent_service_pb2.SendRequest()
     request.envelope.id = "e1"
     if combine:

@@ -21,6 +21,8 @@ from asap.errors import (
 )
 from asap.protocol.frames import (
     DEFAULT_PATH,
+    FLOW_CONTROLLED,
+    LEGACY_SUBPROTOCOL_JSON,
     MAX_STREAM_ID,
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_PROTO,
@@ -87,9 +89,14 @@ FRAMES = [
 
 def test_constants() -> None:
     """Subprotocol names, preference order and the default path match bridge.proto."""
-    assert (
-        SUBPROTOCOLS == (SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON) == ("asap.v1.proto", "asap.v1.json")
+    assert SUBPROTOCOLS == (
+        "asap.v1.1.proto",
+        "asap.v1.1.json",
+        "asap.v1.proto",
+        "asap.v1.json",
     )
+    assert SUBPROTOCOLS[:2] == (SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON)
+    assert frozenset(SUBPROTOCOLS[:2]) == FLOW_CONTROLLED
     assert DEFAULT_PATH == "/asap/v1/ws"
 
 
@@ -498,7 +505,12 @@ def test_codec_for() -> None:
     proto = codec_for(SUBPROTOCOL_PROTO, max_frame_bytes=5)
     assert isinstance(proto, ProtoCodec)
     assert proto.max_frame_bytes == 5
+    assert proto.flow_controlled
     assert isinstance(codec_for(SUBPROTOCOL_JSON), JsonCodec)
+    legacy = codec_for(LEGACY_SUBPROTOCOL_JSON)
+    assert isinstance(legacy, JsonCodec)
+    assert legacy.subprotocol == LEGACY_SUBPROTOCOL_JSON
+    assert not legacy.flow_controlled
     with pytest.raises(ValueError, match="unsupported"):
         codec_for("asap.v2.proto")
 

@@ -31,11 +31,25 @@ from asap.protocol.events import (
     ServerEvent,
     StreamError,
 )
-from asap.protocol.frames import SUBPROTOCOL_JSON, CloseCode, Codec, JsonCodec, ProtoCodec
+from asap.protocol.frames import (
+    LEGACY_SUBPROTOCOL_JSON,
+    LEGACY_SUBPROTOCOL_PROTO,
+    SUBPROTOCOL_JSON,
+    CloseCode,
+    Codec,
+    JsonCodec,
+    ProtoCodec,
+)
 from asap.protocol.limits import Limits
 from asap.protocol.session import ServerSession
 from asap.protocol.stream import StreamState
 from asap.v1 import agent_service_pb2, bridge_pb2, envelope_pb2, status_pb2
+
+
+LEGACY: dict[type[Codec], str] = {
+    ProtoCodec: LEGACY_SUBPROTOCOL_PROTO,
+    JsonCodec: LEGACY_SUBPROTOCOL_JSON,
+}
 
 
 METHOD = "/asap.v1.AgentService/Send"
@@ -45,7 +59,9 @@ CODECS = [ProtoCodec, JsonCodec]
 @pytest.fixture(params=CODECS, ids=["proto", "json"])
 def codec(request: pytest.FixtureRequest) -> Codec:
     cls: type[Codec] = request.param
-    return cls()
+    # These tests hold the rules both revisions share; revision 2 (Settings and credit) has its
+    # own tests in test_session_flow.py. A revision 1 session sends nothing unasked.
+    return cls(subprotocol=LEGACY[cls])
 
 
 @pytest.fixture
@@ -336,7 +352,7 @@ def test_wrong_websocket_message_type(server: ServerSession) -> None:
 
 def test_invalid_json_closes_with_1007() -> None:
     """Text that is not JSON closes the connection with 1007."""
-    server = ServerSession(JsonCodec())
+    server = ServerSession(JsonCodec(subprotocol=LEGACY_SUBPROTOCOL_JSON))
     server.receive_data("{nope", 0.0)
     assert_violation(server.events_received(), CloseCode.INVALID_PAYLOAD)
 
@@ -516,7 +532,7 @@ def test_close_reason_fits_a_close_frame(server: ServerSession) -> None:
 @given(chunks=st.lists(st.one_of(st.binary(max_size=64), st.text(max_size=64)), max_size=8))
 def test_arbitrary_input_never_raises(codec: Codec, chunks: list[bytes | str]) -> None:
     """Arbitrary data only ever produces events; a violation is the last one."""
-    server = ServerSession(type(codec)())
+    server = ServerSession(type(codec)(subprotocol=codec.subprotocol))
     for chunk in chunks:
         server.receive_data(chunk, 0.0)
     events = server.events_received()
@@ -550,7 +566,9 @@ def test_frame_sequences_keep_the_invariants(
     codec: Codec, script: list[tuple[str | None, int, bool]]
 ) -> None:
     """Any frame sequence yields at most one CallStatus per stream and nothing after it."""
-    server = ServerSession(type(codec)(), Limits(max_concurrent_streams=2))
+    server = ServerSession(
+        type(codec)(subprotocol=codec.subprotocol), Limits(max_concurrent_streams=2)
+    )
     out: list[bridge_pb2.Frame] = []
     for kind, stream_id, respond in script:
         frame = bridge_pb2.Frame(stream_id=stream_id)
@@ -574,7 +592,7 @@ def test_frame_sequences_keep_the_invariants(
 
 def test_unencodable_status_leaves_the_call_open() -> None:
     """A status the JSON codec cannot encode raises TypeError and the call stays open."""
-    server = ServerSession(JsonCodec())
+    server = ServerSession(JsonCodec(subprotocol=LEGACY_SUBPROTOCOL_JSON))
     feed(server, start(1))
     status = status_pb2.Status(code=2)
     status.details.add(type_url="type.googleapis.com/no.such.Detail", value=b"")
@@ -589,7 +607,10 @@ def test_unencodable_status_leaves_the_call_open() -> None:
 
 def test_combined_start_is_the_three_frames(codec: Codec) -> None:
     """A CallStart with a message and half_close gives the events of the three separate frames."""
-    combined, separate = ServerSession(codec), ServerSession(type(codec)())
+    combined, separate = (
+        ServerSession(codec),
+        ServerSession(type(codec)(subprotocol=codec.subprotocol)),
+    )
     events = feed(combined, combined_start(combined, 1), now=5.0)
     assert events == feed(separate, start(1), message(separate, 1), half_close(1), now=5.0)
     assert [type(event) for event in events] == [CallStarted, MessageReceived, HalfClosed]
@@ -739,7 +760,10 @@ def test_combined_and_separate_forms_are_equivalent(
 ) -> None:
     """Whatever follows, a combined CallStart and its separate frames give the same events and
     the same answers (the response comes in one frame or two, with the same content)."""
-    sessions = [ServerSession(type(codec)(), Limits(max_message_bytes=limit)) for _ in range(2)]
+    sessions = [
+        ServerSession(type(codec)(subprotocol=codec.subprotocol), Limits(max_message_bytes=limit))
+        for _ in range(2)
+    ]
     combined, separate = sessions
     seen: list[list[object]] = [[], []]
     answers: list[list[tuple[int, int]]] = [[], []]

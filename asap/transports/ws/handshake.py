@@ -1,0 +1,82 @@
+"""The bridge's opening-handshake policy: path, Origin, credentials and subprotocol, before any frame.
+
+Each rule answers with a plain HTTP response and the connection never upgrades: another path gets
+404, a second ``Authorization`` header 400, an Origin outside the allow-list 403, and a handshake
+that offers no supported subprotocol 400 (from :func:`select_subprotocol`, through websockets'
+``accept``). HTTP requests that are not upgrades go to :mod:`asap.transports.ws.http_endpoints`.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.exceptions import NegotiationError
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from asap.protocol.frames import SUBPROTOCOLS
+
+
+def select_subprotocol(ws: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """Pick the first of :data:`SUBPROTOCOLS` the client offers; refuse the handshake otherwise."""
+    for name in SUBPROTOCOLS:
+        if name in offered:
+            return Subprotocol(name)
+    wanted = " or ".join(SUBPROTOCOLS)
+    if not offered:
+        message = f"no subprotocol offered; offer {wanted} in Sec-WebSocket-Protocol"
+        raise NegotiationError(message)
+    shown = ", ".join(offered)[:100]
+    message = f"unsupported subprotocol {shown}; offer {wanted}"
+    raise NegotiationError(message)
+
+
+def credentials(request: Request) -> str | None:
+    """The handshake's ``Authorization`` header, else ``Bearer <access_token query parameter>``."""
+    headers = request.headers.get_all("Authorization")  # more than one is refused by the policy
+    if headers and headers[0]:
+        return headers[0]
+    tokens = parse_qs(urlsplit(request.path).query).get("access_token")
+    if tokens and tokens[0]:
+        return f"Bearer {tokens[0]}"
+    return None
+
+
+HttpEndpoint = Callable[[ServerProtocol, Request], Response]
+"""Answers a plain HTTP GET (not an upgrade) at one path."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakePolicy:
+    """What a handshake must satisfy before the bridge upgrades it.
+
+    Args:
+        path: The bridge's URL path.
+        allowed_origins: Origins a browser may connect from; None accepts every origin.
+        endpoints: Plain HTTP endpoints by path (``/healthz``), served without an upgrade.
+    """
+
+    path: str
+    allowed_origins: frozenset[str] | None
+    endpoints: dict[str, HttpEndpoint]
+
+    def check(self, ws: ServerProtocol, request: Request) -> Response | None:
+        """The refusal (or plain HTTP answer) for ``request``; ``None`` to go on with the upgrade."""
+        path = urlsplit(request.path).path
+        endpoint = self.endpoints.get(path)
+        if endpoint is not None and "Upgrade" not in request.headers:
+            return endpoint(ws, request)
+        if path != self.path:
+            text = f"no WebSocket bridge at this path; use {self.path}\n"
+            return ws.reject(http.HTTPStatus.NOT_FOUND, text)
+        if len(request.headers.get_all("Authorization")) > 1:
+            return ws.reject(http.HTTPStatus.BAD_REQUEST, "more than one Authorization header\n")
+        if self.allowed_origins is not None:
+            origins = request.headers.get_all("Origin")
+            if len(origins) > 1 or (origins and origins[0] not in self.allowed_origins):
+                return ws.reject(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        return None

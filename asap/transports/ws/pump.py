@@ -1,0 +1,337 @@
+"""The bridge's I/O layer: one ``asyncio.Protocol`` pumping websockets' sans-I/O protocol and a session.
+
+Theory of operation (the shape python-websockets gives its own asyncio layer, and the design note in
+``shared/design/flow-control.md``). A connection is one :class:`BridgePump`:
+
+``data_received(bytes)``
+  → ``websockets`` ``Protocol.receive_data`` → WebSocket frames (messages, pings, pongs, close)
+  → :meth:`~asap.protocol.session.Session.receive_data` for each message → bridge events
+  → :meth:`BridgePump.on_event` (subclasses start calls, feed readers, apply credit, cancel)
+  → everything this read produced, bridge frames and WebSocket control frames, is written with
+  **one** ``transport.writelines``.
+
+There is no reader task and no per-message future: frames are decoded where the data arrives, and
+the reader never waits on a stream, so Cancel, Ping, GoAway, credit and the peer's close are seen
+whatever any stream is doing. Frames queued outside ``data_received`` (a handler's answer, a
+client's request) are written by :meth:`BridgePump.flush`, either at once or, with
+:meth:`BridgePump.flush_soon`, once per loop iteration for everything queued in it. Writing never
+waits; :meth:`BridgePump.wait_writable` lets a producer wait while the transport's buffer is over its
+high-water mark (``pause_writing``/``resume_writing``), which is how a revision 1 peer pushes back.
+
+Closing follows RFC 6455 §7 through websockets' protocol: :meth:`BridgePump.close` sends the close
+frame; once the protocol expects the TCP connection to end, a timer aborts it if the peer does not
+close it within ``close_timeout``. :meth:`BridgePump.wait_closed` returns when the transport is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Generic, TypeVar
+
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState as WsInvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN, SEND_EOF
+from websockets.server import ServerProtocol
+
+from asap.protocol.frames import CloseCode
+from asap.protocol.heartbeat import Beat, Heartbeat
+from asap.protocol.session import Session
+
+
+S = TypeVar("S", bound=Session)
+
+_log = logging.getLogger("asap.ws")
+
+MAX_CLOSE_REASON_BYTES = 123
+"""A close frame's reason is at most 123 UTF-8 bytes (RFC 6455 §5.5)."""
+
+
+def close_reason(text: str) -> str:
+    """Cut ``text`` to fit a close frame, at a character boundary."""
+    return text.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
+def peer_of(transport: asyncio.BaseTransport) -> str:
+    """The peer address in gRPC's notation: ``ipv4:1.2.3.4:5`` or ``ipv6:[::1]:5``."""
+    address: object = transport.get_extra_info("peername")
+    if isinstance(address, tuple) and len(address) >= 2:  # (host, port[, flow, scope])
+        host, port = address[0], address[1]
+        if ":" in str(host):
+            return f"ipv6:[{host}]:{port}"
+        return f"ipv4:{host}:{port}"
+    return "unknown"
+
+
+class BridgePump(asyncio.Protocol, Generic[S]):
+    """One WebSocket connection: websockets' sans-I/O protocol, the bridge session, the transport.
+
+    Subclasses handle the opening handshake (:meth:`on_handshake`) and the session's events
+    (:meth:`on_event`), and learn of the end in :meth:`on_closed`.
+
+    Args:
+        ws: websockets' protocol for this side, still in its opening handshake.
+        close_timeout: Seconds the peer gets to finish the closing handshake.
+    """
+
+    session: S | None
+    """The bridge state machine, once the handshake has chosen a subprotocol."""
+
+    def __init__(self, ws: ServerProtocol | ClientProtocol, close_timeout: float) -> None:
+        self.ws = ws
+        """websockets' sans-I/O protocol."""
+        self.session = None
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.close_timeout = close_timeout
+        self.peer = "unknown"
+        """The peer's address (gRPC notation)."""
+        self.heartbeat: Heartbeat | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._fragments: list[bytes] | None = None
+        self._fragment_text = False
+        self._writable = True
+        self._write_waiters: list[asyncio.Future[None]] = []
+        self._lost: asyncio.Future[None] = self.loop.create_future()
+        self.close_code: int | None = None
+        """The close code received or sent (received first), once the connection is closing."""
+        self.close_reason: str | None = None
+        """The close reason that goes with :attr:`close_code`."""
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take the transport (an ``asyncio.Transport`` for TCP and TLS)."""
+        if not isinstance(transport, asyncio.Transport):  # pragma: no cover - TCP/TLS only
+            transport.close()
+            return
+        self.transport = transport
+        self.peer = peer_of(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the network's bytes through both protocols and write what they produced."""
+        ws = self.ws
+        ws.receive_data(data)
+        self._process(ws.events_received())
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its side: let websockets conclude, then close ours."""
+        self.ws.receive_eof()
+        self._process(self.ws.events_received())
+        self._write_ws()
+        return None  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone: stop timers, wake waiting writers, report the end once."""
+        for timer in (self._heartbeat_timer, self._close_timer, self._flush_handle):
+            if timer is not None:
+                timer.cancel()
+        self.ws.receive_eof()  # idempotent; settles websockets' state as CLOSED
+        self._record_close()
+        self._writable = True
+        self._wake_writers()
+        if not self._lost.done():
+            self._lost.set_result(None)
+            self.on_closed()
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is over its high-water mark."""
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained below its low-water mark."""
+        self._writable = True
+        self._wake_writers()
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def on_handshake(self, event: Request | Response) -> None:
+        """The peer's handshake request (server) or response (client) arrived."""
+
+    def on_event(self, event: object) -> None:
+        """A session event (see :mod:`asap.protocol.events`)."""
+
+    def on_closed(self) -> None:
+        """The connection has ended (called once, from ``connection_lost``)."""
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _process(self, events: list[Request | Response | Frame]) -> None:
+        for event in events:
+            if isinstance(event, Frame):
+                self._on_frame(event)
+            else:
+                self.on_handshake(event)
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        data = bytes(frame.data)
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if not frame.fin:  # websockets caps the whole message at max_size
+                self._fragments = [data]
+                self._fragment_text = opcode is Opcode.TEXT
+                return
+            self._on_message(data, opcode is Opcode.TEXT)
+        elif opcode is Opcode.CONT:
+            fragments = self._fragments
+            if fragments is None:  # pragma: no cover - websockets refuses a stray continuation
+                return
+            fragments.append(data)
+            if frame.fin:
+                self._fragments = None
+                self._on_message(b"".join(fragments), self._fragment_text)
+        elif opcode is Opcode.PONG:
+            if self.heartbeat is not None:
+                self.heartbeat.pong(data)
+        elif opcode is Opcode.CLOSE:
+            self._record_close()
+
+    def _on_message(self, data: bytes, text: bool) -> None:
+        session = self.session
+        if session is None or session.closed:
+            return
+        if text:
+            try:
+                decoded: bytes | str = data.decode()
+            except UnicodeDecodeError:
+                self.close(CloseCode.INVALID_PAYLOAD, "invalid UTF-8")
+                return
+        else:
+            decoded = data
+        session.receive_data(decoded, self.loop.time())
+        for event in session.events_received():
+            self.on_event(event)
+
+    def _record_close(self) -> None:
+        if self.close_code is not None:
+            return
+        ws = self.ws
+        close = ws.close_rcvd or ws.close_sent
+        if close is not None:
+            self.close_code, self.close_reason = close.code, close.reason
+
+    # -- writing -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every frame the session queued, with websockets' own, in one transport write."""
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush_handle = None
+        session = self.session
+        if session is not None and session.outgoing:
+            data = session.data_to_send()
+            ws = self.ws
+            if ws.state is OPEN:
+                try:
+                    for item in data:
+                        if isinstance(item, bytes):
+                            ws.send_binary(item)
+                        else:
+                            ws.send_text(item.encode())
+                except WsInvalidState:  # pragma: no cover - checked just above
+                    pass
+        self._write_ws()
+
+    def flush_soon(self) -> None:
+        """Flush once, at the end of this loop iteration (batches what several tasks queue)."""
+        if self._flush_handle is None and not self._lost.done():
+            self._flush_handle = self.loop.call_soon(self.flush)
+
+    def _write_ws(self) -> None:
+        data = self.ws.data_to_send()
+        transport = self.transport
+        if data and transport is not None and not transport.is_closing():
+            eof = SEND_EOF in data
+            chunks = [chunk for chunk in data if chunk]
+            if chunks:
+                transport.writelines(chunks)
+            if eof:
+                if transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+        if self._close_timer is None and self.ws.close_expected() and transport is not None:
+            self._close_timer = self.loop.call_later(self.close_timeout, transport.abort)
+
+    @property
+    def writable(self) -> bool:
+        """Whether the transport takes more data without going over its high-water mark."""
+        return self._writable
+
+    async def wait_writable(self) -> None:
+        """Wait until the transport's buffer is below its high-water mark (or the connection ended)."""
+        if self._writable or self._lost.done():
+            return
+        waiter = self.loop.create_future()
+        self._write_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._write_waiters:
+                self._write_waiters.remove(waiter)
+
+    def _wake_writers(self) -> None:
+        waiters, self._write_waiters = self._write_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- liveness and closing ----------------------------------------------------------
+
+    def start_heartbeat(self, interval: float, timeout: float) -> None:
+        """Ping every ``interval`` seconds; close with 1011 when a ping goes unanswered."""
+        self.heartbeat = Heartbeat(interval, timeout, self.loop.time())
+        self._schedule_heartbeat()
+
+    def _schedule_heartbeat(self) -> None:
+        heartbeat = self.heartbeat
+        if heartbeat is not None and not self._lost.done():
+            self._heartbeat_timer = self.loop.call_at(heartbeat.next_deadline(), self._beat)
+
+    def _beat(self) -> None:
+        heartbeat = self.heartbeat
+        if heartbeat is None or self.ws.state is not OPEN:
+            return
+        beat = heartbeat.poll(self.loop.time())
+        if beat is Beat.DEAD:
+            self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+            return
+        if beat is Beat.PING:
+            self.ws.send_ping(heartbeat.payload)
+            self._write_ws()
+        self._schedule_heartbeat()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the WebSocket is open (handshake done, no close frame sent or received)."""
+        return self.ws.state is OPEN and not self._lost.done()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake with ``code`` (after writing what is queued); idempotent."""
+        if self.ws.state is OPEN:
+            self.flush()
+            self.ws.send_close(code, close_reason(reason))
+            self._record_close()
+            self._write_ws()
+        elif self.transport is not None and not self._lost.done() and self._close_timer is None:
+            self.transport.close()  # no WebSocket to close (handshake not done): just the TCP
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport is gone."""
+        await asyncio.shield(self._lost)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the transport is gone."""
+        return self._lost.done()

@@ -1,0 +1,334 @@
+"""One accepted bridge connection: handshake, session events, and the calls running on it.
+
+Every CallStart becomes a handler task, owned by the connection, that builds a
+:class:`~asap.core.context.CallContext` and awaits :meth:`Dispatcher.handle
+<asap.core.dispatch.Dispatcher.handle>` with a :class:`~asap.transports.ws.server_call.BridgeServerCall`.
+Handlers, middleware, deadlines and the error boundary are the core's, so a call behaves as it does
+over gRPC. This module only turns session events into calls and calls' outcomes into frames.
+
+Credentials. The handshake's ``Authorization`` header, or for browsers (which cannot set headers)
+the ``access_token`` query parameter, is added as ``authorization: Bearer <token>`` metadata to every
+call on the connection whose own CallStart metadata carries none, so the core's
+:class:`~asap.core.middleware.BearerAuth` checks it exactly as it checks gRPC metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from google.protobuf.message import Message
+from websockets.http11 import Request, Response
+from websockets.server import ServerProtocol
+
+from asap.core.context import CallContext
+from asap.core.health import HEALTH_CHECK
+from asap.core.method import METHODS
+from asap.core.middleware import AUTHORIZATION
+from asap.core.tasks import TaskOwner
+from asap.errors import (
+    AsapError,
+    Internal,
+    MessageTooLarge,
+    RateLimited,
+    ShuttingDown,
+    UnknownMethod,
+    to_status,
+)
+from asap.protocol.events import (
+    CallCancelled,
+    CallStarted,
+    CreditAvailable,
+    HalfClosed,
+    MessageReceived,
+    ProtocolViolation,
+    StreamError,
+)
+from asap.protocol.frames import CloseCode, Codec
+from asap.protocol.metadata import Metadata
+from asap.protocol.session import ServerSession
+from asap.transports.ws.handshake import credentials
+from asap.transports.ws.pump import BridgePump
+from asap.transports.ws.server_call import INBOX_HIGH_WATER, BridgeServerCall
+from asap.v1 import status_pb2
+
+
+if TYPE_CHECKING:
+    from asap.transports.ws.server import WebSocketServerTransport
+
+
+_log = logging.getLogger("asap.server")
+
+TRANSPORT = "ws"
+"""The ``CallContext.transport`` of calls this transport serves (for logs only)."""
+
+GOAWAY_REASON = "server shutting down"
+"""The GoAway and close reason of a graceful stop."""
+
+_OK = status_pb2.Status()
+_NO_RESPONSE = "the method produced no response"
+
+
+def _has_authorization(metadata: Metadata) -> bool:
+    return any(key == AUTHORIZATION for key, _ in metadata)
+
+
+class ServerBridgeConnection(BridgePump[ServerSession]):
+    """The server side of one bridge connection.
+
+    Args:
+        listener: The transport that accepted it (dispatcher, health, limits, policy, registry).
+        ws: websockets' server protocol for the connection.
+    """
+
+    def __init__(self, listener: WebSocketServerTransport, ws: ServerProtocol) -> None:
+        limits = listener.limits
+        super().__init__(ws, close_timeout=limits.heartbeat_timeout)
+        self.server_ws = ws
+        self.listener = listener
+        self.tasks = TaskOwner("asap.ws.server.call")
+        """Owns every handler task of this connection."""
+        self.calls: dict[int, BridgeServerCall] = {}
+        """Calls whose handler runs, by stream id."""
+        self.authorization: str | None = None
+        self.idle = asyncio.Event()
+        """Set while no handler runs (graceful stop waits for it)."""
+        self.idle.set()
+        self._running = 0
+        self._paused_by: BridgeServerCall | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the handshake deadline and join the listener's registry."""
+        super().connection_made(transport)
+        self.listener.connection_made(self)
+        self._handshake_timer = self.loop.call_later(
+            self.listener.limits.handshake_timeout, self._handshake_expired
+        )
+
+    def _handshake_expired(self) -> None:
+        if self.session is None:
+            _log.info("%s: no WebSocket handshake in time", self.peer)
+            self.abort()
+
+    def on_handshake(self, event: Request | Response) -> None:
+        """Check the request against the policy, then accept or refuse it."""
+        if not isinstance(event, Request):  # pragma: no cover - a server receives requests only
+            return
+        ws = self.server_ws
+        listener = self.listener
+        response = listener.policy.check(ws, event)
+        if response is None:
+            response = ws.accept(event)
+        ws.send_response(response)
+        if response.status_code != 101:
+            return
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        limits = listener.limits
+        # accept() chose one of SUBPROTOCOLS (select_subprotocol refuses the rest).
+        session = ServerSession.for_subprotocol(ws.subprotocol or "", limits)
+        self.session = session
+        self.authorization = credentials(event)
+        if listener.closing:
+            self.close(CloseCode.GOING_AWAY, GOAWAY_REASON)
+            return
+        if not listener.bridge_opened(self):
+            self.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
+            return
+        self.start_heartbeat(listener.heartbeat_period(), limits.heartbeat_timeout)
+        if listener.draining:  # calls on it are refused with SHUTTING_DOWN, as on gRPC
+            session.send_goaway(GOAWAY_REASON)
+
+    def on_closed(self) -> None:
+        """The connection ended: every call still running is cancelled."""
+        session = self.session
+        if session is not None:
+            session.receive_eof(self.close_code)
+            for event in session.events_received():
+                self.on_event(event)
+        for call in list(self.calls.values()):
+            if call.task is not None:
+                call.task.cancel()
+        self.listener.connection_lost(self)
+
+    async def finish(self) -> None:
+        """Cancel every handler, then wait for them (after the connection has ended)."""
+        await self.tasks.close()
+
+    @property
+    def codec(self) -> Codec:
+        """The negotiated subprotocol's codec."""
+        return self._session().codec
+
+    def _session(self) -> ServerSession:
+        session = self.session
+        if session is None:  # pragma: no cover - calls exist only after the handshake
+            message = "no session before the handshake"
+            raise RuntimeError(message)
+        return session
+
+    # -- events --------------------------------------------------------------------------
+
+    def on_event(self, event: object) -> None:
+        """Act on one session event."""
+        if isinstance(event, MessageReceived):
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                call.feed(event.message_frame, event.size)
+                self._legacy_backpressure(call)
+        elif isinstance(event, CallStarted):
+            self._start(event)
+        elif isinstance(event, CreditAvailable):
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                call.credit_available()
+        elif isinstance(event, HalfClosed):
+            call = self.calls.get(event.stream_id)
+            if call is not None:
+                call.end_input()
+        elif isinstance(event, CallCancelled | StreamError):
+            # The session has queued the CallStatus (CANCELLED, or the stream's error).
+            call = self.calls.pop(event.stream_id, None)
+            if call is not None and call.task is not None:
+                call.task.cancel()
+            if isinstance(event, StreamError):
+                _log.debug("stream %d from %s failed: %s", event.stream_id, self.peer, event.error)
+        elif isinstance(event, ProtocolViolation):
+            _log.info("closing %s: %s", self.peer, event.reason)
+            self.close(event.close_code, event.reason)
+
+    def _legacy_backpressure(self, call: BridgeServerCall) -> None:
+        """Revision 1 has no credit: stop reading while one call's unread requests pile up."""
+        session = self.session
+        if session is None or session.flow_controlled or len(call.inbox) < INBOX_HIGH_WATER:
+            return
+        if self._paused_by is None and self.transport is not None:
+            self._paused_by = call
+            self.transport.pause_reading()
+
+    def _resume_reading(self, call: BridgeServerCall) -> None:
+        if self._paused_by is call and self.transport is not None:
+            self._paused_by = None
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def consumed(self, call: BridgeServerCall, size: int) -> None:
+        """A handler took a request message: grant the client credit back (or resume reading)."""
+        session = self._session()
+        if size:
+            session.consume(call.stream_id, size)
+            if session.outgoing:
+                self.flush_soon()
+        elif self._paused_by is call and len(call.inbox) < INBOX_HIGH_WATER // 2:
+            self._resume_reading(call)
+
+    def session_can_send(self, stream_id: int) -> bool:
+        """Whether the stream has credit (``True`` once it ended: the send is dropped)."""
+        session = self.session
+        return session is None or session.closed or session.can_send(stream_id)
+
+    def send_message(self, stream_id: int, message: Message) -> bool:
+        """Queue one streamed response message and schedule the write."""
+        if self._session().send_message(stream_id, message):
+            self.flush_soon()
+            return True
+        return False
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def _start(self, event: CallStarted) -> None:
+        session = self._session()
+        stream_id = event.stream_id
+        spec = METHODS.get(event.method)
+        if spec is None and event.method == HEALTH_CHECK.path:
+            spec = HEALTH_CHECK
+        if spec is None:
+            session.send_error(stream_id, UnknownMethod(f"unknown method {event.method[:200]!r}"))
+            return
+        if self.tasks.closed:  # the connection is shutting down
+            session.send_error(stream_id, ShuttingDown())
+            return
+        metadata = event.metadata
+        if self.authorization is not None and not _has_authorization(metadata):
+            metadata = ((AUTHORIZATION, self.authorization), *metadata)
+        ctx = CallContext(
+            method=spec,
+            metadata=metadata,
+            peer=self.peer,
+            transport=TRANSPORT,
+            timeout=event.timeout,
+        )
+        call = BridgeServerCall(self, stream_id, spec)
+        self.calls[stream_id] = call
+        self._running += 1
+        self.idle.clear()
+        call.task = self.tasks.spawn(self._run_call(ctx, call), name="asap.ws.server.call")
+
+    async def _run_call(self, ctx: CallContext, call: BridgeServerCall) -> None:
+        try:
+            try:
+                if call.spec is HEALTH_CHECK:
+                    error = await self._health_check(call)
+                else:
+                    error = await self.listener.dispatcher.handle(ctx, call)
+            finally:
+                self.calls.pop(call.stream_id, None)
+                self._resume_reading(call)
+            await self._finish(ctx, call, error)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self.idle.set()
+
+    async def _health_check(self, call: BridgeServerCall) -> AsapError | None:
+        try:
+            return await self.listener.health.check(call)
+        except AsapError as error:  # a malformed request: INVALID_ARGUMENT, never silence
+            return error
+
+    async def _finish(
+        self, ctx: CallContext, call: BridgeServerCall, error: AsapError | None
+    ) -> None:
+        """Send the call's status and trailers (a unary response with them); count strikes."""
+        session = self._session()
+        stream_id = call.stream_id
+        trailers = ctx.trailing_metadata
+        response: Message | None = None
+        if error is None and not call.spec.server_streaming:
+            response = call.response
+            if response is None:
+                error = Internal(_NO_RESPONSE)
+            else:
+                await call.wait_credit()
+        try:
+            try:
+                # A unary answer rides in the CallStatus: one frame (bridge.proto "Combined
+                # frames"); on error the response is dropped, as gRPC sends it with OK only.
+                status = _OK if error is None else to_status(error)
+                sent = session.send_status(stream_id, status, trailers, message=response)
+            except MessageTooLarge as exc:
+                error = exc  # nothing was queued: the call fails with this instead
+                sent = session.send_status(stream_id, to_status(exc), trailers)
+        except (ValueError, TypeError):
+            # Trailers that break the metadata rules, or (JSON) a detail type the pool lacks.
+            _log.exception("cannot encode the status of %s", ctx.method.path)
+            sent = session.send_status(stream_id, to_status(Internal()))
+        if not sent:
+            return
+        self.flush_soon()
+        if error is None:
+            session.record_call_ok()
+        elif isinstance(error, RateLimited) and session.record_rate_limited():
+            for event in session.events_received():
+                self.on_event(event)
+
+    async def shutdown(self, code: int, reason: str) -> None:
+        """Cancel every handler, write what is queued, and close the connection."""
+        await self.tasks.close()
+        self.flush()
+        self.close(code, reason)
+        await self.wait_closed()
