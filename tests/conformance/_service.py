@@ -73,7 +73,7 @@ SECRET = "secret: db-password=hunter2"
 WAIT_SECONDS = 10.0
 """Upper bound on waiting for a probe event (a bound on a hang, never a delay)."""
 
-SKILLS = ("echo", "inspect", "updates", "raise", "crash", "park", "count", "blob")
+SKILLS = ("echo", "inspect", "updates", "flood", "raise", "crash", "park", "count", "blob")
 """The skills the conformance agent registers, in registration order."""
 
 ERROR_METADATA_KEY = "origin"
@@ -285,6 +285,18 @@ def make_agent(probe: Probe) -> Agent:
                 message=f"step {step}",
             )
         yield completed("t-updates", {"steps": count})
+
+    @agent.skill("flood", description="Streams input.count updates as fast as it may write them.")
+    async def flood(
+        request: Incoming[payload_pb2.TaskRequest],
+    ) -> AsyncIterator[payload_pb2.TaskUpdate | payload_pb2.TaskResponse]:
+        count = number_input(request, "count", 10)
+        padding = "p" * number_input(request, "size", 0)
+        for step in range(count):
+            probe.runs["flood:produced"] += 1
+            yield payload_pb2.TaskUpdate(task_id="t-flood", progress_percent=step, message=padding)
+        probe.event("done:flood").set()
+        yield completed("t-flood", {"count": count})
 
     @agent.skill("raise", description="Raises the AsapError subclass named in input.class.")
     async def raise_(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:

@@ -63,10 +63,12 @@ class Probe:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     processed: Counter[str] = field(default_factory=Counter)
     """Completed runs of the "count" and "gate" skills, by envelope id."""
+    produced: int = 0
+    """Updates the "flood" skill has produced."""
 
 
 def make_agent(probe: Probe) -> Agent:
-    """The test agent: echo, progress, fail, block, meta, big, count, gate."""
+    """The test agent: echo, progress, fail, block, meta, big, count, flood, gate."""
     agent = Agent(AGENT_ID, name="transport-test")
 
     @agent.skill("echo")
@@ -141,6 +143,17 @@ def make_agent(probe: Probe) -> Agent:
     async def count(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
         probe.processed[request.envelope.id] += 1
         return payload_pb2.TaskResponse(task_id="t-count", status=task_pb2.TASK_STATUS_COMPLETED)
+
+    @agent.skill("flood")
+    async def flood(
+        request: Incoming[payload_pb2.TaskRequest],
+    ) -> AsyncIterator[payload_pb2.TaskUpdate | payload_pb2.TaskResponse]:
+        fields = request.payload.input.fields
+        padding = "p" * int(fields["size"].number_value)
+        for step in range(int(fields["count"].number_value)):
+            probe.produced += 1
+            yield payload_pb2.TaskUpdate(task_id="t-flood", progress_percent=step, message=padding)
+        yield payload_pb2.TaskResponse(task_id="t-flood", status=task_pb2.TASK_STATUS_COMPLETED)
 
     @agent.skill("gate")
     async def gate(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
