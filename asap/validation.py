@@ -85,6 +85,7 @@ of the schema version (docs/versioning.md)."""
 PAYLOAD_FIELD_NUMBERS: Final = range(20, 100)
 """``Envelope`` field numbers reserved for payload kinds (envelope.proto)."""
 
+_JSON_DROPPED_MARK: Final = 99
 _VERSION_PATTERN: Final = re.compile(r"(\d{1,9})(?:\.\d{1,9}){1,2}")
 
 MAX_ID_LENGTH: Final = 128
@@ -257,17 +258,13 @@ def payload_kind(envelope: envelope_pb2.Envelope) -> PayloadKind:
     if kind is None:
         numbers = _unknown_payload_numbers(envelope)
         if numbers:
+            # Field 99 is the mark a JSON reader leaves (envelope.proto): the number is not known.
+            where = "" if numbers == [_JSON_DROPPED_MARK] else f" (field {numbers[0]})"
             text = (
-                f"the envelope's payload (field {numbers[0]}) is a kind this agent's schema "
+                f"the envelope's payload{where} is a kind this agent's schema "
                 f"{schema.schema_version()} does not know; the agent is older than the sender"
             )
-            raise UnknownPayload(
-                text,
-                metadata={
-                    "field_number": str(numbers[0]),
-                    "schema_version": schema.schema_version(),
-                },
-            )
+            raise UnknownPayload(text, metadata={"schema_version": schema.schema_version()})
         text = "the envelope has no payload set"
         raise _invalid(text, reason="MISSING_PAYLOAD", field="payload")
     return kind

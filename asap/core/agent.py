@@ -131,10 +131,11 @@ class Agent:
     @property
     def payload_kinds(self) -> Sequence[str]:
         """The ``Envelope.payload`` kinds this agent has a handler for, in field-number order."""
+        oneof = envelope_pb2.Envelope.DESCRIPTOR.oneofs_by_name["payload"]
         handled = {
-            kind
-            for cls, kind in validation.PAYLOAD_KINDS.items()
-            if cls.DESCRIPTOR.full_name in self._routes
+            field.name
+            for field in oneof.fields
+            if field.message_type is not None and field.message_type.full_name in self._routes
         }
         if self._skills:
             handled.add("task_request")
