@@ -44,9 +44,10 @@ generate: setup
 bench: setup
 	$(PY) scripts/bench.py
 
-# Run only when a schema version is released: later schemas must stay wire compatible with it.
+# Run only when a schema version is released (docs/versioning.md): records proto/VERSION as released
+# and keeps its image; later schemas must stay wire compatible with it.
 release-schema: setup
-	$(BIN)/buf build --exclude-source-info -o $(RELEASED_IMAGE)
+	$(PY) scripts/release_schema.py
 
 lock: setup
 	(echo "# Exact versions the dev environment is tested with (pip -c). Regenerate deliberately: make lock"; \

@@ -4,6 +4,7 @@ asap serve --grpc 127.0.0.1:50051 --ws 127.0.0.1:8765
 asap send grpc://127.0.0.1:50051 --skill echo --input '{"text": "hi"}'
 asap send ws://127.0.0.1:8765/asap/v1/ws --skill stream --stream
 asap manifest grpc://127.0.0.1:50051
+asap schema --out ./schema
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from asap import schema_cli
 from asap.client import Client, task_envelope
 from asap.connect import connect
 from asap.core.agent import Agent
@@ -187,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     manifest = commands.add_parser("manifest", help="print an agent's manifest")
     client_options(manifest)
     manifest.set_defaults(run=_manifest)
+
+    schema_cli.configure(commands.add_parser("schema", help="print or write the .proto schema"))
     return parser
 
 

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
-from asap import validation
+from asap import compat, validation
 from asap._typing import Metadata
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import method
@@ -237,6 +237,21 @@ class Client:
             metadata=metadata,
         )
         return _expect(reply.message, agent_service_pb2.GetManifestResponse).manifest
+
+    async def check_supported(
+        self, envelope: envelope_pb2.Envelope, *, timeout: float | None = None
+    ) -> manifest_pb2.Manifest:
+        """Fetch the agent's manifest and fail locally if it says the agent cannot take ``envelope``.
+
+        See :func:`asap.compat.check_supported`: an agent too old for the payload kind raises
+        :class:`~asap.errors.UnknownPayload` here, before anything is sent.
+
+        Returns:
+            The manifest, for callers that check several envelopes.
+        """
+        manifest = await self.get_manifest(timeout=timeout)
+        compat.check_supported(manifest, envelope)
+        return manifest
 
     async def subscribe(
         self,

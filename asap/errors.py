@@ -30,7 +30,9 @@ Exception tree::
     ├── OutOfRange
     ├── Unimplemented
     │   ├── NoHandler
-    │   └── UnknownMethod
+    │   ├── UnknownMethod
+    │   ├── UnknownPayload         (a payload kind newer than the recipient's schema)
+    │   └── UnsupportedVersion     (an asap_version major the recipient does not speak)
     ├── Internal
     ├── Unavailable
     │   ├── ShuttingDown
@@ -54,7 +56,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from asap._typing import Metadata
-from asap.v1 import error_pb2, status_pb2
+from asap.v1 import error_pb2, opaque_pb2, status_pb2
 
 
 DOMAIN = "asap"
@@ -348,6 +350,20 @@ class UnknownMethod(Unimplemented):
     default_message = "unknown method"
 
 
+class UnknownPayload(Unimplemented):
+    """The envelope's payload is a kind the recipient's schema does not know: it is too old."""
+
+    default_reason = "UNKNOWN_PAYLOAD"
+    default_message = "the recipient does not know this payload kind"
+
+
+class UnsupportedVersion(Unimplemented):
+    """The envelope's ``asap_version`` has a major version the recipient does not speak."""
+
+    default_reason = "UNSUPPORTED_VERSION"
+    default_message = "unsupported ASAP major version"
+
+
 class Internal(AsapError):
     """An internal error; its message never contains the original exception's text."""
 
@@ -455,7 +471,10 @@ def to_status(error: AsapError) -> status_pb2.Status:
         delay.FromNanoseconds(math.ceil(error.retry_after * 1e9))
         status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     for detail in error.details:
-        status.details.add().Pack(detail)
+        if isinstance(detail, any_pb2.Any):  # a detail kept opaque (unknown type) stays as it was
+            status.details.add().CopyFrom(detail)
+        else:
+            status.details.add().Pack(detail)
     return status
 
 
@@ -502,14 +521,33 @@ def from_status(status: status_pb2.Status, *, close_code: int | None = None) -> 
 
 
 def _unpack(packed: any_pb2.Any) -> Message:
-    """Unpack a detail into its registered message type; keep the Any when the type is unknown."""
+    """Unpack a detail into its registered message type; keep the Any when the type is unknown.
+
+    An ``asap.v1.OpaqueAny`` (a detail a JSON hop could not resolve, see docs/versioning.md) that
+    holds the original bytes becomes the original Any again, unpacked if this reader knows its type,
+    so the caller sees what a binary transport would have given it.
+    """
     try:
         descriptor = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
     except KeyError:
         return packed
     message = message_factory.GetMessageClass(descriptor)()
     packed.Unpack(message)
+    if isinstance(message, opaque_pb2.OpaqueAny) and message.WhichOneof("content") == "binary":
+        return _unpack(any_pb2.Any(type_url=message.type_url, value=message.binary))
     return message
+
+
+def detail_type_url(detail: Message) -> str:
+    """The type URL a detail travelled under, also for details kept opaque.
+
+    An ``Any`` (a detail of a type this reader does not know, as binary transports keep it) and an
+    ``asap.v1.OpaqueAny`` (the same over asap.v1.json) give the original type URL; any other
+    message gives ``type.googleapis.com/`` and its full name.
+    """
+    if isinstance(detail, any_pb2.Any | opaque_pb2.OpaqueAny):
+        return detail.type_url
+    return f"type.googleapis.com/{detail.DESCRIPTOR.full_name}"
 
 
 def details_of(error: AsapError, kind: type[_M]) -> list[_M]:

@@ -6,7 +6,12 @@ needs the time takes ``now`` (Unix seconds, as from ``time.time()``) so callers 
 Rules :func:`validate` enforces, in this order (the first broken rule is the one reported, as an
 :class:`~asap.errors.InvalidEnvelope` whose ``reason`` names it):
 
-1. A payload is set (``MISSING_PAYLOAD``).
+0. ``asap_version`` is empty or has major version :data:`~asap.schema.SUPPORTED_MAJOR`
+   (otherwise :class:`~asap.errors.UnsupportedVersion`, ``UNIMPLEMENTED``/``UNSUPPORTED_VERSION``);
+   any minor is accepted, since minor versions only add to the schema (docs/versioning.md).
+1. A payload is set (``MISSING_PAYLOAD``). When none is set but the envelope carries an unknown
+   field in the payload range (20 to 99), the payload is a kind added by a newer schema: that is
+   :class:`~asap.errors.UnknownPayload` (``UNIMPLEMENTED``/``UNKNOWN_PAYLOAD``) instead.
 2. The id is non-empty and at most :data:`MAX_ID_LENGTH` characters (``INVALID_ID``). An empty id
    is refused because the id is the idempotency key; :func:`fill_defaults` gives outgoing
    envelopes one.
@@ -39,11 +44,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias, TypedDict, Unpack
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2, unknown_fields
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
-from asap.errors import InvalidEnvelope
+from asap import schema
+from asap.errors import InvalidEnvelope, UnknownPayload, UnsupportedVersion
 from asap.v1 import envelope_pb2, payload_pb2
 
 
@@ -55,12 +61,14 @@ __all__ = [
     "DEFAULT_POLICY",
     "MAX_ID_LENGTH",
     "MAX_URN_LENGTH",
+    "PAYLOAD_FIELD_NUMBERS",
     "PAYLOAD_KINDS",
     "PAYLOAD_TYPES",
     "EnvelopeFields",
     "Payload",
     "PayloadKind",
     "ValidationPolicy",
+    "check_version",
     "fill_defaults",
     "is_agent_urn",
     "new_envelope_id",
@@ -70,8 +78,15 @@ __all__ = [
     "wrap",
 ]
 
-ASAP_VERSION: Final = "1.0"
-"""The protocol version :func:`fill_defaults` writes into ``Envelope.asap_version``."""
+ASAP_VERSION: Final = schema.protocol_version()
+"""The protocol version :func:`fill_defaults` writes into ``Envelope.asap_version``: ``MAJOR.MINOR``
+of the schema version (docs/versioning.md)."""
+
+PAYLOAD_FIELD_NUMBERS: Final = range(20, 100)
+"""``Envelope`` field numbers reserved for payload kinds (envelope.proto)."""
+
+_JSON_DROPPED_MARK: Final = 99
+_VERSION_PATTERN: Final = re.compile(r"(\d{1,9})(?:\.\d{1,9}){1,2}")
 
 MAX_ID_LENGTH: Final = 128
 """The longest envelope id accepted, in characters."""
@@ -235,14 +250,35 @@ def payload_kind(envelope: envelope_pb2.Envelope) -> PayloadKind:
         The set field's name; one of the keys of :data:`PAYLOAD_TYPES`.
 
     Raises:
-        InvalidEnvelope: ``MISSING_PAYLOAD`` when no payload is set (including when the payload is
-            a kind added by a newer schema, which this reader keeps only as unknown fields).
+        InvalidEnvelope: ``MISSING_PAYLOAD`` when no payload is set.
+        UnknownPayload: ``UNKNOWN_PAYLOAD`` when the payload is a kind added by a newer schema,
+            which this reader keeps only as an unknown field (so it does not know what to do).
     """
     kind = envelope.WhichOneof("payload")
     if kind is None:
+        numbers = _unknown_payload_numbers(envelope)
+        if numbers:
+            # Field 99 is the mark a JSON reader leaves (envelope.proto): the number is not known.
+            where = "" if numbers == [_JSON_DROPPED_MARK] else f" (field {numbers[0]})"
+            text = (
+                f"the envelope's payload{where} is a kind this agent's schema "
+                f"{schema.schema_version()} does not know; the agent is older than the sender"
+            )
+            raise UnknownPayload(text, metadata={"schema_version": schema.schema_version()})
         text = "the envelope has no payload set"
         raise _invalid(text, reason="MISSING_PAYLOAD", field="payload")
     return kind
+
+
+def _unknown_payload_numbers(envelope: envelope_pb2.Envelope) -> list[int]:
+    """The field numbers in the payload range among the envelope's unknown fields, sorted."""
+    unknown = unknown_fields.UnknownFieldSet(envelope)
+    numbers: set[int] = set()
+    for index in range(len(unknown)):
+        number: int = unknown[index].field_number
+        if number in PAYLOAD_FIELD_NUMBERS:
+            numbers.add(number)
+    return sorted(numbers)
 
 
 def payload_of(envelope: envelope_pb2.Envelope) -> Payload:
@@ -256,6 +292,7 @@ def payload_of(envelope: envelope_pb2.Envelope) -> Payload:
 
     Raises:
         InvalidEnvelope: ``MISSING_PAYLOAD`` when no payload is set, as :func:`payload_kind`.
+        UnknownPayload: The payload is of a kind this schema does not know, as :func:`payload_kind`.
     """
     return _ACCESSOR_BY_KIND[payload_kind(envelope)](envelope)
 
@@ -328,10 +365,14 @@ def validate(
         now: The recipient's current time in Unix seconds (as ``time.time()`` returns).
 
     Raises:
+        UnsupportedVersion: ``asap_version`` has a major version other than
+            :data:`~asap.schema.SUPPORTED_MAJOR` (or is not a version).
+        UnknownPayload: The payload is a kind added by a newer schema.
         InvalidEnvelope: For the first rule broken, with ``reason`` ``MISSING_PAYLOAD``,
             ``INVALID_ID``, ``INVALID_URN``, ``MISSING_CORRELATION_ID``, ``STALE_TIMESTAMP`` or
             ``FUTURE_TIMESTAMP`` and a ``google.rpc.BadRequest`` detail naming the field.
     """
+    check_version(envelope.asap_version)
     kind = payload_kind(envelope)
     _check_id(envelope.id)
     _check_urn(envelope.sender, "sender")
@@ -340,6 +381,32 @@ def validate(
         text = f"a {kind} envelope must carry the id of the envelope it answers in correlation_id"
         raise _invalid(text, reason="MISSING_CORRELATION_ID", field="correlation_id")
     _check_timestamp(envelope, policy, now)
+
+
+def check_version(asap_version: str) -> None:
+    """Accept an empty ``asap_version`` or one of the supported major with any minor.
+
+    Raises:
+        UnsupportedVersion: Another major version, or text that is not ``MAJOR.MINOR``; its
+            metadata names the version received and the supported major.
+    """
+    if not asap_version:
+        return
+    match = _VERSION_PATTERN.fullmatch(asap_version)
+    if match is not None and int(match.group(1)) == schema.SUPPORTED_MAJOR:
+        return
+    what = "a newer or older major version" if match is not None else "not MAJOR.MINOR"
+    text = (
+        f"asap_version {_preview(asap_version)} is {what}; this agent speaks "
+        f"{schema.SUPPORTED_MAJOR}.x (schema {schema.schema_version()})"
+    )
+    raise UnsupportedVersion(
+        text,
+        metadata={
+            "asap_version": asap_version[:_PREVIEW_LENGTH],
+            "supported": str(schema.SUPPORTED_MAJOR),
+        },
+    )
 
 
 def _check_id(value: str) -> None:

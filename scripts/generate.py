@@ -2,6 +2,10 @@
 
 Uses grpcio-tools' bundled protoc and the mypy-protobuf plugins, so the only prerequisite is the
 project's dev install. ``--check`` generates into a temporary directory and exits 1 on any difference.
+
+Beside the modules, the ``.proto`` sources and ``proto/VERSION`` (the schema version) are copied
+next to them (``generated/asap/v1/*.proto``, ``generated/asap/v1/VERSION``), so the wheel carries
+exactly the schema its modules were built from (``asap schema``, docs/versioning.md).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 GENERATED_DIR = ROOT / "generated"
+SCHEMA_PACKAGE = Path("asap/v1")
+"""Where the generated package (and its copy of the schema and its VERSION) lives."""
 
 
 def _plugin(name: str) -> str:
@@ -34,19 +40,23 @@ def _plugin(name: str) -> str:
     return str(path)
 
 
-def generate(out_dir: Path) -> None:
-    """Compile every .proto under proto/ into ``out_dir``."""
+def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> None:
+    """Compile every .proto under ``proto_dir`` into ``out_dir`` and copy the sources beside them."""
     import grpc_tools
 
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(proto_dir))
+        for p in proto_dir.rglob("*.proto")
+        if "released" not in p.relative_to(proto_dir).parts
+    )
     include = Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)
-    services = [p for p in protos if _declares_service(PROTO_DIR / p)]
+    services = [p for p in protos if _declares_service(proto_dir / p)]
     protoc = [
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"--proto_path={PROTO_DIR}",
+        f"--proto_path={proto_dir}",
         f"--proto_path={include}",
         f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
         f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
@@ -58,7 +68,10 @@ def generate(out_dir: Path) -> None:
         [*protoc, f"--grpc_python_out={out_dir}", f"--mypy_grpc_out=quiet:{out_dir}", *services],
     ]
     for command in runs:
-        subprocess.run(command, check=True, cwd=PROTO_DIR)  # noqa: S603 - fixed argv, no shell
+        subprocess.run(command, check=True, cwd=proto_dir)  # noqa: S603 - fixed argv, no shell
+    for proto in protos:
+        shutil.copyfile(proto_dir / proto, out_dir / proto)
+    shutil.copyfile(proto_dir / "VERSION", out_dir / SCHEMA_PACKAGE / "VERSION")
 
 
 def _declares_service(proto: Path) -> bool:

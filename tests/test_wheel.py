@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD_SCRIPT = """
 import json, sys
 import asap
-from asap import errors, validation
+from asap import errors, schema, validation
 from asap.v1 import envelope_pb2, payload_pb2
 
 envelope = validation.wrap(
@@ -45,6 +45,9 @@ print(json.dumps({
     "sys_path": sys.path,
     "round_trip": envelope_pb2.Envelope.FromString(data) == envelope,
     "size": len(data),
+    "schema_version": schema.schema_version(),
+    "schema_dir": str(schema.SCHEMA_DIR),
+    "proto_files": sorted(schema.proto_files()),
 }))
 """
 
@@ -89,6 +92,17 @@ def test_wheel_installs_and_imports_without_the_checkout(tmp_path: Path) -> None
         names = set(archive.namelist())
     assert {"asap/__init__.py", "asap/py.typed", "asap/validation.py"} <= names
     assert {"asap/v1/envelope_pb2.py", "asap/v1/envelope_pb2.pyi"} <= names
+    # The schema itself, so polyglot peers can generate stubs from exactly what this version speaks.
+    protos = {f"asap/v1/{path.name}" for path in (ROOT / "proto" / "asap" / "v1").glob("*.proto")}
+    assert protos
+    assert protos | {"asap/v1/VERSION"} <= names
+    with zipfile.ZipFile(wheel) as archive:
+        assert (
+            archive.read("asap/v1/VERSION").decode().strip()
+            == (ROOT / "proto" / "VERSION").read_text().strip()
+        )
+        for name in protos:
+            assert archive.read(name) == (ROOT / "proto" / name).read_bytes()
     assert not any(name.startswith(("generated/", "tests/", "proto/")) for name in names)
 
     venv = tmp_path / "venv"
@@ -118,4 +132,7 @@ def test_wheel_installs_and_imports_without_the_checkout(tmp_path: Path) -> None
     assert ROOT not in sys_path
     assert ROOT / "generated" not in sys_path
     assert report["round_trip"] is True
+    assert report["schema_version"] == (ROOT / "proto" / "VERSION").read_text().strip()
+    assert Path(report["schema_dir"]).resolve() == site_packages / "asap" / "v1"
+    assert report["proto_files"] == sorted(protos)
     assert report["size"] > 0

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeAlias, TypeVar
 
-from asap import validation
+from asap import schema, validation
 from asap.core.context import CallContext
 from asap.errors import NoHandler, SkillNotFound
 from asap.v1 import envelope_pb2, manifest_pb2, payload_pb2
@@ -129,6 +129,19 @@ class Agent:
         return route
 
     @property
+    def payload_kinds(self) -> Sequence[str]:
+        """The ``Envelope.payload`` kinds this agent has a handler for, in field-number order."""
+        oneof = envelope_pb2.Envelope.DESCRIPTOR.oneofs_by_name["payload"]
+        handled = {
+            field.name
+            for field in oneof.fields
+            if field.message_type is not None and field.message_type.full_name in self._routes
+        }
+        if self._skills:
+            handled.add("task_request")
+        return [kind for kind in schema.known_payload_kinds() if kind in handled]
+
+    @property
     def skills(self) -> Sequence[manifest_pb2.Skill]:
         """The registered skills, in registration order."""
         return list(self._skill_docs.values())
@@ -141,7 +154,13 @@ class Agent:
             version=self.version,
             description=self.description,
             capabilities=manifest_pb2.Capabilities(
-                asap_version=ASAP_VERSION, streaming=True, acks=True, deduplication=True
+                asap_version=ASAP_VERSION,
+                streaming=True,
+                acks=True,
+                deduplication=True,
+                schema_version=schema.schema_version(),
+                payload_kinds=self.payload_kinds,
+                known_payload_kinds=schema.known_payload_kinds(),
             ),
             skills=self.skills,
             endpoints=endpoints,

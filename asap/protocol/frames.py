@@ -27,8 +27,9 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
 
 from asap.errors import MalformedFrame, MessageTooLarge
+from asap.protocol import jsonwire
 from asap.protocol.limits import Limits
-from asap.v1 import agent_service_pb2, bridge_pb2
+from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2
 
 
 SUBPROTOCOL_PROTO = "asap.v1.1.proto"
@@ -57,7 +58,11 @@ MAX_STREAM_ID = 2**32 - 1
 # Importing these modules registers their message types in the default descriptor pool, so the
 # JSON codec can resolve the "@type" of every Any the bridge carries: AgentService requests and
 # responses in MessageFrame.typed and google.rpc details in Status.details.
-_REGISTERED_FILES = (agent_service_pb2.DESCRIPTOR, error_details_pb2.DESCRIPTOR)
+_REGISTERED_FILES = (
+    agent_service_pb2.DESCRIPTOR,
+    error_details_pb2.DESCRIPTOR,
+    opaque_pb2.DESCRIPTOR,
+)
 
 _M = TypeVar("_M", bound=Message)
 _DEFAULT_MAX_FRAME_BYTES = Limits().max_frame_bytes
@@ -123,6 +128,8 @@ class Codec(ABC):
     """Whether frames travel as text WebSocket messages (else binary)."""
     body_kind: ClassVar[Literal["binary", "typed"]]
     """Which ``MessageFrame.body`` field carries call messages under this subprotocol."""
+    body_kinds: ClassVar[tuple[str, ...]]
+    """Every ``MessageFrame.body`` field a receiver accepts under this subprotocol."""
 
     default_subprotocol: ClassVar[str]
 
@@ -182,7 +189,7 @@ class Codec(ABC):
             asap.errors.MessageTooLarge: The message is over ``max_message_bytes``; nothing was
                 encoded.
         """
-        body = self.pack_message(message)
+        body = self._pack_for(stream_id, message)
         _check_size(self.body_size(body), max_message_bytes)
         return self.encode(bridge_pb2.Frame(stream_id=stream_id, message=body))
 
@@ -252,7 +259,7 @@ class Codec(ABC):
         """The Frame :meth:`encode_start` encodes (the Frame holds a copy of ``start``)."""
         frame = bridge_pb2.Frame(stream_id=stream_id, start=start)
         if message is not None:
-            self._set_body(frame.start.message, message, max_message_bytes)
+            self._set_body(frame.start.message, message, max_message_bytes, stream_id)
         if half_close:
             frame.start.half_close = True
         return frame
@@ -267,15 +274,23 @@ class Codec(ABC):
         """The Frame :meth:`encode_status` encodes (the Frame holds a copy of ``call_status``)."""
         frame = bridge_pb2.Frame(stream_id=stream_id, status=call_status)
         if message is not None:
-            self._set_body(frame.status.message, message, max_message_bytes)
+            self._set_body(frame.status.message, message, max_message_bytes, stream_id)
         return frame
 
     def _set_body(
-        self, target: bridge_pb2.MessageFrame, message: Message, max_message_bytes: int | None
+        self,
+        target: bridge_pb2.MessageFrame,
+        message: Message,
+        max_message_bytes: int | None,
+        stream_id: int = 0,
     ) -> None:
         """Put ``message`` into ``target`` for this subprotocol, within ``max_message_bytes``."""
-        target.CopyFrom(self.pack_message(message))
+        target.CopyFrom(self._pack_for(stream_id, message))
         _check_size(self.body_size(target), max_message_bytes)
+
+    def _pack_for(self, stream_id: int, message: Message) -> bridge_pb2.MessageFrame:
+        """:meth:`pack_message` for a message sent on ``stream_id`` (a codec may choose per call)."""
+        return self.pack_message(message)
 
 
 class ProtoCodec(Codec):
@@ -284,6 +299,7 @@ class ProtoCodec(Codec):
     default_subprotocol = SUBPROTOCOL_PROTO
     text = False
     body_kind = "binary"
+    body_kinds = ("binary",)
 
     def encode(self, frame: bridge_pb2.Frame) -> bytes:
         """Serialize a frame (see :meth:`Codec.encode`)."""
@@ -387,21 +403,36 @@ class ProtoCodec(Codec):
 
 
 class JsonCodec(Codec):
-    """The ``asap.v1.json`` subprotocol: canonical proto3 JSON text, ``MessageFrame.typed`` bodies."""
+    """The ``asap.v1.json`` subprotocol: proto3 JSON text, ``MessageFrame.typed`` bodies.
+
+    Schema skew follows :mod:`asap.protocol.jsonwire`: an Any of an unknown type is kept as an
+    ``asap.v1.OpaqueAny``, unknown fields are ignored, enum values are written as numbers and an
+    unknown enum name is refused; ``MessageFrame.binary`` bodies are accepted too, and a call is
+    answered in the form its requests used.
+    """
 
     default_subprotocol = SUBPROTOCOL_JSON
     text = True
     body_kind = "typed"
+    body_kinds = ("typed", "binary")
     pool = descriptor_pool.Default()
     """The types an Any may name: every generated module imported so far."""
 
-    def encode(self, frame: bridge_pb2.Frame) -> str:
-        """Encode a frame as compact canonical proto3 JSON.
+    def __init__(
+        self, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES, subprotocol: str | None = None
+    ) -> None:
+        super().__init__(max_frame_bytes, subprotocol)
+        self._forms = jsonwire.BodyForms()
 
-        Raises:
-            TypeError: An Any in the frame names a type the descriptor pool does not know.
-        """
-        data = json_format.MessageToDict(frame, descriptor_pool=self.pool)
+    def encode(self, frame: bridge_pb2.Frame) -> str:
+        """Encode a frame as compact proto3 JSON (enum values as numbers; see the class)."""
+        self._forms.forget(frame)
+        try:
+            data = json_format.MessageToDict(
+                frame, descriptor_pool=self.pool, use_integers_for_enums=True
+            )
+        except TypeError:  # an Any of a type the pool lacks: written as an OpaqueAny
+            data = jsonwire.frame_to_dict(frame, self.pool)
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     def decode(self, data: bytes | str) -> bridge_pb2.Frame:
@@ -422,22 +453,19 @@ class JsonCodec(Codec):
             raise FrameError(CloseCode.PROTOCOL_ERROR, "frame is not a JSON object")
         frame = bridge_pb2.Frame()
         try:
-            json_format.ParseDict(
-                parsed, frame, ignore_unknown_fields=True, descriptor_pool=self.pool
-            )
-        except (
-            json_format.ParseError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            AttributeError,
-            RecursionError,
-        ):
-            stream_id = _json_stream_id(parsed)
-            raise FrameError(
-                CloseCode.PROTOCOL_ERROR, "JSON is not a Frame", stream_id=stream_id
-            ) from None
+            json_format.ParseDict(parsed, frame, descriptor_pool=self.pool)
+        except _JSON_ERRORS:  # unknown fields, types or enum names: the lenient reader decides
+            try:
+                frame = jsonwire.parse_frame(parsed, self.pool)
+            except _JSON_ERRORS as exc:
+                stream_id = _json_stream_id(parsed)
+                reason = (
+                    "unknown enum value name (send enum numbers)"
+                    if isinstance(exc, jsonwire.UnknownEnumName)
+                    else "JSON is not a Frame"
+                )
+                raise FrameError(CloseCode.PROTOCOL_ERROR, reason, stream_id=stream_id) from None
+        self._forms.observe(frame)
         return frame
 
     def pack_message(self, message: Message) -> bridge_pb2.MessageFrame:
@@ -446,12 +474,25 @@ class JsonCodec(Codec):
         frame.typed.Pack(message)
         return frame
 
+    def _pack_for(self, stream_id: int, message: Message) -> bridge_pb2.MessageFrame:
+        """``binary`` when the call's requests used it, or a request holds unknown fields."""
+        if self._forms.binary(stream_id, message):
+            return bridge_pb2.MessageFrame(binary=message.SerializeToString())
+        return self.pack_message(message)
+
     def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
-        """Unpack ``MessageFrame.typed`` as ``cls`` (see :meth:`Codec.unpack_message`)."""
-        if frame.WhichOneof("body") != "typed":
-            msg = "asap.v1.json message frames carry the message in 'typed'"
-            raise MalformedFrame(msg)
+        """Unpack ``MessageFrame.typed`` (or ``binary``) as ``cls`` (see :meth:`Codec.unpack_message`)."""
+        kind = frame.WhichOneof("body")
         name = cls.DESCRIPTOR.full_name
+        if kind == "binary":
+            try:
+                return cls.FromString(frame.binary)
+            except DecodeError:
+                msg = f"message does not parse as {name}"
+                raise MalformedFrame(msg) from None
+        if kind != "typed":
+            msg = "asap.v1.json message frames carry the message in 'typed' or 'binary'"
+            raise MalformedFrame(msg)
         if frame.typed.TypeName() != name:
             msg = f"expected a {name}, got {frame.typed.TypeName() or 'no type'}"
             raise MalformedFrame(msg)
@@ -462,8 +503,8 @@ class JsonCodec(Codec):
             raise MalformedFrame(msg) from None
 
     def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
-        """Length of the serialized message inside ``MessageFrame.typed`` (0 when unset)."""
-        return len(frame.typed.value)
+        """Length of the serialized message inside ``MessageFrame.typed`` or ``binary``."""
+        return len(frame.binary) if frame.WhichOneof("body") == "binary" else len(frame.typed.value)
 
 
 def codec_for(subprotocol: str, *, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES) -> Codec:
@@ -478,6 +519,17 @@ def codec_for(subprotocol: str, *, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYT
         return JsonCodec(max_frame_bytes, subprotocol)
     msg = f"unsupported subprotocol {subprotocol!r}"
     raise ValueError(msg)
+
+
+_JSON_ERRORS = (
+    json_format.ParseError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    RecursionError,
+)
 
 
 def _check_size(size: int, limit: int | None) -> None:

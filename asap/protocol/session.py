@@ -323,7 +323,7 @@ class Session(ABC):
         error: AsapError
         if stream.next_state(self.peer_message) is None:
             error = MalformedFrame("message frame not allowed now")
-        elif body.WhichOneof("body") != codec.body_kind:
+        elif body.WhichOneof("body") not in codec.body_kinds:
             error = MalformedFrame(f"{codec.subprotocol} carries messages in '{codec.body_kind}'")
         elif (size := codec.body_size(body)) > self.limits.max_message_bytes:
             limit = self.limits.max_message_bytes

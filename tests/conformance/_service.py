@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
@@ -55,6 +55,7 @@ from asap import (
 )
 from asap import errors as asap_errors
 from asap._typing import Metadata
+from asap.errors import NotFound
 from asap.v1 import envelope_pb2, payload_pb2, task_pb2
 
 
@@ -73,8 +74,22 @@ SECRET = "secret: db-password=hunter2"
 WAIT_SECONDS = 10.0
 """Upper bound on waiting for a probe event (a bound on a hang, never a delay)."""
 
-SKILLS = ("echo", "inspect", "updates", "flood", "raise", "crash", "park", "count", "blob")
+SKILLS = (
+    "echo",
+    "inspect",
+    "updates",
+    "flood",
+    "raise",
+    "opaque-detail",
+    "crash",
+    "park",
+    "count",
+    "blob",
+)
 """The skills the conformance agent registers, in registration order."""
+
+UNKNOWN_DETAIL_URL = "type.googleapis.com/acme.v9.QuotaDetail"
+"""The type URL of the detail the ``opaque-detail`` skill raises; no schema here defines it."""
 
 ERROR_METADATA_KEY = "origin"
 """An ErrorInfo metadata key the ``raise`` skill always sets."""
@@ -306,6 +321,12 @@ def make_agent(probe: Probe) -> Agent:
         raise build_error(
             name, text_input(request, "reason", ERROR_CLASSES_BY_NAME[name].default_reason)
         )
+
+    @agent.skill("opaque-detail", description="Raises NotFound with a detail of an unknown type.")
+    async def opaque_detail(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        unknown = any_pb2.Any(type_url=UNKNOWN_DETAIL_URL, value=b"\x08\x07")
+        message = "no such task"
+        raise NotFound(message, metadata={"task_id": "t-9"}, details=[unknown])
 
     @agent.skill("crash", description="Raises an unexpected exception.")
     async def crash(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:

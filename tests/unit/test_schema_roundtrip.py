@@ -335,13 +335,17 @@ def test_unknown_envelope_field_survives_older_reader(newer_envelope: type[Messa
 
 
 def test_unknown_payload_kind_survives_older_reader(newer_envelope: type[Message]) -> None:
-    """A new payload kind reads as no payload, yet is re-serialized intact."""
+    """A new payload kind reads as no known payload, is refused as UNKNOWN_PAYLOAD (not
+    MISSING_PAYLOAD), yet is re-serialized intact."""
     newer = _newer(newer_envelope, {"handoff": {"target": "urn:asap:agent:other", "note": "hi"}})
     older, again = _through_older_reader(newer)
     assert older.WhichOneof("payload") is None
-    with pytest.raises(errors.InvalidEnvelope) as caught:
+    with pytest.raises(errors.UnknownPayload) as caught:
         validation.payload_kind(older)
-    assert caught.value.reason == "MISSING_PAYLOAD"
+    assert caught.value.code == errors.Code.UNIMPLEMENTED
+    assert caught.value.reason == "UNKNOWN_PAYLOAD"
+    handoff = newer_envelope.DESCRIPTOR.fields_by_name["handoff"].number
+    assert f"(field {handoff})" in caught.value.message
     assert again == newer
     assert again.WhichOneof("payload") == "handoff"
     assert json_format.MessageToDict(again)["handoff"] == {

@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from asap import errors, validation
+from asap import errors, schema, validation
 from asap.v1 import envelope_pb2, payload_pb2
 
 
@@ -432,7 +432,7 @@ def test_fill_defaults_fills_empty_fields() -> None:
     validation.fill_defaults(envelope, now=NOW + 0.25, new_id=lambda: next(ids))
     assert envelope.id == "id-1"
     assert envelope.timestamp == timestamp_pb2.Timestamp(seconds=int(NOW), nanos=250_000_000)
-    assert envelope.asap_version == validation.ASAP_VERSION == "1.0"
+    assert envelope.asap_version == validation.ASAP_VERSION == schema.protocol_version()
 
 
 def test_fill_defaults_keeps_set_fields() -> None:
@@ -563,6 +563,48 @@ def test_payload_kind_of_empty_envelope_fails() -> None:
     with pytest.raises(errors.InvalidEnvelope) as caught:
         validation.payload_kind(envelope_pb2.Envelope())
     assert caught.value.reason == "MISSING_PAYLOAD"
+
+
+@pytest.mark.parametrize("number", [33, 99])
+def test_payload_kind_of_unknown_payload_field_is_unknown_payload(number: int) -> None:
+    """An unknown field in the payload range (a newer kind) is UNKNOWN_PAYLOAD, not MISSING."""
+    envelope = envelope_pb2.Envelope(id="e-1")
+    tag = bytes([((number << 3) | 2) & 0x7F | 0x80, (number << 3) >> 7])
+    envelope.MergeFromString(tag + b"\x00")
+    with pytest.raises(errors.UnknownPayload) as caught:
+        validation.payload_kind(envelope)
+    assert caught.value.code == errors.Code.UNIMPLEMENTED
+    assert caught.value.reason == "UNKNOWN_PAYLOAD"
+    assert caught.value.metadata == {"schema_version": schema.schema_version()}
+    assert (f"(field {number})" in caught.value.message) == (number != 99)
+
+
+def test_payload_kind_ignores_unknown_fields_outside_the_payload_range() -> None:
+    """An unknown non-payload field (number 10 or 100) leaves a missing payload missing."""
+    envelope = envelope_pb2.Envelope(id="e-1")
+    envelope.MergeFromString(b"\x52\x00" + b"\xa2\x06\x00")  # fields 10 and 100, empty
+    with pytest.raises(errors.InvalidEnvelope) as caught:
+        validation.payload_kind(envelope)
+    assert caught.value.reason == "MISSING_PAYLOAD"
+
+
+@pytest.mark.parametrize("version", ["", "1.0", "1.1", "1.99", "1.2.3"])
+def test_supported_major_with_any_minor_is_accepted(version: str) -> None:
+    """asap_version 1.x (or none) passes: minors only add to the schema."""
+    envelope = _envelope()
+    envelope.asap_version = version
+    validation.validate(envelope, now=NOW)
+
+
+@pytest.mark.parametrize("version", ["2.0", "0.9", "10.1", "v1", "1", "1.x", "1.0-beta"])
+def test_other_major_or_garbage_version_is_unsupported_version(version: str) -> None:
+    """Another major, or no MAJOR.MINOR at all, is UNIMPLEMENTED/UNSUPPORTED_VERSION, first."""
+    envelope = envelope_pb2.Envelope(asap_version=version)  # no payload either: version wins
+    with pytest.raises(errors.UnsupportedVersion) as caught:
+        validation.validate(envelope, now=NOW)
+    assert caught.value.code == errors.Code.UNIMPLEMENTED
+    assert caught.value.reason == "UNSUPPORTED_VERSION"
+    assert caught.value.metadata == {"asap_version": version, "supported": "1"}
 
 
 @pytest.mark.parametrize("kind", sorted(validation.PAYLOAD_TYPES))

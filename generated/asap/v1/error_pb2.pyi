@@ -72,12 +72,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The envelope id is longer than 128 characters."""
     ERROR_REASON_MALFORMED_FRAME: _ErrorReason.ValueType  # 106
     """A WebSocket bridge frame could not be decoded or broke the framing rules."""
+    ERROR_REASON_UNSUPPORTED_VERSION: _ErrorReason.ValueType  # 107
+    """The envelope's asap_version has a major version the recipient does not speak (see
+    docs/versioning.md); ErrorInfo.metadata "supported" lists the majors it does.
+    """
     ERROR_REASON_SKILL_NOT_FOUND: _ErrorReason.ValueType  # 200
     """The TaskRequest names a skill the recipient does not offer."""
     ERROR_REASON_NO_HANDLER: _ErrorReason.ValueType  # 201
     """The recipient has no handler for this payload kind."""
     ERROR_REASON_UNKNOWN_METHOD: _ErrorReason.ValueType  # 202
     """The RPC method is not part of the service."""
+    ERROR_REASON_UNKNOWN_PAYLOAD: _ErrorReason.ValueType  # 203
+    """The envelope's payload is a kind the recipient's schema does not know (added by a newer
+    schema): the recipient is too old for it. Distinct from MISSING_PAYLOAD (no payload at all).
+    """
     ERROR_REASON_MISSING_CREDENTIALS: _ErrorReason.ValueType  # 300
     """The bearer token is missing."""
     ERROR_REASON_INVALID_TOKEN: _ErrorReason.ValueType  # 301
@@ -154,12 +162,20 @@ ERROR_REASON_INVALID_ID: ErrorReason.ValueType  # 105
 """The envelope id is longer than 128 characters."""
 ERROR_REASON_MALFORMED_FRAME: ErrorReason.ValueType  # 106
 """A WebSocket bridge frame could not be decoded or broke the framing rules."""
+ERROR_REASON_UNSUPPORTED_VERSION: ErrorReason.ValueType  # 107
+"""The envelope's asap_version has a major version the recipient does not speak (see
+docs/versioning.md); ErrorInfo.metadata "supported" lists the majors it does.
+"""
 ERROR_REASON_SKILL_NOT_FOUND: ErrorReason.ValueType  # 200
 """The TaskRequest names a skill the recipient does not offer."""
 ERROR_REASON_NO_HANDLER: ErrorReason.ValueType  # 201
 """The recipient has no handler for this payload kind."""
 ERROR_REASON_UNKNOWN_METHOD: ErrorReason.ValueType  # 202
 """The RPC method is not part of the service."""
+ERROR_REASON_UNKNOWN_PAYLOAD: ErrorReason.ValueType  # 203
+"""The envelope's payload is a kind the recipient's schema does not know (added by a newer
+schema): the recipient is too old for it. Distinct from MISSING_PAYLOAD (no payload at all).
+"""
 ERROR_REASON_MISSING_CREDENTIALS: ErrorReason.ValueType  # 300
 """The bearer token is missing."""
 ERROR_REASON_INVALID_TOKEN: ErrorReason.ValueType  # 301

@@ -24,25 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61sap/v1/manifest.proto\x12\x07\x61sap.v1\"\xe8\x01\n\x08Manifest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12+\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x15.asap.v1.Capabilities\x12\x1e\n\x06skills\x18\x06 \x03(\x0b\x32\x0e.asap.v1.Skill\x12$\n\tendpoints\x18\x07 \x03(\x0b\x32\x11.asap.v1.Endpoint\x12)\n\x0c\x61uth_schemes\x18\x08 \x03(\x0b\x32\x13.asap.v1.AuthScheme\"\\\n\x0c\x43\x61pabilities\x12\x14\n\x0c\x61sap_version\x18\x01 \x01(\t\x12\x11\n\tstreaming\x18\x02 \x01(\x08\x12\x0c\n\x04\x61\x63ks\x18\x03 \x01(\x08\x12\x15\n\rdeduplication\x18\x04 \x01(\x08\"B\n\x05Skill\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x10input_schema_uri\x18\x03 \x01(\t\">\n\x08\x45ndpoint\x12%\n\ttransport\x18\x01 \x01(\x0e\x32\x12.asap.v1.Transport\x12\x0b\n\x03url\x18\x02 \x01(\t\"C\n\nAuthScheme\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.asap.v1.AuthSchemeType\x12\x0e\n\x06issuer\x18\x02 \x01(\t*S\n\tTransport\x12\x19\n\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRANSPORT_GRPC\x10\x01\x12\x17\n\x13TRANSPORT_WEBSOCKET\x10\x02*j\n\x0e\x41uthSchemeType\x12 \n\x1c\x41UTH_SCHEME_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UTH_SCHEME_TYPE_BEARER\x10\x01\x12\x19\n\x15\x41UTH_SCHEME_TYPE_MTLS\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61sap/v1/manifest.proto\x12\x07\x61sap.v1\"\xe8\x01\n\x08Manifest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12+\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\x15.asap.v1.Capabilities\x12\x1e\n\x06skills\x18\x06 \x03(\x0b\x32\x0e.asap.v1.Skill\x12$\n\tendpoints\x18\x07 \x03(\x0b\x32\x11.asap.v1.Endpoint\x12)\n\x0c\x61uth_schemes\x18\x08 \x03(\x0b\x32\x13.asap.v1.AuthScheme\"\xa8\x01\n\x0c\x43\x61pabilities\x12\x14\n\x0c\x61sap_version\x18\x01 \x01(\t\x12\x11\n\tstreaming\x18\x02 \x01(\x08\x12\x0c\n\x04\x61\x63ks\x18\x03 \x01(\x08\x12\x15\n\rdeduplication\x18\x04 \x01(\x08\x12\x16\n\x0eschema_version\x18\x05 \x01(\t\x12\x15\n\rpayload_kinds\x18\x06 \x03(\t\x12\x1b\n\x13known_payload_kinds\x18\x07 \x03(\t\"B\n\x05Skill\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x18\n\x10input_schema_uri\x18\x03 \x01(\t\">\n\x08\x45ndpoint\x12%\n\ttransport\x18\x01 \x01(\x0e\x32\x12.asap.v1.Transport\x12\x0b\n\x03url\x18\x02 \x01(\t\"C\n\nAuthScheme\x12%\n\x04type\x18\x01 \x01(\x0e\x32\x17.asap.v1.AuthSchemeType\x12\x0e\n\x06issuer\x18\x02 \x01(\t*S\n\tTransport\x12\x19\n\x15TRANSPORT_UNSPECIFIED\x10\x00\x12\x12\n\x0eTRANSPORT_GRPC\x10\x01\x12\x17\n\x13TRANSPORT_WEBSOCKET\x10\x02*j\n\x0e\x41uthSchemeType\x12 \n\x1c\x41UTH_SCHEME_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UTH_SCHEME_TYPE_BEARER\x10\x01\x12\x19\n\x15\x41UTH_SCHEME_TYPE_MTLS\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'asap.v1.manifest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSPORT']._serialized_start=565
-  _globals['_TRANSPORT']._serialized_end=648
-  _globals['_AUTHSCHEMETYPE']._serialized_start=650
-  _globals['_AUTHSCHEMETYPE']._serialized_end=756
+  _globals['_TRANSPORT']._serialized_start=642
+  _globals['_TRANSPORT']._serialized_end=725
+  _globals['_AUTHSCHEMETYPE']._serialized_start=727
+  _globals['_AUTHSCHEMETYPE']._serialized_end=833
   _globals['_MANIFEST']._serialized_start=36
   _globals['_MANIFEST']._serialized_end=268
-  _globals['_CAPABILITIES']._serialized_start=270
-  _globals['_CAPABILITIES']._serialized_end=362
-  _globals['_SKILL']._serialized_start=364
-  _globals['_SKILL']._serialized_end=430
-  _globals['_ENDPOINT']._serialized_start=432
-  _globals['_ENDPOINT']._serialized_end=494
-  _globals['_AUTHSCHEME']._serialized_start=496
-  _globals['_AUTHSCHEME']._serialized_end=563
+  _globals['_CAPABILITIES']._serialized_start=271
+  _globals['_CAPABILITIES']._serialized_end=439
+  _globals['_SKILL']._serialized_start=441
+  _globals['_SKILL']._serialized_end=507
+  _globals['_ENDPOINT']._serialized_start=509
+  _globals['_ENDPOINT']._serialized_end=571
+  _globals['_AUTHSCHEME']._serialized_start=573
+  _globals['_AUTHSCHEME']._serialized_end=640
 # @@protoc_insertion_point(module_scope)

@@ -137,6 +137,9 @@ class Capabilities(_message.Message):
     STREAMING_FIELD_NUMBER: _builtins.int
     ACKS_FIELD_NUMBER: _builtins.int
     DEDUPLICATION_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    PAYLOAD_KINDS_FIELD_NUMBER: _builtins.int
+    KNOWN_PAYLOAD_KINDS_FIELD_NUMBER: _builtins.int
     asap_version: _builtins.str
     """The ASAP protocol version the agent speaks, for example "1.0"."""
     streaming: _builtins.bool
@@ -145,6 +148,22 @@ class Capabilities(_message.Message):
     """True when the agent sends MessageAck for envelopes with requires_ack."""
     deduplication: _builtins.bool
     """True when the agent deduplicates envelopes by id."""
+    schema_version: _builtins.str
+    """The version of the asap.v1 schema the agent was built from (proto/VERSION, for example
+    "1.1.0"); the same .proto files ship in the asap-protocol wheel of that version.
+    """
+    @_builtins.property
+    def payload_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Envelope.payload field names the agent has a handler for, for example "task_request".
+        Empty from agents older than this field: then nothing can be concluded from it.
+        """
+
+    @_builtins.property
+    def known_payload_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every Envelope.payload field name the agent's schema knows; an envelope of any other kind gets
+        UNIMPLEMENTED with reason UNKNOWN_PAYLOAD. Empty from agents older than this field.
+        """
+
     def __init__(
         self,
         *,
@@ -152,10 +171,13 @@ class Capabilities(_message.Message):
         streaming: _builtins.bool = ...,
         acks: _builtins.bool = ...,
         deduplication: _builtins.bool = ...,
+        schema_version: _builtins.str = ...,
+        payload_kinds: _abc.Iterable[_builtins.str] | None = ...,
+        known_payload_kinds: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "asap_version", b"asap_version", "deduplication", b"deduplication", "streaming", b"streaming"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "asap_version", b"asap_version", "deduplication", b"deduplication", "known_payload_kinds", b"known_payload_kinds", "payload_kinds", b"payload_kinds", "schema_version", b"schema_version", "streaming", b"streaming"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from asap import errors
+from asap import errors, schema
 from asap.core.agent import ASAP_VERSION, Agent, Incoming
 from asap.v1 import manifest_pb2, payload_pb2
 
@@ -182,7 +182,13 @@ def test_manifest_content() -> None:
     assert manifest.version == "2.0.0"
     assert manifest.description == "Finds things."
     assert manifest.capabilities == manifest_pb2.Capabilities(
-        asap_version=ASAP_VERSION, streaming=True, acks=True, deduplication=True
+        asap_version=ASAP_VERSION,
+        streaming=True,
+        acks=True,
+        deduplication=True,
+        schema_version=schema.schema_version(),
+        payload_kinds=["task_request"],
+        known_payload_kinds=schema.known_payload_kinds(),
     )
     assert [(s.id, s.description) for s in manifest.skills] == [
         ("search", "Searches."),
@@ -191,3 +197,28 @@ def test_manifest_content() -> None:
     assert list(manifest.endpoints) == endpoints
     assert [a.type for a in manifest.auth_schemes] == [manifest_pb2.AUTH_SCHEME_TYPE_BEARER]
     assert list(agent.manifest().endpoints) == []
+
+
+def test_manifest_lists_handled_payload_kinds_in_field_order() -> None:
+    """payload_kinds: kinds with a handler (skills count as task_request), schema order."""
+    agent = Agent("urn:asap:agent:kinds")
+    assert list(agent.manifest().capabilities.payload_kinds) == []
+
+    @agent.on(payload_pb2.McpToolCall)
+    async def tool(request: Incoming[payload_pb2.McpToolCall]) -> None:
+        return None
+
+    @agent.on(payload_pb2.TaskCancel)
+    async def cancel(request: Incoming[payload_pb2.TaskCancel]) -> None:
+        return None
+
+    assert list(agent.manifest().capabilities.payload_kinds) == ["task_cancel", "mcp_tool_call"]
+
+    @agent.skill("search")
+    async def search(request: Incoming[payload_pb2.TaskRequest]) -> None:
+        return None
+
+    capabilities = agent.manifest().capabilities
+    assert list(capabilities.payload_kinds) == ["task_request", "task_cancel", "mcp_tool_call"]
+    assert "message_ack" in capabilities.known_payload_kinds
+    assert capabilities.schema_version == schema.schema_version()

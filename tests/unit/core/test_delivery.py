@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
-from asap import errors
+from asap import errors, validation
 from asap.core.agent import Agent, Incoming
 from asap.core.dedupe import InMemoryDedupeStore
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2, task_pb2
@@ -354,7 +354,7 @@ async def test_answer_is_addressed_back_to_the_sender(kit: Kit, harness: Harness
     assert answer.trace_id == "trace-7"
     assert answer.id
     assert answer.id != "q"
-    assert answer.asap_version == "1.0"
+    assert answer.asap_version == validation.ASAP_VERSION
     assert answer.timestamp.seconds == int(kit.NOW)
     assert kit.text_of(answer.task_response.result) == "hi"
 
