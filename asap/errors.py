@@ -23,7 +23,8 @@ Exception tree::
     ├── ResourceExhausted
     │   ├── RateLimited            (carries retry_after, sent as google.rpc.RetryInfo)
     │   ├── MessageTooLarge
-    │   └── TooManyCalls
+    │   ├── TooManyCalls
+    │   └── TooManyEnvelopes
     ├── FailedPrecondition
     ├── Aborted
     ├── OutOfRange
@@ -292,6 +293,13 @@ class TooManyCalls(ResourceExhausted):
 
     default_reason = "TOO_MANY_CALLS"
     default_message = "too many concurrent calls"
+
+
+class TooManyEnvelopes(ResourceExhausted):
+    """A SendBatch or Publish carried more envelopes than ``Limits.max_batch_envelopes``."""
+
+    default_reason = "TOO_MANY_ENVELOPES"
+    default_message = "too many envelopes in one call"
 
 
 class FailedPrecondition(AsapError):

@@ -75,6 +75,11 @@ class Limits:
     """Consecutive rate-limited calls on one WebSocket connection before it is closed with 1008;
     0 never closes the connection for this."""
 
+    max_batch_envelopes: int = 1000
+    """Envelopes one SendBatch or Publish call may carry; past it the call fails with
+    RESOURCE_EXHAUSTED (reason ``TOO_MANY_ENVELOPES``): a SendBatch before any envelope is
+    delivered, a Publish when the envelope after the cap arrives (nothing after the cap runs)."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_message_bytes",
@@ -83,6 +88,7 @@ class Limits:
             "max_concurrent_calls",
             "rate_limit_burst",
             "rate_limit_max_principals",
+            "max_batch_envelopes",
         ):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
         for name in ("handshake_timeout", "heartbeat_interval", "heartbeat_timeout"):

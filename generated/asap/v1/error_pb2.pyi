@@ -90,6 +90,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A message exceeded the maximum message size."""
     ERROR_REASON_TOO_MANY_CALLS: _ErrorReason.ValueType  # 402
     """Too many calls are in flight (per server or per connection)."""
+    ERROR_REASON_TOO_MANY_ENVELOPES: _ErrorReason.ValueType  # 404
+    """A SendBatch or Publish carried more envelopes than the server takes in one call."""
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 500
     """The server is shutting down and accepts no new calls."""
     ERROR_REASON_CONNECTION_LOST: _ErrorReason.ValueType  # 501
@@ -168,6 +170,8 @@ ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 401
 """A message exceeded the maximum message size."""
 ERROR_REASON_TOO_MANY_CALLS: ErrorReason.ValueType  # 402
 """Too many calls are in flight (per server or per connection)."""
+ERROR_REASON_TOO_MANY_ENVELOPES: ErrorReason.ValueType  # 404
+"""A SendBatch or Publish carried more envelopes than the server takes in one call."""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 500
 """The server is shutting down and accepts no new calls."""
 ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
