@@ -30,8 +30,15 @@ from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
 from asap.core.tasks import TaskOwner
-from asap.errors import AsapError, Internal, InvalidState, MalformedFrame, UnknownMethod
-from asap.protocol.limits import Limits
+from asap.errors import (
+    AsapError,
+    Internal,
+    InvalidState,
+    MalformedFrame,
+    MessageTooLarge,
+    UnknownMethod,
+)
+from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from asap.tls import ServerTLS
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.grpc.status import to_grpc_status
@@ -143,21 +150,35 @@ class _UnaryCall:
         self.response = message
 
 
+async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -> None:
+    """Write one streamed response, refusing one over ``max_bytes`` with the call still open.
+
+    grpc core would fail the whole call (and ``write`` with an error of its own) for it; the core
+    answers MessageTooLarge per item instead, as on the bridge.
+    """
+    size = message.ByteSize()
+    if size > max_bytes:
+        text = f"message larger than max ({size} vs. {max_bytes})"
+        raise MessageTooLarge(text)
+    await context.write(message)
+
+
 class _ServerStreamCall:
     """ServerCall of a unary-request, streaming-response call."""
 
-    __slots__ = ("context", "request")
+    __slots__ = ("context", "max_bytes", "request")
 
-    def __init__(self, request: Message, context: Servicer) -> None:
+    def __init__(self, request: Message, context: Servicer, max_bytes: int) -> None:
         self.request: Message | None = request
         self.context = context
+        self.max_bytes = max_bytes
 
     async def read(self) -> Message | None:
         request, self.request = self.request, None
         return _checked(request)
 
     async def write(self, message: Message) -> None:
-        await self.context.write(message)
+        await _write_streamed(self.context, message, self.max_bytes)
 
 
 class _ClientStreamCall:
@@ -179,16 +200,17 @@ class _ClientStreamCall:
 class _BidiCall:
     """ServerCall of a call that streams both ways."""
 
-    __slots__ = ("context",)
+    __slots__ = ("context", "max_bytes")
 
-    def __init__(self, context: Servicer) -> None:
+    def __init__(self, context: Servicer, max_bytes: int) -> None:
         self.context = context
+        self.max_bytes = max_bytes
 
     async def read(self) -> Message | None:
         return _checked(await self.context.read())
 
     async def write(self, message: Message) -> None:
-        await self.context.write(message)
+        await _write_streamed(self.context, message, self.max_bytes)
 
 
 async def _fail(context: Servicer, error: AsapError, ctx: CallContext) -> NoReturn:
@@ -210,7 +232,7 @@ def _context(spec: MethodSpec, context: Servicer) -> CallContext:
     )
 
 
-def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
+def _behaviour(dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int) -> Behaviour:
     """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing."""
     handle = dispatcher.handle
     missing = Internal("the method produced no response")
@@ -246,9 +268,9 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
     async def streaming(request: Message, context: Servicer) -> None:
         ctx = _context(spec, context)
         if spec.arity is Arity.UNARY_STREAM:
-            error = await handle(ctx, _ServerStreamCall(request, context))
+            error = await handle(ctx, _ServerStreamCall(request, context, max_bytes))
         else:
-            error = await handle(ctx, _BidiCall(context))
+            error = await handle(ctx, _BidiCall(context, max_bytes))
         if error is None:
             if trailing := ctx.trailing_metadata:
                 context.set_trailing_metadata(trailing)
@@ -258,8 +280,13 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
     return streaming
 
 
-def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
-    """One grpc method handler per AgentService method, by method name."""
+def method_handlers(
+    dispatcher: Dispatcher, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
+    """One grpc method handler per AgentService method, by method name.
+
+    Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``.
+    """
     factories = {
         Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
         Arity.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
@@ -268,7 +295,7 @@ def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[M
     }
     return {
         spec.name: factories[spec.arity](
-            _behaviour(dispatcher, spec),
+            _behaviour(dispatcher, spec, max_message_bytes),
             # The handler's reads accept the _Undecodable marker too (see _checked).
             request_deserializer=cast(
                 "Callable[[bytes], Message]", _deserializer(spec.request_type)
@@ -342,7 +369,7 @@ class GrpcServerTransport(ServerTransport):
             message = "the gRPC transport was already started"
             raise InvalidState(message)
         server = grpc.aio.server(options=server_options(self._limits))
-        handlers = method_handlers(self._dispatcher)
+        handlers = method_handlers(self._dispatcher, self._limits.max_message_bytes)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
