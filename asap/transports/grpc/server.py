@@ -9,8 +9,11 @@ the call with its code, message and ``grpc-status-details-bin`` (:mod:`.status`)
 middleware, validation and the error boundary all live in the core, so the WebSocket bridge runs
 exactly the same code; the generated ``add_AgentServiceServicer_to_server`` is deliberately unused.
 
-Next to AgentService the server runs gRPC's standard health service (``grpc.health.v1.Health``,
-following the server's :class:`~asap.core.health.HealthState`) and server reflection.
+Next to AgentService the server runs gRPC's standard health service (``grpc.health.v1.Health``:
+Check answered by :meth:`HealthState.check <asap.core.health.HealthState.check>`, as on the
+bridge; Watch by grpcio-health-checking's servicer, following the same state) and server
+reflection. Every method decodes its own request bytes, so bad bytes are INVALID_ARGUMENT
+(MALFORMED_FRAME) everywhere, never grpc's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import NoReturn, cast
 import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import _async as health_aio  # = grpc_health.v1.health.aio, which has no stubs
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from asap.core.context import CallContext
@@ -219,6 +222,12 @@ async def _fail(context: Servicer, error: AsapError, ctx: CallContext) -> NoRetu
     await context.abort(code, message, trailing)
 
 
+async def _abort(context: Servicer, error: AsapError) -> NoReturn:
+    """End a call that has no CallContext (health) with ``error``."""
+    code, message, trailing = to_grpc_status(error, ())
+    await context.abort(code, message, trailing)
+
+
 def _context(spec: MethodSpec, context: Servicer) -> CallContext:
     # invocation_metadata() is a tuple of (key, value) pairs at run time; the stubs say Metadata.
     metadata = context.invocation_metadata()
@@ -306,6 +315,53 @@ def method_handlers(
     }
 
 
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+"""``grpc.health.v1.Health``."""
+
+HealthServicer = grpc.aio.ServicerContext[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]
+
+
+def health_handlers(
+    health: HealthState, servicer: health_aio.HealthServicer
+) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
+    """The methods of ``grpc.health.v1.Health``: Check from ``health``, Watch from ``servicer``.
+
+    Each decodes its request itself: grpc would answer bytes that do not parse with UNKNOWN.
+    """
+    undecodable_health: Callable[[bytes], Message] = cast(
+        "Callable[[bytes], Message]", _deserializer(health_pb2.HealthCheckRequest)
+    )
+
+    async def check(request: Message, context: Servicer) -> Message:
+        call = _UnaryCall(request)
+        error = await health.check(call)
+        if error is None and call.response is not None:
+            return call.response
+        return await _abort(context, error or Internal())
+
+    async def watch(request: object, context: Servicer) -> None:
+        if isinstance(request, _Undecodable):
+            await _abort(context, request.error())
+        if not isinstance(request, health_pb2.HealthCheckRequest):
+            await _abort(context, Internal())
+        await servicer.Watch(request, cast("HealthServicer", context))
+
+    return {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            check,
+            request_deserializer=undecodable_health,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=undecodable_health,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+    }
+
+
 class _UnknownMethods(grpc.GenericRpcHandler):
     """Answers every path no other handler serves with UNIMPLEMENTED (UNKNOWN_METHOD), as the bridge does."""
 
@@ -376,14 +432,13 @@ class GrpcServerTransport(ServerTransport):
         # The same handlers as registered methods: grpc core then matches the path itself, the
         # fast path generated servicers take.
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        health = health_handlers(self._health, self._health_servicer)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(HEALTH_SERVICE_NAME, health),)
+        )
+        server.add_registered_method_handlers(HEALTH_SERVICE_NAME, health)
         reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         # Last, so it only sees paths that nothing above serves.
         server.add_generic_rpc_handlers((_UnknownMethods(),))
