@@ -35,6 +35,7 @@ from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
 from asap.core.tasks import TaskOwner
 from asap.errors import (
     AsapError,
+    Cancelled,
     Internal,
     InvalidState,
     MalformedFrame,
@@ -163,7 +164,14 @@ async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -
     if size > max_bytes:
         text = f"message larger than max ({size} vs. {max_bytes})"
         raise MessageTooLarge(text)
-    await context.write(message)
+    try:
+        await context.write(message)
+    except grpc.aio.BaseError:
+        # grpc core refuses the write of a call that has ended (the caller cancelled it, its deadline
+        # passed, the server is stopping) before grpc.aio cancels the handler: no bug, the call is
+        # over. Its status no longer reaches anyone.
+        text = "the call ended while a response was being written"
+        raise Cancelled(text) from None
 
 
 class _ServerStreamCall:
