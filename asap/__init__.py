@@ -13,7 +13,14 @@ from pkgutil import extend_path
 
 __path__ = extend_path(__path__, __name__)
 
-from asap.client import Client, DuplexStream, RetryPolicy, Subscription, task_envelope
+from asap.client import (
+    NO_DEADLINE,
+    Client,
+    DuplexStream,
+    RetryPolicy,
+    Subscription,
+    task_envelope,
+)
 from asap.connect import connect, discover, open_channel
 from asap.core.agent import Agent, Incoming
 from asap.core.context import CallContext, Identity
@@ -30,6 +37,7 @@ from asap.tls import ClientTLS, ServerTLS
 
 
 __all__ = [
+    "NO_DEADLINE",
     "Agent",
     "AsapError",
     "BearerAuth",

@@ -8,12 +8,14 @@ bridge. Build one with :func:`asap.connect` from a URL, or from a channel direct
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeAlias, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -35,6 +37,25 @@ M = TypeVar("M", bound=Message)
 
 TokenSource = str | Callable[[], Awaitable[str]]
 """A bearer token, or a coroutine function returning a current one (called before each call)."""
+
+
+class NoDeadline(enum.Enum):
+    """The type of :data:`NO_DEADLINE`."""
+
+    NO_DEADLINE = "no deadline"
+
+
+NO_DEADLINE: Final = NoDeadline.NO_DEADLINE
+"""Pass as ``timeout=`` for a call without a deadline (``None`` means "the default").
+
+Unary calls default to the client's ``timeout``; ``timeout=NO_DEADLINE`` removes it for one call.
+Streaming calls (subscribe, publish, stream) have no deadline unless one is given."""
+
+Timeout: TypeAlias = float | NoDeadline | None
+"""A call's ``timeout=``: seconds, :data:`NO_DEADLINE`, or None for the default."""
+
+SEND_BUFFER = 16
+"""Envelopes a DuplexStream queues for the transport; :meth:`DuplexStream.send` waits beyond it."""
 
 _SEND = method("Send")
 _SEND_BATCH = method("SendBatch")
@@ -103,10 +124,16 @@ def check_metadata(metadata: Metadata) -> None:
 class Client:
     """Typed calls to one agent.
 
+    Deadlines: every method takes ``timeout=`` (seconds). A unary call (send, send_batch,
+    get_manifest, check_health, request_task) without one gets the client's ``timeout``; a
+    streaming call (subscribe, publish, stream) without one has no deadline, so a long-lived
+    stream is not cut off by the unary default. ``timeout=NO_DEADLINE`` means no deadline for
+    one unary call.
+
     Args:
         channel: The transport connection (closed by :meth:`close`).
         sender: Default ``Envelope.sender`` for envelopes that have none.
-        timeout: Default per-call deadline in seconds (None: no deadline).
+        timeout: Default deadline of unary calls, in seconds (None or :data:`NO_DEADLINE`: none).
         token: Bearer token or token provider sent as ``authorization`` metadata.
         metadata: Metadata sent with every call.
         retry: Retry policy for unary calls.
@@ -117,14 +144,15 @@ class Client:
         channel: Channel,
         *,
         sender: str = "",
-        timeout: float | None = 30.0,
+        timeout: float | NoDeadline | None = 30.0,
         token: TokenSource | None = None,
         metadata: Metadata = (),
         retry: RetryPolicy | None = None,
     ) -> None:
         self.channel = channel
         self.sender = sender
-        self.timeout = timeout
+        self.timeout: float | None = None if timeout is NO_DEADLINE else timeout
+        """The default deadline of unary calls, in seconds (None: none)."""
         self._token = token
         check_metadata(metadata)
         self._metadata = metadata
@@ -134,11 +162,16 @@ class Client:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    async def _options(self, timeout: float | None, metadata: Metadata) -> CallOptions:
+    async def _options(
+        self, timeout: Timeout, metadata: Metadata, *, streaming: bool = False
+    ) -> CallOptions:
         if self._closed:
             message = "the client is closed"
             raise InvalidState(message)
-        timeout = self.timeout if timeout is None else timeout
+        if timeout is NO_DEADLINE:
+            timeout = None
+        elif timeout is None and not streaming:
+            timeout = self.timeout
         if not metadata and self._token is None:
             # The common case: nothing new to check (the client's own metadata was checked once).
             return CallOptions(timeout=timeout, metadata=self._metadata)
@@ -164,7 +197,7 @@ class Client:
         name: str,
         request: Message,
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
         metadata: Metadata = (),
     ) -> Reply:
         """Make a unary call by method name, with retries; returns the reply and its trailers."""
@@ -200,7 +233,7 @@ class Client:
         self,
         envelope: envelope_pb2.Envelope,
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
         metadata: Metadata = (),
     ) -> agent_service_pb2.SendResponse:
         """Deliver one envelope and return the agent's answer.
@@ -216,7 +249,7 @@ class Client:
         self,
         envelopes: Iterable[envelope_pb2.Envelope],
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
         metadata: Metadata = (),
     ) -> list[agent_service_pb2.DeliveryResult]:
         """Deliver many envelopes in one call; one result (answer or error) per envelope, in order."""
@@ -227,7 +260,7 @@ class Client:
         return list(_expect(reply.message, agent_service_pb2.SendBatchResponse).results)
 
     async def get_manifest(
-        self, *, timeout: float | None = None, metadata: Metadata = ()
+        self, *, timeout: Timeout = None, metadata: Metadata = ()
     ) -> manifest_pb2.Manifest:
         """Return the agent's manifest."""
         reply = await self.invoke(
@@ -257,23 +290,31 @@ class Client:
         self,
         envelope: envelope_pb2.Envelope,
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
         metadata: Metadata = (),
     ) -> Subscription:
-        """Deliver an envelope and iterate over everything the agent produces for it."""
+        """Deliver an envelope and iterate over everything the agent produces for it.
+
+        No deadline unless ``timeout`` is given (the client's default is for unary calls).
+        """
         request = agent_service_pb2.SubscribeRequest(envelope=self.prepare(envelope))
-        options = await self._options(timeout, metadata)
+        options = await self._options(timeout, metadata, streaming=True)
         return Subscription(self.channel.open_stream(_SUBSCRIBE, request, options))
 
     async def publish(
         self,
         envelopes: AsyncIterable[envelope_pb2.Envelope] | Iterable[envelope_pb2.Envelope],
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
         metadata: Metadata = (),
     ) -> list[agent_service_pb2.DeliveryResult]:
-        """Stream envelopes to the agent; one result per envelope, in order."""
-        options = await self._options(timeout, metadata)
+        """Stream envelopes to the agent; one result per envelope, in order.
+
+        No deadline unless ``timeout`` is given (the client's default is for unary calls). The
+        server takes at most ``Limits.max_batch_envelopes`` envelopes per call (``TooManyEnvelopes``
+        past it; the outcomes of those that ran are kept, so re-publishing them is safe).
+        """
+        options = await self._options(timeout, metadata, streaming=True)
 
         async def requests() -> AsyncIterator[Message]:
             if isinstance(envelopes, AsyncIterable):
@@ -290,14 +331,15 @@ class Client:
             await stream.cancel()
         return list(_expect(response, agent_service_pb2.PublishResponse).results)
 
-    async def stream(
-        self, *, timeout: float | None = None, metadata: Metadata = ()
-    ) -> DuplexStream:
-        """Open a duplex stream: send envelopes any time, receive acks, updates and answers."""
-        options = await self._options(timeout, metadata)
+    async def stream(self, *, timeout: Timeout = None, metadata: Metadata = ()) -> DuplexStream:
+        """Open a duplex stream: send envelopes any time, receive acks, updates and answers.
+
+        No deadline unless ``timeout`` is given (the client's default is for unary calls).
+        """
+        options = await self._options(timeout, metadata, streaming=True)
         return DuplexStream(self, options)
 
-    async def check_health(self, service: str = "", *, timeout: float | None = None) -> bool:
+    async def check_health(self, service: str = "", *, timeout: Timeout = None) -> bool:
         """Ask the standard health service whether the agent serves (False while it drains).
 
         ``service`` is ``""`` for the whole server or ``"asap.v1.AgentService"``.
@@ -319,7 +361,7 @@ class Client:
         skill_id: str,
         task_input: dict[str, object] | None = None,
         *,
-        timeout: float | None = None,
+        timeout: Timeout = None,
     ) -> envelope_pb2.Envelope:
         """Ask ``recipient`` to run a skill and return the answer envelope (a TaskResponse)."""
         envelope = task_envelope(recipient, skill_id, task_input)
@@ -385,7 +427,68 @@ class Subscription:
         await self.cancel()
 
 
-_END = object()
+class _RequestQueue:
+    """The bounded FIFO between :meth:`DuplexStream.send` and the transport's request iterator.
+
+    ``put`` waits while ``capacity`` requests are queued; after :meth:`close` the queued ones are
+    still taken, then ``get`` returns None, and ``put`` fails.
+    """
+
+    __slots__ = ("_capacity", "_closed", "_getter", "_items", "_putters")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: deque[Message] = deque()
+        self._closed = False
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: deque[asyncio.Future[None]] = deque()
+
+    async def put(self, item: Message) -> None:
+        """Queue ``item``, waiting for room.
+
+        Raises:
+            InvalidState: The queue was closed (the stream is done sending or over).
+        """
+        while len(self._items) >= self._capacity and not self._closed:
+            room = asyncio.get_running_loop().create_future()
+            self._putters.append(room)
+            try:
+                await room
+            finally:
+                if room in self._putters:
+                    self._putters.remove(room)
+        if self._closed:
+            message = "the stream takes no more envelopes"
+            raise InvalidState(message)
+        self._items.append(item)
+        _wake(self._getter)
+
+    async def get(self) -> Message | None:
+        """The next request, or None once closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            ready = self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await ready
+            finally:
+                self._getter = None
+        item = self._items.popleft()
+        if self._putters:
+            _wake(self._putters.popleft())
+        return item
+
+    def close(self) -> None:
+        """Take no more requests; wake everyone waiting."""
+        self._closed = True
+        _wake(self._getter)
+        while self._putters:
+            _wake(self._putters.popleft())
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class DuplexStream:
@@ -394,28 +497,40 @@ class DuplexStream:
     Envelopes sent with ``requires_ack`` are tracked until their PROCESSED or REJECTED ack (or
     error) arrives; :meth:`unsettled` lists the others, which a caller re-sends on a new stream
     after a connection loss (the agent's dedupe keeps that exactly-once).
+
+    At most :data:`SEND_BUFFER` envelopes wait for the transport; beyond that :meth:`send` waits,
+    so a server (or network) that takes requests slower than they are sent slows the sender.
     """
 
     def __init__(self, client: Client, options: CallOptions) -> None:
         self._client = client
-        self._outbox: asyncio.Queue[Message | object] = asyncio.Queue()
+        self._outbox = _RequestQueue(SEND_BUFFER)
         self._acks = AckTracker()
         self._stream = client.channel.open_stream(_STREAM, self._requests(), options)
         self._done_sending = False
 
     async def _requests(self) -> AsyncIterator[Message]:
-        while (item := await self._outbox.get()) is not _END:
-            if isinstance(item, Message):
+        try:
+            while (item := await self._outbox.get()) is not None:
                 yield item
+        finally:
+            # The transport stopped taking requests (the call is over): release waiting senders.
+            self._outbox.close()
 
     async def send(self, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
-        """Queue an envelope for sending (filled with defaults) and return it."""
+        """Queue an envelope for sending (filled with defaults) and return it.
+
+        Waits while :data:`SEND_BUFFER` envelopes are queued and the transport takes no more.
+
+        Raises:
+            InvalidState: After :meth:`done_sending` or :meth:`cancel`, or once the call is over.
+        """
         if self._done_sending:
             message = "done_sending() was called on this stream"
             raise InvalidState(message)
         self._client.prepare(envelope)
-        self._acks.sent(envelope)
         await self._outbox.put(agent_service_pb2.StreamRequest(envelope=envelope))
+        self._acks.sent(envelope)
         return envelope
 
     async def done_sending(self) -> None:
@@ -423,14 +538,13 @@ class DuplexStream:
         self._end_requests()
 
     def _end_requests(self) -> None:
-        """End the request iterator (idempotent); nothing more can be sent.
+        """End the request iterator once the queued requests are taken (idempotent).
 
         Also called when the call is over: the transport consumes the request iterator in a task
         of its own (grpc.aio does), which would otherwise wait on the outbox forever.
         """
-        if not self._done_sending:
-            self._done_sending = True
-            self._outbox.put_nowait(_END)
+        self._done_sending = True
+        self._outbox.close()
 
     def __aiter__(self) -> AsyncIterator[agent_service_pb2.StreamResponse]:
         return self

@@ -24,7 +24,8 @@ Exception tree::
     │   ├── RateLimited            (carries retry_after, sent as google.rpc.RetryInfo)
     │   ├── MessageTooLarge
     │   ├── TooManyCalls
-    │   └── FlowControlViolation   (a bridge peer sent beyond its credit)
+    │   ├── FlowControlViolation   (a bridge peer sent beyond its credit)
+    │   └── TooManyEnvelopes
     ├── FailedPrecondition
     ├── Aborted
     ├── OutOfRange
@@ -302,6 +303,13 @@ class FlowControlViolation(ResourceExhausted):
 
     default_reason = "FLOW_CONTROL_VIOLATION"
     default_message = "message sent beyond the stream's flow-control window"
+
+
+class TooManyEnvelopes(ResourceExhausted):
+    """A SendBatch or Publish carried more envelopes than ``Limits.max_batch_envelopes``."""
+
+    default_reason = "TOO_MANY_ENVELOPES"
+    default_message = "too many envelopes in one call"
 
 
 class FailedPrecondition(AsapError):

@@ -86,7 +86,7 @@ class Server:
             guards,
             validation if validation is not None else ValidationPolicy(),
         )
-        self.service = AgentServiceCore(deliverer, self.endpoints)
+        self.service = AgentServiceCore(deliverer, self.endpoints, limits=self.limits)
         self.dispatcher = Dispatcher(
             self.service, guards, max_concurrent_calls=self.limits.max_concurrent_calls
         )

@@ -7,8 +7,10 @@ RPC and whatever the transport.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import cast
 
 from asap import validation
 from asap.core.agent import Agent, Incoming, Reply
@@ -115,11 +117,14 @@ class Deliverer:
             incoming = Incoming(envelope=envelope, payload=payload, call=ctx)
             answer: envelope_pb2.Envelope | None = None
             if route.streaming:
-                stream = route.handler(incoming)
-                async for item in stream:  # type: ignore[union-attr]
-                    answer = self._answer(envelope, item)
-                    if emit is not None:
-                        await emit(answer)
+                # Closed here, in the call's task, when emit fails or the call is cancelled: left
+                # to GC, the handler's finally would run later, in a task of the loop's choosing.
+                stream = cast("AsyncGenerator[Reply, None]", route.handler(incoming))
+                async with contextlib.aclosing(stream):
+                    async for item in stream:
+                        answer = self._answer(envelope, item)
+                        if emit is not None:
+                            await emit(answer)
             else:
                 reply = await route.handler(incoming)  # type: ignore[misc]
                 if reply is not None:

@@ -3,6 +3,12 @@
 It looks up the RPC, enforces the server-wide concurrency limit and the call's deadline, runs the
 per-call middleware, and turns whatever ends the call into an outcome: None for OK, otherwise an
 :class:`~asap.errors.AsapError`. It is the only place a call's exception becomes a wire status.
+
+Deadlines and cancellation hold for every handler, also one that never awaits: besides the asyncio
+timeout (or the transport's own enforcement, on gRPC) the Dispatcher checks the deadline and
+``ctx.cancelled()`` before each streamed write and when the RPC returns, and gives the event loop
+one turn after each streamed write, so a timer, a peer's Cancel or the transport's cancellation
+reaches the call's task between two messages.
 """
 
 from __future__ import annotations
@@ -10,11 +16,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
+from google.protobuf.message import Message
+
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.middleware import Middleware
 from asap.core.service import AgentServiceCore, ServerCall
-from asap.errors import AsapError, DeadlineExceeded, ShuttingDown, TooManyCalls, UnknownMethod
+from asap.errors import (
+    AsapError,
+    Cancelled,
+    DeadlineExceeded,
+    ShuttingDown,
+    TooManyCalls,
+    UnknownMethod,
+)
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -22,6 +37,35 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+def _check_live(ctx: CallContext) -> None:
+    """Raise if the call was cancelled or its deadline has passed (marking it cancelled)."""
+    if ctx.cancelled():
+        raise Cancelled
+    if ctx.deadline is not None and asyncio.get_running_loop().time() >= ctx.deadline:
+        ctx.mark_cancelled()
+        raise DeadlineExceeded
+
+
+class _GuardedCall:
+    """The ServerCall an RPC with streamed responses sees: every write checks the call is live."""
+
+    __slots__ = ("_call", "_ctx")
+
+    def __init__(self, ctx: CallContext, call: ServerCall) -> None:
+        self._ctx = ctx
+        self._call = call
+
+    async def read(self) -> Message | None:
+        return await self._call.read()
+
+    async def write(self, message: Message) -> None:
+        _check_live(self._ctx)
+        await self._call.write(message)
+        # A transport's write need not suspend (the bridge's returns at once while its buffer has
+        # room): this one turn lets the deadline timer, a Cancel or the transport's cancellation in.
+        await asyncio.sleep(0)
 
 
 class Dispatcher:
@@ -104,10 +148,14 @@ class Dispatcher:
         call: ServerCall,
         rpc: Callable[[CallContext, ServerCall], Awaitable[None]],
     ) -> None:
+        if ctx.method.server_streaming:
+            call = _GuardedCall(ctx, call)
         try:
             for guard in self._middleware:
                 await guard.on_call(ctx)
             await rpc(ctx, call)
+            # A handler that never awaited may return past its deadline: that is not OK either.
+            _check_live(ctx)
         except asyncio.CancelledError:
             ctx.mark_cancelled()
             raise

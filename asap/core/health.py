@@ -1,9 +1,8 @@
 """Serving state shared by every transport, and the standard health Check RPC over it.
 
-gRPC serves ``grpc.health.v1.Health`` with grpcio-health-checking's servicer; the WebSocket bridge
-answers the same ``/grpc.health.v1.Health/Check`` call from :meth:`HealthState.check`, so a caller
-gets the same answer on either transport. Health calls skip the middleware on both (no credentials,
-no rate limit), as load balancers expect.
+Both transports answer ``/grpc.health.v1.Health/Check`` from :meth:`HealthState.check`, so a
+caller gets the same answer on either (gRPC serves Watch from grpcio-health-checking's servicer).
+Health calls skip the middleware on both (no credentials, no rate limit), as load balancers expect.
 """
 
 from __future__ import annotations
@@ -48,18 +47,25 @@ class HealthState:
         listener(self._serving)
 
     async def check(self, call: ServerCall) -> AsapError | None:
-        """Answer one health Check call (the bridge's; gRPC uses grpc's own servicer)."""
-        request = await call.read()
-        if not isinstance(request, health_pb2.HealthCheckRequest):
-            return InvalidArgument("expected one HealthCheckRequest")
-        if request.service not in HEALTH_SERVICES:
-            return NotFound(f"unknown service {request.service[:200]!r}")
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if self._serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        await call.write(health_pb2.HealthCheckResponse(status=status))
+        """Answer one health Check call (on every transport); returns its outcome, never raises.
+
+        A request that does not parse is INVALID_ARGUMENT (MALFORMED_FRAME, from the transport's
+        ``read``), so the call always gets a status and frees its stream.
+        """
+        try:
+            request = await call.read()
+            if not isinstance(request, health_pb2.HealthCheckRequest):
+                return InvalidArgument("expected one HealthCheckRequest")
+            if request.service not in HEALTH_SERVICES:
+                return NotFound(f"unknown service {request.service[:200]!r}")
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self._serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await call.write(health_pb2.HealthCheckResponse(status=status))
+        except AsapError as error:
+            return error
         return None
 
     def set_serving(self, serving: bool) -> None:

@@ -2,19 +2,34 @@
 
 Each RPC is a coroutine over a :class:`ServerCall`, the one interface a transport implements for a
 call: read the next request message, write a response message. Transports never see handlers.
+
+Every buffer here is bounded. SendBatch and Publish take at most ``Limits.max_batch_envelopes``
+envelopes and fail with MessageTooLarge as soon as their accumulated response would exceed
+``Limits.max_message_bytes``. A Stream has at most :data:`STREAM_WINDOW` envelopes in progress and
+:data:`STREAM_OUTBOX` answers queued; an envelope's window slot is freed only once all of its
+answers have been written, so a caller that stops reading stops the server reading its requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from asap.core.context import CallContext
 from asap.core.delivery import Deliverer
-from asap.errors import AsapError, InvalidArgument, from_status
+from asap.errors import (
+    AsapError,
+    InvalidArgument,
+    MessageTooLarge,
+    TooManyEnvelopes,
+    from_status,
+    to_status,
+)
+from asap.protocol.limits import Limits
 from asap.v1 import agent_service_pb2, envelope_pb2, manifest_pb2
 
 
@@ -22,7 +37,10 @@ class ServerCall(Protocol):
     """One call as a transport presents it to the core.
 
     ``read`` returns the next request message, or None once the caller half-closed. ``write`` sends
-    one response message; the core never calls it concurrently for the same call.
+    one response message and returns once the transport has taken it (waiting for the peer's flow
+    control window on a streaming call); it raises :class:`~asap.errors.MessageTooLarge`, with
+    the call still open, for a streamed message over the transport's maximum message size. The
+    core never calls ``write`` concurrently for the same call.
     """
 
     async def read(self) -> Message | None:
@@ -37,7 +55,17 @@ class ServerCall(Protocol):
 M = TypeVar("M", bound=Message)
 
 STREAM_WINDOW = 64
-"""How many envelopes of one Stream call are processed concurrently; reading pauses beyond it."""
+"""Envelopes of one Stream call in progress at once: read, and not yet all answers written.
+
+Reading requests pauses while the window is full, so a caller that sends without reading makes the
+server stop reading after ``STREAM_WINDOW`` envelopes plus those whose answers the transport has
+taken (what its flow-control window buffers)."""
+
+STREAM_OUTBOX = 16
+"""Answers of one Stream call queued for writing; a handler's emit waits beyond it."""
+
+_RESULT_TAG_BYTES = 1
+"""The tag of ``results`` (field 1) in SendBatchResponse and PublishResponse."""
 
 
 async def _read_one(call: ServerCall, kind: type[M]) -> M:
@@ -56,6 +84,62 @@ async def _read_all(call: ServerCall, kind: type[M]) -> AsyncIterator[M]:
         yield message
 
 
+def _result_bytes(result: agent_service_pb2.DeliveryResult) -> int:
+    """What one entry of a ``repeated DeliveryResult results = 1`` field adds to its message."""
+    size = result.ByteSize()
+    return _RESULT_TAG_BYTES + _varint_bytes(size) + size
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+class _Results:
+    """The results of a SendBatch or Publish, refused once their message would be too large."""
+
+    __slots__ = ("_bytes", "_limit", "_method", "response")
+
+    def __init__(
+        self,
+        response: agent_service_pb2.SendBatchResponse | agent_service_pb2.PublishResponse,
+        method: str,
+        max_message_bytes: int,
+    ) -> None:
+        self.response = response
+        self._method = method
+        self._limit = max_message_bytes
+        self._bytes = 0
+
+    def append(self, result: agent_service_pb2.DeliveryResult) -> None:
+        """Add one result; raises MessageTooLarge (no further envelope runs) past the limit."""
+        self._bytes += _result_bytes(result)
+        if self._bytes > self._limit:
+            text = (
+                f"the {self._method} response would exceed {self._limit} bytes; "
+                "send fewer envelopes per call"
+            )
+            raise MessageTooLarge(text)
+        self.response.results.append(result)
+
+
+@dataclass(slots=True, eq=False)
+class _Slot:
+    """One envelope of a Stream call: its window slot and the task delivering it."""
+
+    envelope_id: str
+    task: asyncio.Task[None] | None = None
+    released: bool = False
+    """True once the window slot is free again (its answers written, or the envelope failed)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Outgoing:
+    """An answer of a Stream call; ``response`` None marks the envelope's last one as queued."""
+
+    slot: _Slot
+    response: agent_service_pb2.StreamResponse | None
+
+
 def _raise_for(result: agent_service_pb2.DeliveryResult) -> None:
     """Raise the error a failed delivery recorded, with its REJECTED ack among the details."""
     if result.HasField("error"):
@@ -71,15 +155,21 @@ class AgentServiceCore:
     Args:
         deliverer: Delivers envelopes to the agent.
         endpoints: Returns the endpoints to advertise in the manifest (the server's listeners).
+        limits: ``max_batch_envelopes`` and ``max_message_bytes`` bound SendBatch and Publish.
     """
 
     def __init__(
         self,
         deliverer: Deliverer,
         endpoints: Callable[[], Sequence[manifest_pb2.Endpoint]] = tuple,
+        *,
+        limits: Limits | None = None,
     ) -> None:
         self._deliverer = deliverer
         self._endpoints = endpoints
+        limits = limits or Limits()
+        self._max_envelopes = limits.max_batch_envelopes
+        self._max_bytes = limits.max_message_bytes
         self.rpcs: dict[str, Callable[[CallContext, ServerCall], Awaitable[None]]] = {
             "Send": self.send,
             "SendBatch": self.send_batch,
@@ -105,13 +195,22 @@ class AgentServiceCore:
         await call.write(response)
 
     async def send_batch(self, ctx: CallContext, call: ServerCall) -> None:
-        """SendBatch: admit the whole batch, then deliver each envelope in order."""
+        """SendBatch: admit the whole batch, then deliver each envelope in order.
+
+        A batch over ``max_batch_envelopes`` fails with TooManyEnvelopes before anything runs. Once
+        the results would exceed ``max_message_bytes`` the call fails with MessageTooLarge and no
+        further envelope runs; the outcomes of those that ran are kept by dedupe, so re-sending
+        them returns the same results without running the handlers again.
+        """
         request = await _read_one(call, agent_service_pb2.SendBatchRequest)
+        if len(request.envelopes) > self._max_envelopes:
+            text = f"SendBatch takes at most {self._max_envelopes} envelopes per call"
+            raise TooManyEnvelopes(text)
         await self._deliverer.admit(ctx, request.envelopes)
-        response = agent_service_pb2.SendBatchResponse()
+        results = _Results(agent_service_pb2.SendBatchResponse(), "SendBatch", self._max_bytes)
         for envelope in request.envelopes:
-            response.results.append(await self._deliverer.deliver(ctx, envelope))
-        await call.write(response)
+            results.append(await self._deliverer.deliver(ctx, envelope))
+        await call.write(results.response)
 
     async def subscribe(self, ctx: CallContext, call: ServerCall) -> None:
         """Subscribe: deliver one envelope and stream everything produced for it."""
@@ -125,57 +224,97 @@ class AgentServiceCore:
         _raise_for(await self._deliverer.deliver(ctx, envelope, emit))
 
     async def publish(self, ctx: CallContext, call: ServerCall) -> None:
-        """Publish: deliver each streamed envelope in order; answer with every outcome."""
-        response = agent_service_pb2.PublishResponse()
+        """Publish: deliver each streamed envelope in order; answer with every outcome.
+
+        Reading envelope number ``max_batch_envelopes + 1`` fails the call with TooManyEnvelopes,
+        and results past ``max_message_bytes`` fail it with MessageTooLarge; in both cases nothing
+        after that point runs, and the outcomes of the envelopes that ran are kept by dedupe (a
+        caller re-publishes them in smaller calls and gets the same results, handlers not re-run).
+        """
+        results = _Results(agent_service_pb2.PublishResponse(), "Publish", self._max_bytes)
+        count = 0
         async for request in _read_all(call, agent_service_pb2.PublishRequest):
+            count += 1
+            if count > self._max_envelopes:
+                text = f"Publish takes at most {self._max_envelopes} envelopes per call"
+                raise TooManyEnvelopes(text)
             try:
                 await self._deliverer.admit(ctx, (request.envelope,))
             except AsapError as refusal:
-                response.results.append(self._deliverer.refused(request.envelope, refusal))
+                results.append(self._deliverer.refused(request.envelope, refusal))
                 continue
-            response.results.append(await self._deliverer.deliver(ctx, request.envelope))
-        await call.write(response)
+            results.append(await self._deliverer.deliver(ctx, request.envelope))
+        await call.write(results.response)
 
     async def stream(self, ctx: CallContext, call: ServerCall) -> None:
-        """Stream: deliver envelopes concurrently; push acks, updates and answers as they happen."""
-        outbox: asyncio.Queue[agent_service_pb2.StreamResponse | None] = asyncio.Queue()
+        """Stream: deliver envelopes concurrently; push acks, updates and answers as they happen.
+
+        One task writes, in order, the answers the envelopes' tasks queue. An answer over the
+        maximum message size fails only its envelope: an EnvelopeError (MESSAGE_TOO_LARGE) is
+        written instead, the envelope's handler is cancelled and its later answers (and ack) are
+        dropped; the Stream goes on.
+        """
+        outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue(STREAM_OUTBOX)
         window = asyncio.Semaphore(STREAM_WINDOW)
 
-        async def push(item: envelope_pb2.Envelope) -> None:
-            await outbox.put(agent_service_pb2.StreamResponse(envelope=item))
+        async def process(envelope: envelope_pb2.Envelope, slot: _Slot) -> None:
+            async def push(item: envelope_pb2.Envelope) -> None:
+                await outbox.put(_Outgoing(slot, agent_service_pb2.StreamResponse(envelope=item)))
 
-        async def process(envelope: envelope_pb2.Envelope) -> None:
             try:
-                try:
-                    await self._deliverer.admit(ctx, (envelope,))
-                except AsapError as refusal:
-                    result = self._deliverer.refused(envelope, refusal)
-                else:
-                    result = await self._deliverer.deliver(ctx, envelope, push, ack_received=True)
-                if result.HasField("error"):
-                    error = agent_service_pb2.EnvelopeError(
-                        envelope_id=envelope.id, status=result.error
-                    )
-                    await outbox.put(agent_service_pb2.StreamResponse(error=error))
-                if result.HasField("ack"):
-                    await push(self._deliverer.ack_envelope(envelope, result.ack))
-            finally:
-                window.release()
+                await self._deliverer.admit(ctx, (envelope,))
+            except AsapError as refusal:
+                result = self._deliverer.refused(envelope, refusal)
+            else:
+                result = await self._deliverer.deliver(ctx, envelope, push, ack_received=True)
+            if result.HasField("error"):
+                error = agent_service_pb2.EnvelopeError(
+                    envelope_id=envelope.id, status=result.error
+                )
+                await outbox.put(_Outgoing(slot, agent_service_pb2.StreamResponse(error=error)))
+            if result.HasField("ack"):
+                await push(self._deliverer.ack_envelope(envelope, result.ack))
+            await outbox.put(_Outgoing(slot, None))
 
         async def read_requests(group: asyncio.TaskGroup) -> None:
-            async for request in _read_all(call, agent_service_pb2.StreamRequest):
+            while True:
                 await window.acquire()
-                group.create_task(process(request.envelope))
+                request = await call.read()
+                if request is None:
+                    return
+                if not isinstance(request, agent_service_pb2.StreamRequest):
+                    text = f"expected {agent_service_pb2.StreamRequest.DESCRIPTOR.name}"
+                    raise InvalidArgument(text)
+                slot = _Slot(request.envelope.id)
+                slot.task = group.create_task(process(request.envelope, slot))
 
         async def pump() -> None:
             async with asyncio.TaskGroup() as group:
                 await read_requests(group)
             await outbox.put(None)
 
+        def release(slot: _Slot) -> None:
+            if not slot.released:
+                slot.released = True
+                window.release()
+
         async with asyncio.TaskGroup() as outer:
             outer.create_task(pump())
             while (item := await outbox.get()) is not None:
-                await call.write(item)
+                slot = item.slot
+                if item.response is None:
+                    release(slot)
+                elif not slot.released:
+                    try:
+                        await call.write(item.response)
+                    except MessageTooLarge as exc:
+                        release(slot)
+                        if slot.task is not None:
+                            slot.task.cancel()
+                        error = agent_service_pb2.EnvelopeError(
+                            envelope_id=slot.envelope_id, status=to_status(exc)
+                        )
+                        await call.write(agent_service_pb2.StreamResponse(error=error))
 
     async def get_manifest(self, ctx: CallContext, call: ServerCall) -> None:
         """GetManifest: the agent's manifest with the server's endpoints."""

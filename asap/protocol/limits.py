@@ -80,6 +80,11 @@ class Limits:
     has consumed them (the initial window it announces in Settings; bridge.proto "Flow control").
     A slow reader holds a writer to about this much plus one message per stream."""
 
+    max_batch_envelopes: int = 1000
+    """Envelopes one SendBatch or Publish call may carry; past it the call fails with
+    RESOURCE_EXHAUSTED (reason ``TOO_MANY_ENVELOPES``): a SendBatch before any envelope is
+    delivered, a Publish when the envelope after the cap arrives (nothing after the cap runs)."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_message_bytes",
@@ -89,6 +94,7 @@ class Limits:
             "rate_limit_burst",
             "rate_limit_max_principals",
             "stream_window_bytes",
+            "max_batch_envelopes",
         ):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
         for name in ("handshake_timeout", "heartbeat_interval", "heartbeat_timeout"):

@@ -24,7 +24,13 @@ Skills (all take their arguments in ``TaskRequest.input``):
 ``count``
     Counts its invocations per envelope id; optionally waits for ``gate`` to be released first.
 ``blob``
-    Returns a result with a string of ``size`` characters.
+    Returns a result with a string of ``size`` characters; counts its invocations (``runs["blob"]``,
+    event ``blob:<n>`` once the n-th has started).
+``spin``
+    Yields ``count`` TaskUpdates (each with a message of ``pad`` characters) without ever awaiting,
+    then a TaskResponse; records the steps reached (``runs["spin:<key>"]``) and, in its ``finally``,
+    whether it was closed in the task that ran it (:attr:`Probe.closed_in_call_task`), then sets
+    ``closed:<key>``.
 
 Non-task payloads: McpToolCall is answered by an ``agent.on`` handler with an McpToolResult.
 """
@@ -85,6 +91,7 @@ SKILLS = (
     "park",
     "count",
     "blob",
+    "spin",
 )
 """The skills the conformance agent registers, in registration order."""
 
@@ -197,7 +204,10 @@ class Probe:
     """
 
     runs: Counter[str] = field(default_factory=Counter)
-    """Invocations of the ``count``, ``park`` and ``raise`` skills, by key."""
+    """Invocations of the ``count``, ``park``, ``raise`` and ``blob`` skills, by key; the steps
+    ``spin`` reached."""
+    closed_in_call_task: dict[str, bool] = field(default_factory=dict)
+    """For each ``spin`` key: whether its generator's ``finally`` ran in the task that started it."""
     _events: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def event(self, name: str) -> asyncio.Event:
@@ -352,7 +362,28 @@ def make_agent(probe: Probe) -> Agent:
 
     @agent.skill("blob", description="Returns input.size characters.")
     async def blob(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        probe.runs["blob"] += 1
+        probe.event(f"blob:{probe.runs['blob']}").set()
         return completed("t-blob", {"blob": "x" * number_input(request, "size")})
+
+    @agent.skill("spin", description="Streams input.count updates without ever awaiting.")
+    async def spin(
+        request: Incoming[payload_pb2.TaskRequest],
+    ) -> AsyncIterator[payload_pb2.TaskUpdate | payload_pb2.TaskResponse]:
+        key = text_input(request, "key")
+        count = number_input(request, "count", 1)
+        pad = "x" * number_input(request, "pad")
+        started_in = asyncio.current_task()
+        try:
+            for step in range(1, count + 1):
+                probe.runs[f"spin:{key}"] = step
+                yield payload_pb2.TaskUpdate(
+                    task_id="t-spin", status=task_pb2.TASK_STATUS_WORKING, message=pad
+                )
+            yield completed("t-spin", {"steps": count})
+        finally:
+            probe.closed_in_call_task[key] = asyncio.current_task() is started_in
+            probe.event(f"closed:{key}").set()
 
     @agent.on(payload_pb2.McpToolCall)
     async def tool(request: Incoming[payload_pb2.McpToolCall]) -> payload_pb2.McpToolResult:

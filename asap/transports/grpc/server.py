@@ -9,8 +9,11 @@ the call with its code, message and ``grpc-status-details-bin`` (:mod:`.status`)
 middleware, validation and the error boundary all live in the core, so the WebSocket bridge runs
 exactly the same code; the generated ``add_AgentServiceServicer_to_server`` is deliberately unused.
 
-Next to AgentService the server runs gRPC's standard health service (``grpc.health.v1.Health``,
-following the server's :class:`~asap.core.health.HealthState`) and server reflection.
+Next to AgentService the server runs gRPC's standard health service (``grpc.health.v1.Health``:
+Check answered by :meth:`HealthState.check <asap.core.health.HealthState.check>`, as on the
+bridge; Watch by grpcio-health-checking's servicer, following the same state) and server
+reflection. Every method decodes its own request bytes, so bad bytes are INVALID_ARGUMENT
+(MALFORMED_FRAME) everywhere, never grpc's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import NoReturn, cast
 import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import _async as health_aio  # = grpc_health.v1.health.aio, which has no stubs
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from asap.core.context import CallContext
@@ -30,8 +33,16 @@ from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
 from asap.core.tasks import TaskOwner
-from asap.errors import AsapError, Internal, InvalidState, MalformedFrame, UnknownMethod
-from asap.protocol.limits import Limits
+from asap.errors import (
+    AsapError,
+    Cancelled,
+    Internal,
+    InvalidState,
+    MalformedFrame,
+    MessageTooLarge,
+    UnknownMethod,
+)
+from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from asap.tls import ServerTLS
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.grpc.status import to_grpc_status
@@ -143,21 +154,42 @@ class _UnaryCall:
         self.response = message
 
 
+async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -> None:
+    """Write one streamed response, refusing one over ``max_bytes`` with the call still open.
+
+    grpc core would fail the whole call (and ``write`` with an error of its own) for it; the core
+    answers MessageTooLarge per item instead, as on the bridge.
+    """
+    size = message.ByteSize()
+    if size > max_bytes:
+        text = f"message larger than max ({size} vs. {max_bytes})"
+        raise MessageTooLarge(text)
+    try:
+        await context.write(message)
+    except grpc.aio.BaseError:
+        # grpc core refuses the write of a call that has ended (the caller cancelled it, its deadline
+        # passed, the server is stopping) before grpc.aio cancels the handler: no bug, the call is
+        # over. Its status no longer reaches anyone.
+        text = "the call ended while a response was being written"
+        raise Cancelled(text) from None
+
+
 class _ServerStreamCall:
     """ServerCall of a unary-request, streaming-response call."""
 
-    __slots__ = ("context", "request")
+    __slots__ = ("context", "max_bytes", "request")
 
-    def __init__(self, request: Message, context: Servicer) -> None:
+    def __init__(self, request: Message, context: Servicer, max_bytes: int) -> None:
         self.request: Message | None = request
         self.context = context
+        self.max_bytes = max_bytes
 
     async def read(self) -> Message | None:
         request, self.request = self.request, None
         return _checked(request)
 
     async def write(self, message: Message) -> None:
-        await self.context.write(message)
+        await _write_streamed(self.context, message, self.max_bytes)
 
 
 class _ClientStreamCall:
@@ -179,21 +211,28 @@ class _ClientStreamCall:
 class _BidiCall:
     """ServerCall of a call that streams both ways."""
 
-    __slots__ = ("context",)
+    __slots__ = ("context", "max_bytes")
 
-    def __init__(self, context: Servicer) -> None:
+    def __init__(self, context: Servicer, max_bytes: int) -> None:
         self.context = context
+        self.max_bytes = max_bytes
 
     async def read(self) -> Message | None:
         return _checked(await self.context.read())
 
     async def write(self, message: Message) -> None:
-        await self.context.write(message)
+        await _write_streamed(self.context, message, self.max_bytes)
 
 
 async def _fail(context: Servicer, error: AsapError, ctx: CallContext) -> NoReturn:
     """End the call with ``error`` and the handler's trailing metadata."""
     code, message, trailing = to_grpc_status(error, ctx.trailing_metadata)
+    await context.abort(code, message, trailing)
+
+
+async def _abort(context: Servicer, error: AsapError) -> NoReturn:
+    """End a call that has no CallContext (health) with ``error``."""
+    code, message, trailing = to_grpc_status(error, ())
     await context.abort(code, message, trailing)
 
 
@@ -210,7 +249,7 @@ def _context(spec: MethodSpec, context: Servicer) -> CallContext:
     )
 
 
-def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
+def _behaviour(dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int) -> Behaviour:
     """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing."""
     handle = dispatcher.handle
     missing = Internal("the method produced no response")
@@ -246,9 +285,9 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
     async def streaming(request: Message, context: Servicer) -> None:
         ctx = _context(spec, context)
         if spec.arity is Arity.UNARY_STREAM:
-            error = await handle(ctx, _ServerStreamCall(request, context))
+            error = await handle(ctx, _ServerStreamCall(request, context, max_bytes))
         else:
-            error = await handle(ctx, _BidiCall(context))
+            error = await handle(ctx, _BidiCall(context, max_bytes))
         if error is None:
             if trailing := ctx.trailing_metadata:
                 context.set_trailing_metadata(trailing)
@@ -258,8 +297,13 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec) -> Behaviour:
     return streaming
 
 
-def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
-    """One grpc method handler per AgentService method, by method name."""
+def method_handlers(
+    dispatcher: Dispatcher, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
+    """One grpc method handler per AgentService method, by method name.
+
+    Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``.
+    """
     factories = {
         Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
         Arity.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
@@ -268,7 +312,7 @@ def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[M
     }
     return {
         spec.name: factories[spec.arity](
-            _behaviour(dispatcher, spec),
+            _behaviour(dispatcher, spec, max_message_bytes),
             # The handler's reads accept the _Undecodable marker too (see _checked).
             request_deserializer=cast(
                 "Callable[[bytes], Message]", _deserializer(spec.request_type)
@@ -276,6 +320,53 @@ def method_handlers(dispatcher: Dispatcher) -> dict[str, grpc.RpcMethodHandler[M
             response_serializer=spec.response_type.SerializeToString,
         )
         for spec in METHODS.values()
+    }
+
+
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+"""``grpc.health.v1.Health``."""
+
+HealthServicer = grpc.aio.ServicerContext[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]
+
+
+def health_handlers(
+    health: HealthState, servicer: health_aio.HealthServicer
+) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
+    """The methods of ``grpc.health.v1.Health``: Check from ``health``, Watch from ``servicer``.
+
+    Each decodes its request itself: grpc would answer bytes that do not parse with UNKNOWN.
+    """
+    undecodable_health: Callable[[bytes], Message] = cast(
+        "Callable[[bytes], Message]", _deserializer(health_pb2.HealthCheckRequest)
+    )
+
+    async def check(request: Message, context: Servicer) -> Message:
+        call = _UnaryCall(request)
+        error = await health.check(call)
+        if error is None and call.response is not None:
+            return call.response
+        return await _abort(context, error or Internal())
+
+    async def watch(request: object, context: Servicer) -> None:
+        if isinstance(request, _Undecodable):
+            await _abort(context, request.error())
+        if not isinstance(request, health_pb2.HealthCheckRequest):
+            await _abort(context, Internal())
+        await servicer.Watch(request, cast("HealthServicer", context))
+
+    return {
+        "Check": grpc.unary_unary_rpc_method_handler(
+            check,
+            request_deserializer=undecodable_health,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
+        "Watch": grpc.unary_stream_rpc_method_handler(
+            watch,
+            request_deserializer=undecodable_health,
+            response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+        ),
     }
 
 
@@ -342,21 +433,20 @@ class GrpcServerTransport(ServerTransport):
             message = "the gRPC transport was already started"
             raise InvalidState(message)
         server = grpc.aio.server(options=server_options(self._limits))
-        handlers = method_handlers(self._dispatcher)
+        handlers = method_handlers(self._dispatcher, self._limits.max_message_bytes)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
         # The same handlers as registered methods: grpc core then matches the path itself, the
         # fast path generated servicers take.
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        health = health_handlers(self._health, self._health_servicer)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(HEALTH_SERVICE_NAME, health),)
+        )
+        server.add_registered_method_handlers(HEALTH_SERVICE_NAME, health)
         reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         # Last, so it only sees paths that nothing above serves.
         server.add_generic_rpc_handlers((_UnknownMethods(),))

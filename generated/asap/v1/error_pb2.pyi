@@ -102,6 +102,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The peer sent a call message on the WebSocket bridge beyond the stream's flow-control credit
     (bridge.proto "Flow control"); the stream fails, the connection goes on.
     """
+    ERROR_REASON_TOO_MANY_ENVELOPES: _ErrorReason.ValueType  # 404
+    """A SendBatch or Publish carried more envelopes than the server takes in one call."""
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 500
     """The server is shutting down and accepts no new calls."""
     ERROR_REASON_CONNECTION_LOST: _ErrorReason.ValueType  # 501
@@ -192,6 +194,8 @@ ERROR_REASON_FLOW_CONTROL_VIOLATION: ErrorReason.ValueType  # 403
 """The peer sent a call message on the WebSocket bridge beyond the stream's flow-control credit
 (bridge.proto "Flow control"); the stream fails, the connection goes on.
 """
+ERROR_REASON_TOO_MANY_ENVELOPES: ErrorReason.ValueType  # 404
+"""A SendBatch or Publish carried more envelopes than the server takes in one call."""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 500
 """The server is shutting down and accepts no new calls."""
 ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
