@@ -48,14 +48,27 @@ def _check_live(ctx: CallContext) -> None:
         raise DeadlineExceeded
 
 
-class _GuardedCall:
-    """The ServerCall an RPC with streamed responses sees: every write checks the call is live."""
+YIELD_INTERVAL = 0.001
+"""Seconds of handler time between the loop turns a streaming write gives (see _GuardedCall)."""
 
-    __slots__ = ("_call", "_ctx")
+
+class _GuardedCall:
+    """The ServerCall an RPC with streamed responses sees: every write checks the call is live.
+
+    A transport's write need not suspend (the bridge's returns at once while the caller's credit
+    lasts), so a handler that never awaits would otherwise hold the loop: no deadline timer, Cancel
+    frame or transport cancellation could reach it. A write therefore gives the loop one turn once
+    :data:`YIELD_INTERVAL` has passed since the last one, which bounds how long such a handler runs
+    past a Cancel or its deadline without paying a loop turn for every message.
+    """
+
+    __slots__ = ("_call", "_ctx", "_loop", "_yielded_at")
 
     def __init__(self, ctx: CallContext, call: ServerCall) -> None:
         self._ctx = ctx
         self._call = call
+        self._loop = asyncio.get_running_loop()
+        self._yielded_at = self._loop.time()
 
     async def read(self) -> Message | None:
         return await self._call.read()
@@ -63,9 +76,10 @@ class _GuardedCall:
     async def write(self, message: Message) -> None:
         _check_live(self._ctx)
         await self._call.write(message)
-        # A transport's write need not suspend (the bridge's returns at once while its buffer has
-        # room): this one turn lets the deadline timer, a Cancel or the transport's cancellation in.
-        await asyncio.sleep(0)
+        now = self._loop.time()
+        if now - self._yielded_at >= YIELD_INTERVAL:
+            self._yielded_at = now
+            await asyncio.sleep(0)
 
 
 class Dispatcher:

@@ -61,8 +61,10 @@ Reading requests pauses while the window is full, so a caller that sends without
 server stop reading after ``STREAM_WINDOW`` envelopes plus those whose answers the transport has
 taken (what its flow-control window buffers)."""
 
-STREAM_OUTBOX = 16
-"""Answers of one Stream call queued for writing; a handler's emit waits beyond it."""
+STREAM_OUTBOX = 2 * STREAM_WINDOW
+"""Answers of one Stream call queued for writing; a handler's emit waits beyond it. Twice the
+window, so envelopes that give one or two answers each (the usual case) never wait to queue them;
+a handler streaming many updates still waits once this many are queued."""
 
 _RESULT_TAG_BYTES = 1
 """The tag of ``results`` (field 1) in SendBatchResponse and PublishResponse."""
@@ -130,14 +132,18 @@ class _Slot:
     task: asyncio.Task[None] | None = None
     released: bool = False
     """True once the window slot is free again (its answers written, or the envelope failed)."""
+    queued: int = 0
+    """Answers queued and not yet written."""
+    finished: bool = False
+    """True once the envelope's delivery has queued its last answer."""
 
 
 @dataclass(slots=True, eq=False)
 class _Outgoing:
-    """An answer of a Stream call; ``response`` None marks the envelope's last one as queued."""
+    """An answer of a Stream call, with the envelope it belongs to."""
 
     slot: _Slot
-    response: agent_service_pb2.StreamResponse | None
+    response: agent_service_pb2.StreamResponse
 
 
 def _raise_for(result: agent_service_pb2.DeliveryResult) -> None:
@@ -257,24 +263,37 @@ class AgentServiceCore:
         outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue(STREAM_OUTBOX)
         window = asyncio.Semaphore(STREAM_WINDOW)
 
+        def release(slot: _Slot) -> None:
+            if not slot.released:
+                slot.released = True
+                window.release()
+
+        async def queue(slot: _Slot, response: agent_service_pb2.StreamResponse) -> None:
+            slot.queued += 1
+            await outbox.put(_Outgoing(slot, response))
+
         async def process(envelope: envelope_pb2.Envelope, slot: _Slot) -> None:
             async def push(item: envelope_pb2.Envelope) -> None:
-                await outbox.put(_Outgoing(slot, agent_service_pb2.StreamResponse(envelope=item)))
+                await queue(slot, agent_service_pb2.StreamResponse(envelope=item))
 
             try:
-                await self._deliverer.admit(ctx, (envelope,))
-            except AsapError as refusal:
-                result = self._deliverer.refused(envelope, refusal)
-            else:
-                result = await self._deliverer.deliver(ctx, envelope, push, ack_received=True)
-            if result.HasField("error"):
-                error = agent_service_pb2.EnvelopeError(
-                    envelope_id=envelope.id, status=result.error
-                )
-                await outbox.put(_Outgoing(slot, agent_service_pb2.StreamResponse(error=error)))
-            if result.HasField("ack"):
-                await push(self._deliverer.ack_envelope(envelope, result.ack))
-            await outbox.put(_Outgoing(slot, None))
+                try:
+                    await self._deliverer.admit(ctx, (envelope,))
+                except AsapError as refusal:
+                    result = self._deliverer.refused(envelope, refusal)
+                else:
+                    result = await self._deliverer.deliver(ctx, envelope, push, ack_received=True)
+                if result.HasField("error"):
+                    error = agent_service_pb2.EnvelopeError(
+                        envelope_id=envelope.id, status=result.error
+                    )
+                    await queue(slot, agent_service_pb2.StreamResponse(error=error))
+                if result.HasField("ack"):
+                    await push(self._deliverer.ack_envelope(envelope, result.ack))
+            finally:
+                slot.finished = True
+                if not slot.queued:  # everything it queued is written: free its slot now
+                    release(slot)
 
         async def read_requests(group: asyncio.TaskGroup) -> None:
             while True:
@@ -293,18 +312,12 @@ class AgentServiceCore:
                 await read_requests(group)
             await outbox.put(None)
 
-        def release(slot: _Slot) -> None:
-            if not slot.released:
-                slot.released = True
-                window.release()
-
         async with asyncio.TaskGroup() as outer:
             outer.create_task(pump())
             while (item := await outbox.get()) is not None:
                 slot = item.slot
-                if item.response is None:
-                    release(slot)
-                elif not slot.released:
+                slot.queued -= 1
+                if not slot.released:
                     try:
                         await call.write(item.response)
                     except MessageTooLarge as exc:
@@ -315,6 +328,8 @@ class AgentServiceCore:
                             envelope_id=slot.envelope_id, status=to_status(exc)
                         )
                         await call.write(agent_service_pb2.StreamResponse(error=error))
+                if slot.finished and not slot.queued:
+                    release(slot)
 
     async def get_manifest(self, ctx: CallContext, call: ServerCall) -> None:
         """GetManifest: the agent's manifest with the server's endpoints."""

@@ -469,10 +469,12 @@ class ServerSession(Session):
         data = self.codec.encode_message(
             stream_id, message, max_message_bytes=self.limits.max_message_bytes
         )
-        if not stream.next_state(StreamEvent.SERVER_MESSAGE):
-            stream.handle(StreamEvent.SERVER_MESSAGE)  # raises InvalidState
-        self._charge(stream, data)
+        credit = stream.credit
+        if credit is not None and credit.send <= 0:
+            self._charge(stream, data)  # raises InvalidState: wait for can_send()
         stream.handle(StreamEvent.SERVER_MESSAGE)
+        if credit is not None:
+            credit.sent(wire_size(data))
         self.outgoing.append(data)
         return True
 

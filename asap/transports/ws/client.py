@@ -293,36 +293,35 @@ class WebSocketChannel(Channel):
         conn = self._current
         call: ClientCall | None = None
         try:
-            async with asyncio.timeout_at(deadline) as scope:
-                if conn is None or not conn.accepting:
-                    conn = await self._connection()
-                await conn.acquire_stream()
-                if not conn.accepting:
-                    conn = await self._connection()
-                call = conn.start_call(
-                    method, options.metadata, remaining(deadline, loop), request, half_close=True
-                )
-                frame = await call.next()
-                if frame is None:
-                    message = "the server ended the call without a response"
-                    raise Internal(message)
-                try:
-                    response = conn.client_session().codec.unpack_message(
-                        frame, method.response_type
-                    )
-                    if await call.next() is not None:
-                        message = "more than one response to a unary call"
-                        raise MalformedFrame(message)
-                except MalformedFrame as exc:
-                    _log.warning("%s: bad response to %s: %s", self.url, method.path, exc)
-                    conn.abandon(call, exc.message)
-                    raise
-                return Reply(response, call.trailers)
-        except TimeoutError:
-            if not scope.expired():
+            if conn is None or not conn.accepting or conn.streams_full:
+                # The slow path (connecting, or waiting for a stream) is the only one that needs
+                # its own timer; a call on a ready connection uses the connection's (see below).
+                async with asyncio.timeout_at(deadline):
+                    if conn is None or not conn.accepting:
+                        conn = await self._connection()
+                    await conn.acquire_stream()
+                    if not conn.accepting:
+                        conn = await self._connection()
+            call = conn.start_call(
+                method, options.metadata, remaining(deadline, loop), request, half_close=True
+            )
+            if deadline is not None:
+                conn.watch_deadline(call, deadline)
+            frame = await call.next()
+            if frame is None:
+                message = "the server ended the call without a response"
+                raise Internal(message)
+            try:
+                response = conn.client_session().codec.unpack_message(frame, method.response_type)
+                if await call.next() is not None:
+                    message = "more than one response to a unary call"
+                    raise MalformedFrame(message)
+            except MalformedFrame as exc:
+                _log.warning("%s: bad response to %s: %s", self.url, method.path, exc)
+                conn.abandon(call, exc.message)
                 raise
-            if call is not None and conn is not None:
-                conn.abandon(call, "deadline exceeded")
+            return Reply(response, call.trailers)
+        except TimeoutError:
             raise DeadlineExceeded from None
         except asyncio.CancelledError:
             if call is not None and conn is not None:

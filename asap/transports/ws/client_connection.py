@@ -26,8 +26,9 @@ from websockets.http11 import Request, Response
 
 from asap._typing import Metadata
 from asap.core.method import MethodSpec
-from asap.errors import AsapError, ConnectionLost, from_status
+from asap.errors import AsapError, ConnectionLost, DeadlineExceeded, from_status
 from asap.protocol.client_session import ClientSession
+from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.events import (
     CallEnded,
     CreditAvailable,
@@ -177,6 +178,9 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         self._paused_by: ClientCall | None = None
         self.on_lost: Callable[[ClientBridgeConnection], None] | None = None
         """Called once when the connection has ended (the channel forgets it)."""
+        self.deadlines: DeadlineQueue[ClientCall] = DeadlineQueue()
+        """Deadlines of the unary calls waiting for their answer: one timer for all of them."""
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- handshake and lifecycle ------------------------------------------------------
 
@@ -220,6 +224,8 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call.fail(ConnectionLost("the connection closed", close_code=code))
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         self._wake_slots()
         if self.on_lost is not None:
             self.on_lost(self)
@@ -328,8 +334,36 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
                 if waiter in self._slot_waiters:
                     self._slot_waiters.remove(waiter)
 
+    @property
+    def streams_full(self) -> bool:
+        """Whether a new call would have to wait for a stream (see :meth:`acquire_stream`)."""
+        session = self.session
+        return session is None or len(session.streams) >= session.peer_max_streams
+
+    def watch_deadline(self, call: ClientCall, deadline: float) -> None:
+        """Fail ``call`` with DeadlineExceeded (and Cancel it) at ``deadline`` unless it ends first."""
+        if self.deadlines.add(call, deadline):
+            self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadline = self.deadlines.next_deadline()
+        if deadline is not None and not self.closed:
+            self._deadline_timer = self.loop.call_at(deadline, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        for call in self.deadlines.expired(self.loop.time()):
+            if not call.over:
+                self.abandon(call, "deadline exceeded")
+                call.fail(DeadlineExceeded())
+        self._arm_deadlines()
+
     def call_ended(self, call: ClientCall) -> None:
         """A call ended: its stream is free for the next waiting call."""
+        self.deadlines.discard(call)
         self._resume(call)
         if self._slot_waiters:
             self._wake_slots(1)

@@ -39,6 +39,7 @@ class BridgeServerCall:
     __slots__ = (
         "conn",
         "credit_waiter",
+        "deadline_hit",
         "half_closed",
         "inbox",
         "reader",
@@ -59,6 +60,8 @@ class BridgeServerCall:
         self.response: Message | None = None
         """A unary response, kept until the handler succeeds (gRPC sends it with OK only)."""
         self.task: asyncio.Task[None] | None = None
+        self.deadline_hit = False
+        """Set when the connection's deadline timer cancelled the call (DEADLINE_EXCEEDED)."""
 
     def feed(self, frame: bridge_pb2.MessageFrame, size: int) -> None:
         """Queue a request message (connection side)."""

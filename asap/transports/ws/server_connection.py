@@ -29,6 +29,7 @@ from asap.core.middleware import AUTHORIZATION
 from asap.core.tasks import TaskOwner
 from asap.errors import (
     AsapError,
+    DeadlineExceeded,
     Internal,
     MessageTooLarge,
     RateLimited,
@@ -36,6 +37,7 @@ from asap.errors import (
     UnknownMethod,
     to_status,
 )
+from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.events import (
     CallCancelled,
     CallStarted,
@@ -98,6 +100,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._running = 0
         self._paused_by: BridgeServerCall | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.deadlines: DeadlineQueue[BridgeServerCall] = DeadlineQueue()
+        """Deadlines of the calls running on this connection: one timer for all of them."""
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -153,6 +158,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         for call in list(self.calls.values()):
             if call.task is not None:
                 call.task.cancel()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         self.listener.connection_lost(self)
 
     async def finish(self) -> None:
@@ -261,22 +268,50 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             peer=self.peer,
             transport=TRANSPORT,
             timeout=event.timeout,
+            deadline_enforced_by_transport=True,  # one timer per connection: _arm_deadlines
         )
         call = BridgeServerCall(self, stream_id, spec)
         self.calls[stream_id] = call
         self._running += 1
         self.idle.clear()
         call.task = self.tasks.spawn(self._run_call(ctx, call), name="asap.ws.server.call")
+        if ctx.deadline is not None and self.deadlines.add(call, ctx.deadline):
+            self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        """Point the connection's one deadline timer at the earliest deadline of its calls."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadline = self.deadlines.next_deadline()
+        if deadline is not None and not self.closed:
+            self._deadline_timer = self.loop.call_at(deadline, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        for call in self.deadlines.expired(self.loop.time()):
+            call.deadline_hit = True
+            if call.task is not None:
+                call.task.cancel()
+        self._arm_deadlines()
 
     async def _run_call(self, ctx: CallContext, call: BridgeServerCall) -> None:
         try:
             try:
-                if call.spec is HEALTH_CHECK:
-                    error = await self._health_check(call)
-                else:
-                    error = await self.listener.dispatcher.handle(ctx, call)
+                try:
+                    if call.spec is HEALTH_CHECK:
+                        error = await self._health_check(call)
+                    else:
+                        error = await self.listener.dispatcher.handle(ctx, call)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if not call.deadline_hit or task is None:
+                        raise
+                    task.uncancel()  # our own deadline timer cancelled it: answer, do not die
+                    error = DeadlineExceeded()
             finally:
                 self.calls.pop(call.stream_id, None)
+                self.deadlines.discard(call)
                 self._resume_reading(call)
             await self._finish(ctx, call, error)
         finally:
