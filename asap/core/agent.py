@@ -8,9 +8,10 @@ Example::
     async def echo(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
         return payload_pb2.TaskResponse(status=task_pb2.TASK_STATUS_COMPLETED, result=request.payload.input)
 
-A handler is either a coroutine function returning one reply, or an async generator yielding
-several (for example TaskUpdates, then a TaskResponse). Either kind serves every RPC: ``Send``
-answers with the last item a generator yields; ``Subscribe`` and ``Stream`` deliver every item.
+A handler is a coroutine function returning one reply, a plain function returning one reply
+(it must not block; it runs without a task or a loop turn, the fastest path for a unary call), or
+an async generator yielding several (for example TaskUpdates, then a TaskResponse). Every kind
+serves every RPC: ``Send`` answers with the last item a generator yields; ``Subscribe`` and ``Stream`` deliver every item.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ class Incoming(Generic[P]):
 
 
 UnaryHandler: TypeAlias = Callable[[Incoming[P]], Awaitable[Reply | None]]
+SyncHandler: TypeAlias = Callable[[Incoming[P]], Reply | None]
 StreamingHandler: TypeAlias = Callable[[Incoming[P]], AsyncIterator[Reply]]
-Handler: TypeAlias = UnaryHandler[P] | StreamingHandler[P]
+Handler: TypeAlias = UnaryHandler[P] | SyncHandler[P] | StreamingHandler[P]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class Route:
 
     handler: Handler[Payload]
     streaming: bool
+    synchronous: bool = False
+    """A plain function: it never suspends, so a unary call may run to the end without a task."""
 
 
 class Agent:
@@ -176,8 +180,9 @@ _TASK_REQUEST = payload_pb2.TaskRequest.DESCRIPTOR.full_name
 
 def _route(handler: Handler[P]) -> Route:
     streaming = inspect.isasyncgenfunction(handler)
-    if not streaming and not inspect.iscoroutinefunction(handler):
-        message = "a handler must be an async function or an async generator function"
+    synchronous = not streaming and not inspect.iscoroutinefunction(handler)
+    if synchronous and (inspect.isgeneratorfunction(handler) or not callable(handler)):
+        message = "a handler must be a function, an async function or an async generator function"
         raise TypeError(message)
     # A handler for P is stored as a handler for any payload: route_for only hands it P instances.
-    return Route(handler=handler, streaming=streaming)  # type: ignore[arg-type]
+    return Route(handler=handler, streaming=streaming, synchronous=synchronous)  # type: ignore[arg-type]

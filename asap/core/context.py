@@ -35,6 +35,7 @@ class CallContext:
         "_trailing",
         "deadline",
         "deadline_enforced_by_transport",
+        "eager",
         "identity",
         "metadata",
         "method",
@@ -64,6 +65,9 @@ class CallContext:
         """True when the transport itself cancels the call at its deadline (gRPC does)."""
         self.identity: Identity | None = None
         """Set by authentication middleware."""
+        self.eager = False
+        """True while the transport runs the call eagerly, outside any task (see
+        :func:`asap.core.tasks.start_eagerly`); the core hands off before code that needs a task."""
         self._trailing: list[tuple[str, MetadataValue]] = []
         self._cancelled = False
 

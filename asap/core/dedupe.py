@@ -61,6 +61,10 @@ class InMemoryDedupeStore:
         clock: Monotonic clock, injectable for tests.
     """
 
+    eager_safe = True
+    """Claims, outcomes and releases never suspend except for a duplicate waiting on its first
+    arrival, so calls may run eagerly through it (see :func:`asap.core.tasks.start_eagerly`)."""
+
     def __init__(
         self,
         *,

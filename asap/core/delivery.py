@@ -18,6 +18,7 @@ from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.dedupe import DedupeStore
 from asap.core.middleware import Middleware
+from asap.core.tasks import leave_eager
 from asap.errors import AsapError, Code, to_status
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
 
@@ -68,6 +69,8 @@ class Deliverer:
     async def admit(self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
         """Run the middleware on a group of envelopes; raises the first refusal."""
         for guard in self._middleware:
+            if ctx.eager and not getattr(guard, "eager_safe", False):
+                await leave_eager(ctx)
             await guard.on_envelopes(ctx, envelopes)
 
     async def deliver(
@@ -89,6 +92,8 @@ class Deliverer:
         except AsapError as error:
             return self.refused(envelope, error)
         key = f"{envelope.sender}\x00{envelope.id}"
+        if ctx.eager and not getattr(self._store, "eager_safe", False):
+            await leave_eager(ctx)  # a shared store does I/O
         stored = await self._store.claim(key)
         if stored is not None:
             result = agent_service_pb2.DeliveryResult.FromString(stored)
@@ -116,6 +121,8 @@ class Deliverer:
             route = self.agent.route_for(payload)
             incoming = Incoming(envelope=envelope, payload=payload, call=ctx)
             answer: envelope_pb2.Envelope | None = None
+            if ctx.eager and not route.synchronous:
+                await leave_eager(ctx)  # user coroutines may need a current task
             if route.streaming:
                 # Closed here, in the call's task, when emit fails or the call is cancelled: left
                 # to GC, the handler's finally would run later, in a task of the loop's choosing.
@@ -126,7 +133,10 @@ class Deliverer:
                         if emit is not None:
                             await emit(answer)
             else:
-                reply = await route.handler(incoming)  # type: ignore[misc]
+                if route.synchronous:
+                    reply = cast("Reply | None", route.handler(incoming))
+                else:
+                    reply = await route.handler(incoming)  # type: ignore[misc]
                 if reply is not None:
                     answer = self._answer(envelope, reply)
                     if emit is not None:

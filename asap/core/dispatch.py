@@ -22,6 +22,7 @@ from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.middleware import Middleware
 from asap.core.service import AgentServiceCore, ServerCall
+from asap.core.tasks import leave_eager
 from asap.errors import (
     AsapError,
     Cancelled,
@@ -166,6 +167,8 @@ class Dispatcher:
             call = _GuardedCall(ctx, call)
         try:
             for guard in self._middleware:
+                if ctx.eager and not getattr(guard, "eager_safe", False):
+                    await leave_eager(ctx)
                 await guard.on_call(ctx)
             await rpc(ctx, call)
             # A handler that never awaited may return past its deadline: that is not OK either.

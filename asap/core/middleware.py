@@ -47,8 +47,11 @@ class BearerAuth:
     :class:`~asap.errors.PermissionDenied` itself for a valid token that may not call this agent.
     """
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: TokenVerifier, *, eager_safe: bool = False) -> None:
         self._verifier = verifier
+        self.eager_safe = eager_safe
+        """Whether the verifier never needs a current task (the built-in static one), so a call
+        may run eagerly through it (see :func:`asap.core.tasks.start_eagerly`)."""
 
     @classmethod
     def static(cls, tokens: Mapping[str, str]) -> BearerAuth:
@@ -59,7 +62,7 @@ class BearerAuth:
             subject = known.get(token)
             return None if subject is None else Identity(subject)
 
-        return cls(verify)
+        return cls(verify, eager_safe=True)
 
     async def on_call(self, ctx: CallContext) -> None:
         """Verify the bearer token."""
@@ -88,6 +91,9 @@ _INVALID = "the bearer token is not valid"
 class SenderBinding:
     """Refuse envelopes whose sender is not the authenticated identity (PERMISSION_DENIED)."""
 
+    eager_safe = True
+    """Never suspends: calls may run eagerly through it."""
+
     async def on_call(self, ctx: CallContext) -> None:
         """Nothing to check per call."""
 
@@ -114,6 +120,9 @@ class RateLimit:
         burst: Bucket size.
         clock: Monotonic clock, injectable for tests.
     """
+
+    eager_safe = True
+    """Never suspends (its buckets are in memory): calls may run eagerly through it."""
 
     def __init__(
         self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
+from typing import Protocol
 
 from asap.errors import InvalidState
 
@@ -25,7 +27,11 @@ class TaskOwner:
         self._closed = False
 
     def spawn(
-        self, coro: Coroutine[object, object, None], *, name: str | None = None
+        self,
+        coro: Coroutine[object, object, None],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
     ) -> asyncio.Task[None]:
         """Start ``coro`` as a task owned by this owner.
 
@@ -36,7 +42,9 @@ class TaskOwner:
             coro.close()
             message = f"{self._name}: cannot start a task after close()"
             raise InvalidState(message)
-        task = asyncio.get_running_loop().create_task(coro, name=name or self._name)
+        task = asyncio.get_running_loop().create_task(
+            coro, name=name or self._name, context=context
+        )
         self._tasks.add(task)
         task.add_done_callback(self._finished)
         return task
@@ -70,3 +78,86 @@ class TaskOwner:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def start_eagerly(
+    owner: TaskOwner, coro: Coroutine[object, object, None], *, name: str
+) -> asyncio.Task[None] | None:
+    """Run ``coro`` at once, in the caller, until it first suspends; then continue it in a task.
+
+    A call whose work never suspends (a plain-function handler behind the built-in guards and the
+    in-memory dedupe store) then completes inside the transport's read callback, with no task, no
+    loop turn and no scheduling; one that suspends carries on in a task owned by ``owner``, from
+    where it stopped, exactly as if it had been a task from the start (Python 3.12's eager task
+    start, which 3.11 lacks). Code that needs a current task (``asyncio.timeout``, TaskGroup) must
+    not run before the first suspension: the core hands such code off first
+    (:func:`leave_eager`). Exceptions escaping ``coro`` are logged, as a task's would be.
+
+    Returns:
+        ``None`` if ``coro`` finished; else the task continuing it.
+    """
+    context = contextvars.copy_context()
+    try:
+        pending = context.run(coro.send, None)
+    except StopIteration:
+        return None
+    except Exception:  # noqa: BLE001 - as TaskOwner logs a failed task
+        _log.exception("%s failed", name)
+        return None
+    return owner.spawn(_Resumed(coro, pending), name=name, context=context)
+
+
+class Eager(Protocol):
+    """Something that knows whether its call runs eagerly (a CallContext)."""
+
+    eager: bool
+
+
+async def leave_eager(call: Eager) -> None:
+    """Suspend once if the call runs eagerly (:func:`start_eagerly`), so what follows runs in a task.
+
+    Called before code that is not known to be eager-safe: an async handler, a guard or store
+    that may need a current task (``asyncio.timeout``, TaskGroup) or do I/O.
+    """
+    if call.eager:
+        call.eager = False
+        await asyncio.sleep(0)
+
+
+class _Resumed(Coroutine[object, object, None]):
+    """A coroutine, started by hand and suspended on ``pending``, handed to a task to finish.
+
+    The task's first ``send`` gets ``pending`` back (the future the coroutine waits on, which
+    the task then waits on); every later ``send`` and every ``throw`` (a wake-up, CancelledError,
+    also one thrown before the first step) goes straight to the coroutine.
+    """
+
+    __slots__ = ("_coro", "_pending", "_started")
+
+    def __init__(self, coro: Coroutine[object, object, None], pending: object) -> None:
+        self._coro = coro
+        self._pending = pending
+        self._started = False
+
+    def send(self, value: object) -> object:
+        if not self._started:
+            self._started = True
+            pending, self._pending = self._pending, None
+            return pending
+        return self._coro.send(value)
+
+    def throw(self, typ: object, val: object = None, tb: object = None) -> object:
+        self._started = True
+        exc = typ if isinstance(typ, BaseException) else val
+        if not isinstance(exc, BaseException):
+            exc = typ() if isinstance(typ, type) and issubclass(typ, BaseException) else None
+        if exc is None:  # pragma: no cover - asyncio throws exception instances
+            message = f"cannot throw {typ!r}"
+            raise TypeError(message)
+        return self._coro.throw(exc)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[object, object, None]:  # pragma: no cover - tasks only
+        return self._coro.__await__()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
+from asap.core.context import CallContext
 from asap.core.method import MethodSpec
 from asap.v1 import bridge_pb2
 
@@ -39,6 +40,7 @@ class BridgeServerCall:
     __slots__ = (
         "conn",
         "credit_waiter",
+        "ctx",
         "deadline_hit",
         "half_closed",
         "inbox",
@@ -60,6 +62,8 @@ class BridgeServerCall:
         self.response: Message | None = None
         """A unary response, kept until the handler succeeds (gRPC sends it with OK only)."""
         self.task: asyncio.Task[None] | None = None
+        self.ctx: CallContext | None = None
+        """The call's context from CallStart until it ends (None once it has)."""
         self.deadline_hit = False
         """Set when the connection's deadline timer cancelled the call (DEADLINE_EXCEEDED)."""
 

@@ -26,7 +26,7 @@ from asap.core.context import CallContext
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS
 from asap.core.middleware import AUTHORIZATION
-from asap.core.tasks import TaskOwner
+from asap.core.tasks import TaskOwner, start_eagerly
 from asap.errors import (
     AsapError,
     DeadlineExceeded,
@@ -67,6 +67,9 @@ TRANSPORT = "ws"
 
 GOAWAY_REASON = "server shutting down"
 """The GoAway and close reason of a graceful stop."""
+
+CALL_TASK = "asap.ws.server.call"
+"""The name of a call's task."""
 
 _OK = status_pb2.Status()
 _NO_RESPONSE = "the method produced no response"
@@ -158,6 +161,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         for call in list(self.calls.values()):
             if call.task is not None:
                 call.task.cancel()
+            elif call.ctx is not None:
+                self._forget(call)
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self.listener.connection_lost(self)
@@ -197,11 +202,16 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call = self.calls.get(event.stream_id)
             if call is not None:
                 call.end_input()
+                if call.task is None:
+                    self._launch(call, eager=True)
         elif isinstance(event, CallCancelled | StreamError):
             # The session has queued the CallStatus (CANCELLED, or the stream's error).
             call = self.calls.pop(event.stream_id, None)
-            if call is not None and call.task is not None:
-                call.task.cancel()
+            if call is not None:
+                if call.task is not None:
+                    call.task.cancel()
+                elif call.ctx is not None:
+                    self._forget(call)
             if isinstance(event, StreamError):
                 _log.debug("stream %d from %s failed: %s", event.stream_id, self.peer, event.error)
         elif isinstance(event, ProtocolViolation):
@@ -271,12 +281,41 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             deadline_enforced_by_transport=True,  # one timer per connection: _arm_deadlines
         )
         call = BridgeServerCall(self, stream_id, spec)
+        call.ctx = ctx
         self.calls[stream_id] = call
         self._running += 1
         self.idle.clear()
-        call.task = self.tasks.spawn(self._run_call(ctx, call), name="asap.ws.server.call")
         if ctx.deadline is not None and self.deadlines.add(call, ctx.deadline):
             self._arm_deadlines()
+        if spec.client_streaming:
+            self._launch(call)
+        # A unary request starts when it is complete (at its HalfClose, usually in this same
+        # frame): then the call can run eagerly, to the end, before this read is written back.
+
+    def _launch(self, call: BridgeServerCall, *, eager: bool = False) -> None:
+        """Start the call's handler: in a task, or eagerly (see asap.core.tasks.start_eagerly)."""
+        ctx = call.ctx
+        if ctx is None or call.task is not None:
+            return
+        coro = self._run_call(ctx, call)
+        if not eager:
+            call.task = self.tasks.spawn(coro, name=CALL_TASK)
+            return
+        ctx.eager = True
+        call.task = start_eagerly(self.tasks, coro, name=CALL_TASK)
+        ctx.eager = False  # finished, or suspended and now continuing in call.task
+
+    def _forget(self, call: BridgeServerCall) -> None:
+        """A call that ended before its handler started (its stream failed or timed out)."""
+        self.calls.pop(call.stream_id, None)
+        self.deadlines.discard(call)
+        call.ctx = None
+        self._call_done()
+
+    def _call_done(self) -> None:
+        self._running -= 1
+        if self._running == 0:
+            self.idle.set()
 
     def _arm_deadlines(self) -> None:
         """Point the connection's one deadline timer at the earliest deadline of its calls."""
@@ -293,6 +332,10 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call.deadline_hit = True
             if call.task is not None:
                 call.task.cancel()
+            elif call.ctx is not None:  # its request never completed
+                self._forget(call)
+                self._session().send_error(call.stream_id, DeadlineExceeded())
+                self.flush_soon()
         self._arm_deadlines()
 
     async def _run_call(self, ctx: CallContext, call: BridgeServerCall) -> None:
@@ -315,9 +358,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
                 self._resume_reading(call)
             await self._finish(ctx, call, error)
         finally:
-            self._running -= 1
-            if self._running == 0:
-                self.idle.set()
+            call.ctx = None
+            self._call_done()
 
     async def _health_check(self, call: BridgeServerCall) -> AsapError | None:
         try:

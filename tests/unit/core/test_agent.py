@@ -114,25 +114,33 @@ def test_async_generator_is_a_streaming_route() -> None:
     assert agent.route_for(payload_pb2.TaskRequest(skill_id="stream")).streaming
 
 
-def test_sync_function_is_refused() -> None:
-    """Registering a plain function raises TypeError, for skills and payload kinds alike."""
+def test_a_plain_function_is_a_synchronous_route() -> None:
+    """A plain function registers as a synchronous, non-streaming route."""
     agent = Agent("urn:asap:agent:a")
 
-    def plain(request: Incoming[payload_pb2.TaskRequest]) -> None:
-        return None
+    @agent.skill("plain")
+    def plain(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        return payload_pb2.TaskResponse()
+
+    route = agent.route_for(payload_pb2.TaskRequest(skill_id="plain"))
+    assert route.synchronous
+    assert not route.streaming
+
+
+def test_a_plain_generator_is_refused() -> None:
+    """A (non-async) generator function raises TypeError, for skills and payload kinds alike."""
+    agent = Agent("urn:asap:agent:a")
 
     def generator(request: Incoming[payload_pb2.TaskRequest]) -> object:
         yield None
 
-    with pytest.raises(TypeError, match="async"):
-        agent.skill("s")(plain)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="async"):
-        agent.on(payload_pb2.TaskRequest)(plain)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="async"):
+    with pytest.raises(TypeError, match="function"):
         agent.skill("g")(generator)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="function"):
+        agent.on(payload_pb2.TaskRequest)(generator)  # type: ignore[arg-type]
     assert agent.skills == []
     with pytest.raises(errors.SkillNotFound):
-        agent.route_for(payload_pb2.TaskRequest(skill_id="s"))
+        agent.route_for(payload_pb2.TaskRequest(skill_id="g"))
 
 
 def test_reregistering_a_skill_replaces_it() -> None:

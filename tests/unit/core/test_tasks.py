@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import inspect
 import logging
@@ -10,7 +11,7 @@ import warnings
 
 import pytest
 
-from asap.core.tasks import TaskOwner
+from asap.core.tasks import TaskOwner, leave_eager, start_eagerly
 from asap.errors import InvalidState
 
 
@@ -163,3 +164,112 @@ async def test_close_from_an_owned_task_cancels_the_others() -> None:
     await closing
     assert victim.cancelled()
     assert owner.closed
+
+
+# -- start_eagerly: a coroutine run at once, continued in a task only if it suspends -------------
+
+
+_SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="")
+
+
+class _Flag:
+    def __init__(self) -> None:
+        self.eager = True
+
+
+@pytest.mark.asyncio
+async def test_a_coroutine_that_never_suspends_finishes_without_a_task() -> None:
+    """start_eagerly runs it to the end in the caller and returns None; no task is created."""
+    owner = TaskOwner("test")
+    done: list[str] = []
+
+    async def work() -> None:
+        done.append("ran")
+
+    before = asyncio.all_tasks()
+    assert start_eagerly(owner, work(), name="eager") is None
+    assert done == ["ran"]
+    assert asyncio.all_tasks() == before
+    assert len(owner) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_coroutine_that_suspends_continues_in_an_owned_task_in_its_context() -> None:
+    """After its first suspension the coroutine goes on in a task, with the contextvars it set."""
+    owner = TaskOwner("test")
+    gate = asyncio.Event()
+    steps: list[str] = []
+
+    async def work() -> None:
+        _SEEN.set("eager")
+        steps.append("before")
+        await gate.wait()
+        steps.append(f"after:{_SEEN.get()}:{asyncio.current_task() is not None}")
+
+    task = start_eagerly(owner, work(), name="eager")
+    assert task is not None
+    assert steps == ["before"]
+    assert _SEEN.get() == ""  # the eager step ran in its own context
+    gate.set()
+    await task
+    assert steps == ["before", "after:eager:True"]
+    await owner.close()
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_continuation_reaches_the_coroutine() -> None:
+    """Cancelling the task throws CancelledError at the coroutine's await, where it can clean up."""
+    owner = TaskOwner("test")
+    seen: list[str] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    task = start_eagerly(owner, work(), name="eager")
+    assert task is not None
+    task.cancel()  # before the task's first step: it must still reach the coroutine's await
+    await asyncio.wait({task})
+    assert task.cancelled()
+    assert seen == ["cancelled"]
+
+
+@pytest.mark.asyncio
+async def test_leave_eager_hands_off_before_code_that_needs_a_task() -> None:
+    """After leave_eager, asyncio.timeout (which needs a current task) works."""
+    owner = TaskOwner("test")
+    flag = _Flag()
+    result: list[float] = []
+
+    async def one() -> float:
+        return 1.0
+
+    async def work() -> None:
+        await leave_eager(flag)
+        async with asyncio.timeout(5):
+            result.append(await one())
+
+    task = start_eagerly(owner, work(), name="eager")
+    assert task is not None
+    assert flag.eager is False
+    await task
+    assert result == [1.0]
+
+
+@pytest.mark.asyncio
+async def test_an_exception_in_the_eager_step_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failure before the first suspension is logged like a failed task's."""
+    owner = TaskOwner("test")
+
+    async def work() -> None:
+        message = "boom"
+        raise ValueError(message)
+
+    with caplog.at_level("ERROR"):
+        assert start_eagerly(owner, work(), name="eager-fails") is None
+    assert any("eager-fails failed" in record.getMessage() for record in caplog.records)
