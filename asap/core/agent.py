@@ -11,7 +11,8 @@ Example::
 A handler is a coroutine function returning one reply, a plain function returning one reply
 (it must not block; it runs without a task or a loop turn, the fastest path for a unary call), or
 an async generator yielding several (for example TaskUpdates, then a TaskResponse). Every kind
-serves every RPC: ``Send`` answers with the last item a generator yields; ``Subscribe`` and ``Stream`` deliver every item.
+serves every RPC: ``Send`` answers with the last item a generator yields; ``Subscribe`` and
+``Stream`` deliver every item.
 """
 
 from __future__ import annotations
