@@ -79,7 +79,7 @@ export class AsapClient {
       try {
         return await attempt({ ...merged, timeoutMs: remaining });
       } catch (error) {
-        if (!(error instanceof AsapError) || !retryable(error) || n >= this.#retry.maxAttempts || merged.signal?.aborted) throw error;
+        if (!(error instanceof AsapError) || !retryable(error) || n >= this.#retry.maxAttempts || merged.signal?.aborted || this.transport.closed) throw error;
         const bound = Math.min(this.#retry.maxBackoffMs, this.#retry.initialBackoffMs * 2 ** (n - 1));
         const delay = Math.random() * bound;
         if (deadline !== undefined && Date.now() + delay >= deadline) throw error;

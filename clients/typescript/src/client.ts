@@ -187,6 +187,8 @@ async function* responses(
     }
     options.onTrailer?.(started.trailers);
   } catch (error) {
+    // Programming errors (bad metadata, a bad timeout) are thrown as they are.
+    if (call === undefined && (error instanceof TypeError || error instanceof RangeError)) throw error;
     const failure = scope.error ?? AsapError.from(error);
     if (call !== undefined && failure.trailers.size === 0) failure.trailers = call.trailers;
     if (call !== undefined) options.onTrailer?.(failure.trailers);

@@ -37,7 +37,9 @@ from tests.conformance._service import (  # noqa: E402
     OTHER_TOKEN,
     TESTER,
     Probe,
+    ERROR_CLASSES_BY_NAME,
     completed,
+    error_cases,
     make_agent,
     text_input,
 )
@@ -63,6 +65,14 @@ def conformance_agent(probe: Probe):  # noqa: ANN201 - an Agent
             return completed("t-probe", {"cancelled": True})
         if op == "runs":
             return completed("t-probe", {"runs": probe.runs[key]})
+        if op == "was-cancelled":
+            return completed("t-probe", {"cancelled": probe.was_cancelled(key)})
+        if op == "error-cases":
+            cases = [
+                {"class": name, "reason": reason, "code": int(ERROR_CLASSES_BY_NAME[name].code)}
+                for name, reason in error_cases()
+            ]
+            return completed("t-probe", {"cases": cases})
         return payload_pb2.TaskResponse(task_id="t-probe", status=task_pb2.TASK_STATUS_FAILED)
 
     return agent
@@ -101,9 +111,10 @@ async def main() -> None:
     }
     servers: list[Server] = []
     urls: dict[str, object] = {}
+    probe = Probe()  # one probe for every server: the tests drive it through the default one
     for name, config in configs.items():
         server = Server(
-            conformance_agent(Probe()),
+            conformance_agent(probe),
             limits=config["limits"],  # type: ignore[arg-type]
             auth=config.get("auth"),  # type: ignore[arg-type]
             bind_sender=bool(config.get("bind_sender", False)),
