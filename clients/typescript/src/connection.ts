@@ -361,6 +361,8 @@ export class Connection {
       const failure = error as FrameError;
       if (failure.streamId !== undefined && this.#streams.has(failure.streamId)) {
         this.#streamViolation(this.#streams.get(failure.streamId)!, localErrors.malformed(failure.message));
+      } else if (failure.streamId !== undefined && failure.streamId < this.#nextId) {
+        // A call that has already ended here: the server may not know yet; ignore the frame.
       } else {
         this.#violation(failure.closeCode ?? CloseCode.PROTOCOL_ERROR, failure.message);
       }

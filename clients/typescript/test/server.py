@@ -25,6 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
@@ -32,22 +33,24 @@ from asap import BearerAuth, Identity, Incoming, Limits, Server  # noqa: E402
 from asap.example import agent as example_agent  # noqa: E402
 from asap.v1 import payload_pb2, task_pb2  # noqa: E402
 from tests.conformance._service import (  # noqa: E402
+    ERROR_CLASSES_BY_NAME,
     GOOD_TOKEN,
     OTHER_SUBJECT,
     OTHER_TOKEN,
     TESTER,
     Probe,
-    ERROR_CLASSES_BY_NAME,
     completed,
     error_cases,
     make_agent,
     text_input,
 )
 
+
 NO_RATE_LIMIT = dict(rate_limit_per_second=0)
 
 
 def conformance_agent(probe: Probe):  # noqa: ANN201 - an Agent
+    """The conformance agent with the extra ``probe`` skill that drives ``probe``."""
     agent = make_agent(probe)
 
     @agent.skill("probe", description="Test control: release, wait, runs, cancelled.")
@@ -88,6 +91,7 @@ async def per_token(token: str) -> Identity | None:
 
 
 async def main() -> None:
+    """Start every server, print their URLs, serve until stdin closes."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--origin", action="append", default=[])
     args = parser.parse_args()
@@ -112,7 +116,7 @@ async def main() -> None:
     servers: list[Server] = []
     urls: dict[str, object] = {}
     probe = Probe()  # one probe for every server: the tests drive it through the default one
-    for name, config in configs.items():
+    for config in configs.values():
         server = Server(
             conformance_agent(probe),
             limits=config["limits"],  # type: ignore[arg-type]
@@ -132,7 +136,7 @@ async def main() -> None:
     for name, server in zip([*configs, "example"], servers, strict=True):
         endpoints = {ep.url.split(":", 1)[0]: ep.url for ep in server.endpoints()}
         urls[name] = endpoints
-    print(json.dumps({"servers": urls}), flush=True)
+    print(json.dumps({"servers": urls}), flush=True)  # noqa: T201 - the runner reads this line
 
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
