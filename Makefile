@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RELEASED_IMAGE := proto/released/asap-v1.binpb
 
-.PHONY: setup demo test lint typecheck check-generated generate pytest bench release-schema lock clean
+.PHONY: setup demo test lint typecheck check-generated generate pytest bench release-schema lock clean \
+	npm-setup test-ts generate-ts check-generated-ts
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ASAP needs Python 3.11+")'
@@ -20,7 +21,7 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m asap.demo
 
-test: setup lint typecheck check-generated pytest
+test: setup lint typecheck check-generated pytest test-ts
 
 lint: setup
 	$(BIN)/buf lint
@@ -53,5 +54,32 @@ lock: setup
 	(echo "# Exact versions the dev environment is tested with (pip -c). Regenerate deliberately: make lock"; \
 	 $(PY) -m pip freeze --exclude-editable | sort) > constraints.txt
 
+# The TypeScript client (clients/typescript): npm deps from package-lock.json, Debian's chromium for
+# the browser tests (installed with apt-get when running as root, else a clear error), generated
+# code checked for drift, then the Node, gRPC-interop and Chromium suites against test/server.py.
+TS := clients/typescript
+TS_STAMP := $(TS)/node_modules/.ci-stamp
+
+$(TS_STAMP): $(TS)/package.json $(TS)/package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { echo "error: Node.js 20+ and npm are needed for the TypeScript client (apt-get install nodejs npm)" >&2; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || { echo "error: Node.js 20+ is needed (found $$(node --version))" >&2; exit 1; }
+	cd $(TS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TS_STAMP)
+
+npm-setup: $(TS_STAMP)
+
+generate-ts: setup npm-setup
+	cd $(TS) && sh scripts/generate.sh src/gen
+
+check-generated-ts: setup npm-setup
+	cd $(TS) && sh scripts/check-generated.sh
+
+test-ts: setup npm-setup check-generated-ts
+	sh $(TS)/scripts/ensure-chromium.sh
+	cd $(TS) && npm run --silent build && npm run --silent build:test
+	cd $(TS) && node --test --test-concurrency=1 --test-reporter=dot build/test/node.test.js build/test/grpc.test.js
+	cd $(TS) && node --test --test-concurrency=1 --test-reporter=dot build/test/browser.test.js
+
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(TS)/node_modules $(TS)/dist $(TS)/build

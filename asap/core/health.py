@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2  # plain protobuf messages; nothing here i
 
 from asap.core.method import SERVICE_NAME, Arity, MethodSpec
 from asap.core.service import ServerCall
-from asap.errors import AsapError, InvalidArgument, NotFound
+from asap.errors import AsapError, InvalidArgument, MalformedFrame, NotFound
 
 
 HEALTH_CHECK = MethodSpec(
@@ -56,6 +56,8 @@ class HealthState:
             request = await call.read()
             if not isinstance(request, health_pb2.HealthCheckRequest):
                 return InvalidArgument("expected one HealthCheckRequest")
+            if await call.read() is not None:
+                return MalformedFrame("more than one HealthCheckRequest")
             if request.service not in HEALTH_SERVICES:
                 return NotFound(f"unknown service {request.service[:200]!r}")
             status = (

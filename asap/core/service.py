@@ -24,6 +24,7 @@ from asap.core.delivery import Deliverer
 from asap.errors import (
     AsapError,
     InvalidArgument,
+    MalformedFrame,
     MessageTooLarge,
     TooManyEnvelopes,
     from_status,
@@ -71,10 +72,19 @@ _RESULT_TAG_BYTES = 1
 
 
 async def _read_one(call: ServerCall, kind: type[M]) -> M:
+    """The one request message of a unary-request method; the request stream must end after it.
+
+    A second message is refused (INVALID_ARGUMENT, MALFORMED_FRAME) on every transport rather
+    than dropped unseen (bridge.proto "Calls (streams)"), so the handler runs once the caller has
+    half-closed (a unary gRPC request carries END_STREAM; a bridge CallStart carries half_close).
+    """
     message = await call.read()
     if not isinstance(message, kind):
         text = f"expected one {kind.DESCRIPTOR.name}"
         raise InvalidArgument(text)
+    if await call.read() is not None:
+        text = f"more than one {kind.DESCRIPTOR.name} on a unary-request method"
+        raise MalformedFrame(text)
     return message
 
 

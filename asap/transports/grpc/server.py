@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
-from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
+from asap.core.method import METHODS, SERVICE_NAME, MethodSpec
 from asap.core.tasks import TaskOwner
 from asap.errors import (
     AsapError,
@@ -174,26 +174,8 @@ async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -
         raise Cancelled(text) from None
 
 
-class _ServerStreamCall:
-    """ServerCall of a unary-request, streaming-response call."""
-
-    __slots__ = ("context", "max_bytes", "request")
-
-    def __init__(self, request: Message, context: Servicer, max_bytes: int) -> None:
-        self.request: Message | None = request
-        self.context = context
-        self.max_bytes = max_bytes
-
-    async def read(self) -> Message | None:
-        request, self.request = self.request, None
-        return _checked(request)
-
-    async def write(self, message: Message) -> None:
-        await _write_streamed(self.context, message, self.max_bytes)
-
-
 class _ClientStreamCall:
-    """ServerCall of a streaming-request, unary-response call."""
+    """ServerCall of a unary-response call (unary or streaming request), read from the stream."""
 
     __slots__ = ("context", "response")
 
@@ -209,7 +191,7 @@ class _ClientStreamCall:
 
 
 class _BidiCall:
-    """ServerCall of a call that streams both ways."""
+    """ServerCall of a streaming-response call (unary or streaming request)."""
 
     __slots__ = ("context", "max_bytes")
 
@@ -254,23 +236,11 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int) -> Beha
     handle = dispatcher.handle
     missing = Internal("the method produced no response")
 
-    if spec.arity is Arity.UNARY_UNARY:
+    if not spec.server_streaming:
+        # Unary requests too are read from the stream (grpc's unary handlers would drop a second
+        # request message unseen): the core checks that exactly one arrives.
 
-        async def unary_unary(request: Message, context: Servicer) -> Message:
-            ctx = _context(spec, context)
-            call = _UnaryCall(request)
-            error = await handle(ctx, call)
-            if error is None and call.response is not None:
-                if trailing := ctx.trailing_metadata:
-                    context.set_trailing_metadata(trailing)
-                return call.response
-            return await _fail(context, error or missing, ctx)
-
-        return unary_unary
-
-    if spec.arity is Arity.STREAM_UNARY:
-
-        async def stream_unary(_requests: object, context: Servicer) -> Message:
+        async def unary_response(_requests: object, context: Servicer) -> Message:
             ctx = _context(spec, context)
             call = _ClientStreamCall(context)
             error = await handle(ctx, call)
@@ -280,14 +250,11 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int) -> Beha
                 return call.response
             return await _fail(context, error or missing, ctx)
 
-        return stream_unary
+        return unary_response
 
-    async def streaming(request: Message, context: Servicer) -> None:
+    async def streaming(_requests: object, context: Servicer) -> None:
         ctx = _context(spec, context)
-        if spec.arity is Arity.UNARY_STREAM:
-            error = await handle(ctx, _ServerStreamCall(request, context, max_bytes))
-        else:
-            error = await handle(ctx, _BidiCall(context, max_bytes))
+        error = await handle(ctx, _BidiCall(context, max_bytes))
         if error is None:
             if trailing := ctx.trailing_metadata:
                 context.set_trailing_metadata(trailing)
@@ -304,14 +271,14 @@ def method_handlers(
 
     Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``.
     """
+    # Every method reads its requests from the stream, so a second request message on a
+    # unary-request method is seen (and refused by the core) instead of silently dropped.
     factories = {
-        Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
-        Arity.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
-        Arity.STREAM_UNARY: grpc.stream_unary_rpc_method_handler,
-        Arity.STREAM_STREAM: grpc.stream_stream_rpc_method_handler,
+        False: grpc.stream_unary_rpc_method_handler,
+        True: grpc.stream_stream_rpc_method_handler,
     }
     return {
-        spec.name: factories[spec.arity](
+        spec.name: factories[spec.server_streaming](
             _behaviour(dispatcher, spec, max_message_bytes),
             # The handler's reads accept the _Undecodable marker too (see _checked).
             request_deserializer=cast(

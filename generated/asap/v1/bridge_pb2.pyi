@@ -40,9 +40,22 @@ class Frame(_message.Message):
       - "asap.v1.proto", "asap.v1.json" (revision 1, legacy): the same encodings without Settings,
         WindowUpdate or flow control, for peers written before revision 2 (see "Older peers").
     The server picks the first it supports in the order above; it refuses the handshake (HTTP 400)
-    when no offered subprotocol is supported. Credentials: an `Authorization: Bearer <token>` header
-    on the handshake, or, for browsers, which cannot set headers, the query parameter
-    `access_token=<token>`; or per call in CallStart.metadata.
+    when no offered subprotocol is supported.
+
+    Credentials: an `Authorization: Bearer <token>` header on the handshake, or, for browsers, which
+    cannot set headers, the query parameter `access_token=<token>`; or per call, an `authorization`
+    entry in CallStart.metadata. Precedence, per call: the call's own `authorization` metadata wins;
+    a call without one gets the handshake's credentials (the header if present, else the query
+    parameter). Authentication is checked per call, never at the handshake: a missing or refused token
+    fails that call with UNAUTHENTICATED (reason MISSING_CREDENTIALS or INVALID_TOKEN) and the
+    connection stays open, so one connection may carry calls with different tokens.
+
+    Origin: a server that serves browsers keeps an allow-list of page origins
+    (`scheme://host[:port]`) and refuses, with HTTP 403, a handshake whose Origin header is not on it
+    (or that carries more than one). A handshake without an Origin header does not come from a
+    browser page and is not subject to the check; browsers always send one, so a browser page can use
+    a bridge only from an allowed origin. Other handshake refusals: 404 for another path, 400 for more
+    than one Authorization header.
 
     ## Settings (revision 2)
     Each side sends a Settings frame (stream 0) as its first frame, without waiting for the peer's.
@@ -94,16 +107,38 @@ class Frame(_message.Message):
     Settings. A Frame with no kind at all is still malformed.
 
     ## Calls (streams)
-    Every call is a stream with a client-chosen stream_id: odd is not required, but ids must be
-    non-zero and strictly increasing on a connection. A call runs:
+    Every call is a stream with a client-chosen stream_id: odd is not required and ids may be
+    skipped, but each CallStart's id must be non-zero and greater than every id used before on the
+    connection. A call runs:
       client → CallStart, then zero or more MessageFrame, then HalfClose (or Cancel at any time);
       server → optional HeadersFrame, then zero or more MessageFrame, then exactly one CallStatus.
     A unary or server-streaming call sends exactly one request message before HalfClose (in a
     MessageFrame, or inside the CallStart: see "Combined frames"); the client may send CallStart,
-    the message and HalfClose back to back without waiting. A stream is
-    over once the server sends CallStatus; the client sends nothing more on it, and the server ignores
-    frames for finished streams. Frames of different streams may interleave in any order; frames of
+    the message and HalfClose back to back without waiting. The server reads the request stream of
+    such a call to its end before answering: a second request message fails the call with
+    INVALID_ARGUMENT (reason MALFORMED_FRAME), as it does over gRPC, and the call is answered only
+    once the client has half-closed. A stream is over once the server sends CallStatus; the client
+    sends nothing more on it, and the server ignores frames for finished streams (the client may not
+    have seen the CallStatus yet). Frames of different streams may interleave in any order; frames of
     one stream are processed in order.
+
+    Stream ids. A CallStart whose id is not above every id used before breaks the rules. If the id is
+    that of a call still open, that call fails with MALFORMED_FRAME. Otherwise the id belongs to a
+    call that has finished (or was skipped): such a call has already had, or can no longer get, its
+    one CallStatus, so the frame cannot be attributed to a stream and the server closes the connection
+    with 1002. Ids are uint32: after a call with id 2^32 - 1 the connection has no ids left, and the
+    client opens a new connection for further calls (calls in flight on the old one go on; close it
+    once they are done), as HTTP/2 does (RFC 9113 §5.1.1). Frames other than CallStart that name a
+    stream id the client never opened fail that id's stream (MALFORMED_FRAME); a server frame for a
+    stream the client never opened closes the connection (1002).
+
+    Deadlines. CallStart.timeout is the time left, measured from when the server receives the frame.
+    The server enforces it: it cancels the handler when it expires, checks it before every streamed
+    response message it writes and again when the handler returns, so a call whose deadline has
+    passed ends with DEADLINE_EXCEEDED even if its handler never yields, and never with a late OK.
+    Clients also run their own timer from when they start the call (which covers the time the
+    CallStart spends in flight and queued), and on expiry fail the call locally with
+    DEADLINE_EXCEEDED and send Cancel. Whichever fires first decides; the other's answer is ignored.
 
     ## Combined frames
     So that a unary call can take one WebSocket message each way, two frames may carry what would
@@ -124,6 +159,31 @@ class Frame(_message.Message):
     These fields are part of the first released asap.v1 schema, so every v1 server accepts a
     combined CallStart and clients may always send one.
 
+    ## JSON subprotocols
+    Frames are canonical proto3 JSON (lowerCamelCase names; 64-bit integers such as Ping.nonce as
+    strings; bytes as base64). Receivers accept the proto field names too, ignore JSON members they do
+    not know (a newer peer's fields; proto3 JSON parsers reject them by default, so configure
+    `ignoreUnknownFields`), and should write enum values as numbers (a name the reader's schema lacks
+    cannot be read). A call message travels in MessageFrame.typed (an Any, "@type"
+    "type.googleapis.com/<full message name>"), or in MessageFrame.binary (base64 of the serialized
+    message), which keeps fields the writer's schema does not know; receivers accept both, and the
+    ASAP server answers a call in the form its requests used. Status.details are Anys of
+    google.rpc.* types (ErrorInfo, RetryInfo, BadRequest, ResourceInfo, …) and of asap.v1.MessageAck:
+    a reader needs their .proto files, which `proto/` does not contain: google/rpc/status.proto and
+    google/rpc/error_details.proto are shipped, with their Apache-2.0 headers, in
+    clients/typescript/proto/ (from googleapis). An Any whose type a reader does not know must not fail
+    the frame: the ASAP reader keeps it as an asap.v1.OpaqueAny in the same place (type_url plus its
+    JSON members), and a writer that holds an Any of an unknown type in binary writes it as an
+    OpaqueAny with `binary` (see opaque.proto and docs/versioning.md).
+
+    ## Health
+    `/grpc.health.v1.Health/Check` (grpc.health.v1.HealthCheckRequest → HealthCheckResponse, the
+    standard gRPC health service) is served on the bridge like an AgentService method: no credentials
+    and no rate limit apply to it. `service` "" (the whole server) and "asap.v1.AgentService" are
+    known (SERVING, or NOT_SERVING once the server drains); another name fails with NOT_FOUND. Watch
+    is not served on the bridge (UNIMPLEMENTED). Besides, the listener answers a plain HTTP GET of
+    /healthz without an upgrade.
+
     ## Errors
     A call's error is its CallStatus (the same Status a gRPC caller sees in grpc-status,
     grpc-message and grpc-status-details-bin). A frame that cannot be parsed, or that breaks these rules
@@ -135,7 +195,8 @@ class Frame(_message.Message):
     ## Close codes
       1000 normal closure (client closed)      1001 going away (server shutting down, after draining)
       1002 protocol error (unattributable bad frame)  1007 invalid frame payload data (bad JSON)
-      1008 policy violation (kept sending past the rate limit, or authentication refused)
+      1008 policy violation (kept calling past the rate limit; refused credentials fail calls, not
+           the connection)
       1009 message too big (a WebSocket message over the hard frame cap)
       1011 internal error / missed heartbeats   1013 try again later (connection limit reached)
     Calls still open when a connection closes fail on the client with UNAVAILABLE (reason
@@ -143,8 +204,12 @@ class Frame(_message.Message):
 
     ## Liveness
     The server sends WebSocket pings and closes a peer that does not answer within the heartbeat
-    timeout. Clients that cannot send WebSocket pings (browsers) may send a Ping frame; the server
-    answers with a Pong carrying the same nonce.
+    timeout (1011). Every WebSocket implementation, browsers included, answers WebSocket pings by
+    itself, so clients need no code for that. Clients that cannot send WebSocket pings (browsers) may
+    send a Ping frame to check the server; the server answers with a Pong carrying the same nonce.
+    Either side that receives a Ping frame answers it with a Pong; the ASAP server sends no Ping
+    frames of its own and does not judge liveness by them, so a client that never sends or answers
+    Ping frames is not closed for it. A Pong that answers no Ping is ignored.
 
     Frame is one unit of the bridge: one WebSocket message carries exactly one Frame.
     """

@@ -55,12 +55,16 @@ class Envelope(_message.Message):
     MESSAGE_ACK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique id chosen by the sender (a UUID or ULID recommended, at most 128 characters). It is the
-    idempotency key: retransmissions carry the same id. Filled by the ASAP client when empty.
+    idempotency key: retransmissions carry the same id. Required: recipients refuse an empty id
+    (INVALID_ID); ASAP client libraries fill one in when it is empty (docs/protocol.md, "Envelopes").
     """
     asap_version: _builtins.str
     """The ASAP protocol version of the sender, for example "1.0"."""
     sender: _builtins.str
-    """The sending agent's URN, for example "urn:asap:agent:coordinator"."""
+    """The sending agent's URN, for example "urn:asap:agent:coordinator". Required (INVALID_URN): at most
+    256 characters matching urn:asap:agent:[A-Za-z0-9][A-Za-z0-9._:-]*; the same rule holds for
+    recipient.
+    """
     recipient: _builtins.str
     """The receiving agent's URN, for example "urn:asap:agent:research"."""
     correlation_id: _builtins.str
@@ -71,8 +75,9 @@ class Envelope(_message.Message):
     """When true the recipient acknowledges the envelope with MessageAck (see AgentService for where)."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
-        """When the sender created the envelope. Recipients reject envelopes too old or too far in the future.
-        Filled by the ASAP client when unset.
+        """When the sender created the envelope. Recipients reject envelopes too old or too far in the future
+        (by default more than 300 s old or 30 s ahead: STALE_TIMESTAMP, FUTURE_TIMESTAMP); unset counts as
+        the Unix epoch. ASAP client libraries fill it in when unset.
         """
 
     @_builtins.property

@@ -273,3 +273,32 @@ async def test_aggressive_keepalive_does_not_get_too_many_pings(
         )
     reply = await channel.unary(SEND, kit.send_request("echo"), NO_OPTIONS)
     assert isinstance(reply.message, agent_service_pb2.SendResponse)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["Send", "Subscribe", "GetManifest"])
+async def test_second_request_on_a_unary_request_method_is_malformed(
+    raw_channel: grpc.aio.Channel, kit: Kit, name: str
+) -> None:
+    """Two request messages on a unary-request method fail the call (INVALID_ARGUMENT,
+    MALFORMED_FRAME) instead of the second being dropped unseen, as on the bridge."""
+    spec = method(name)
+    if name == "GetManifest":
+        request: Message = agent_service_pb2.GetManifestRequest()
+    elif name == "Send":
+        request = kit.send_request("echo")
+    else:
+        request = agent_service_pb2.SubscribeRequest(envelope=kit.envelope("echo"))
+    call = raw_channel.stream_stream(
+        spec.path,
+        request_serializer=type(request).SerializeToString,
+        response_deserializer=spec.response_type.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in call(iter([request, request])):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(cast("grpc.Call", caught.value))
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "MALFORMED_FRAME"

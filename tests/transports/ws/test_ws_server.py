@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 import trustme
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
 from websockets.exceptions import InvalidStatus
 
 from asap import errors
@@ -651,3 +652,45 @@ async def test_server_streaming_responses_stay_separate_frames(
     status = await wire.next_frame(ws)
     assert (status.stream_id, status.status.status.code) == (1, 0)
     assert not status.status.HasField("message")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["Send", "Subscribe", "GetManifest"])
+async def test_second_request_on_a_unary_request_method_is_malformed(
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire, name: str
+) -> None:
+    """A second request message on a unary or server-streaming call fails it (MALFORMED_FRAME)
+    instead of being dropped unseen, as over gRPC; the connection goes on."""
+    ws = await raw(kit.url(server))
+    if name == "GetManifest":
+        request: Message = MANIFEST_REQUEST
+    elif name == "Send":
+        request = kit.send_request("echo")
+    else:
+        request = agent_service_pb2.SubscribeRequest(envelope=kit.envelope("echo"))
+    await ws.send(combined_start(1, name, request, half_close=False))
+    body = bridge_pb2.MessageFrame(binary=request.SerializeToString())
+    await ws.send(wire.frame(1, message=body))
+    await ws.send(wire.frame(1, half_close=bridge_pb2.HalfClose()))
+    failed = await wire.next_frame(ws)
+    assert (failed.stream_id, failed.WhichOneof("kind")) == (1, "status")
+    assert errors.from_status(failed.status.status).reason == "MALFORMED_FRAME"
+    await ws.send(combined_start(3, "GetManifest", MANIFEST_REQUEST))
+    answer = await wire.next_frame(ws)
+    assert (answer.stream_id, answer.status.status.code) == (3, 0)
+
+
+@pytest.mark.asyncio
+async def test_second_health_check_request_is_malformed(
+    server: Server, raw: RawFactory, kit: Kit, wire: Wire
+) -> None:
+    """The health Check over the bridge takes exactly one request too."""
+    ws = await raw(kit.url(server))
+    request = health_pb2.HealthCheckRequest()
+    body = bridge_pb2.MessageFrame(binary=request.SerializeToString())
+    start = bridge_pb2.CallStart(method="/grpc.health.v1.Health/Check", message=body)
+    await ws.send(wire.frame(1, start=start))
+    await ws.send(wire.frame(1, message=body))
+    await ws.send(wire.frame(1, half_close=bridge_pb2.HalfClose()))
+    failed = await wire.next_frame(ws)
+    assert errors.from_status(failed.status.status).reason == "MALFORMED_FRAME"
