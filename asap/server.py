@@ -45,8 +45,11 @@ class Server:
         agent: The handlers.
         limits: Size, rate, concurrency and liveness limits (secure defaults).
         auth: A token verifier or a BearerAuth; None serves without authentication.
-        bind_sender: Refuse envelopes whose sender is not the authenticated identity.
-        dedupe: Where delivery outcomes are remembered (in memory by default).
+        bind_sender: Refuse envelopes whose sender is not the authenticated identity. None (the
+            default) binds senders whenever ``auth`` is set; False turns it off explicitly (the
+            dedupe key still includes the authenticated principal, so callers never share outcomes).
+        dedupe: Where delivery outcomes are remembered (in memory by default; a
+            :class:`~asap.stores.redis.RedisDedupeStore` shares them between replicas).
         validation: Envelope validation policy (timestamp window).
         middleware: Further guards, run after authentication and rate limiting.
         advertised_urls: URLs to list in the manifest instead of the listeners' own (behind a proxy).
@@ -58,7 +61,7 @@ class Server:
         *,
         limits: Limits | None = None,
         auth: TokenVerifier | BearerAuth | None = None,
-        bind_sender: bool = False,
+        bind_sender: bool | None = None,
         dedupe: DedupeStore | None = None,
         validation: ValidationPolicy | None = None,
         middleware: Sequence[Middleware] = (),
@@ -76,11 +79,11 @@ class Server:
             guards.append(
                 RateLimit(self.limits.rate_limit_per_second, self.limits.rate_limit_burst)
             )
-        if bind_sender:
+        if bind_sender if bind_sender is not None else auth is not None:
             guards.append(SenderBinding())
         guards.extend(middleware)
         self.health = HealthState()
-        deliverer = Deliverer(
+        self.deliverer = deliverer = Deliverer(
             agent,
             dedupe if dedupe is not None else InMemoryDedupeStore(),
             guards,
@@ -92,6 +95,8 @@ class Server:
         )
         self._advertised = list(advertised_urls)
         self._transports: list[ServerTransport] = []
+        self._goaway_at_start: list[ServerTransport] = []
+        """Listeners whose stop(grace) tells clients at once (gRPC's GOAWAY): stopped first."""
         self._started = False
         self._stopped = asyncio.Event()
 
@@ -103,6 +108,7 @@ class Server:
         transport = GrpcServerTransport(
             self.dispatcher, self.health, host=host, port=port, limits=self.limits, tls=tls
         )
+        self._goaway_at_start.append(transport)
         return self._add(transport)
 
     def add_websocket(
@@ -178,17 +184,43 @@ class Server:
             return
         self.health.set_serving(False)
         # Draining happens in the Dispatcher first, so a new call on any transport is refused with
-        # the same UNAVAILABLE (SHUTTING_DOWN) while in-flight calls finish; then the listeners stop.
+        # the same UNAVAILABLE (SHUTTING_DOWN) while in-flight calls finish, and every listener
+        # tells its clients at once so they move to a fresh connection or the next endpoint: the
+        # bridge sends GoAway as soon as health turns NOT_SERVING, and gRPC's stop(grace), which
+        # sends GOAWAY and then waits up to the grace for its calls, starts right away.
         self.dispatcher.draining = True
         loop = asyncio.get_running_loop()
         started = loop.time()
-        if grace is None:
-            await self.dispatcher.wait_idle()
-        elif grace > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dispatcher.wait_idle(), grace)
+        early = [
+            loop.create_task(transport.stop(grace), name="asap.server.goaway")
+            for transport in self._transports
+            if transport in self._goaway_at_start
+        ]
+        try:
+            if grace is None:
+                await self.dispatcher.wait_idle()
+            elif grace > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.dispatcher.wait_idle(), grace)
+            remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
+            await asyncio.gather(
+                *(
+                    transport.stop(remaining)
+                    for transport in self._transports
+                    if transport not in self._goaway_at_start
+                )
+            )
+        finally:
+            await asyncio.gather(*early)
+        # Deliveries that outlived their calls (a connection was cut) finish within the grace too;
+        # then they are cancelled (their claims are abandoned, so a retransmission runs them again).
         remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
-        await asyncio.gather(*(transport.stop(remaining) for transport in self._transports))
+        if remaining is None:
+            await self.deliverer.wait_idle()
+        elif remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.deliverer.wait_idle(), remaining)
+        await self.deliverer.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
