@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RELEASED_IMAGE := proto/released/asap-v1.binpb
 
-.PHONY: setup demo test lint typecheck check-generated generate pytest bench release-schema lock clean
+.PHONY: setup demo test lint typecheck check-generated generate pytest bench release-schema lock clean redis
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ASAP needs Python 3.11+")'
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The test suite starts its own redis-server (tests/redis_server.py); this installs the binary.
+redis:
+	sh scripts/ensure_redis.sh
+
 demo: setup
 	$(PY) -m asap.demo
 
-test: setup lint typecheck check-generated pytest
+test: setup redis lint typecheck check-generated pytest
 
 lint: setup
 	$(BIN)/buf lint
@@ -35,13 +39,13 @@ typecheck: setup
 check-generated: setup
 	$(PY) scripts/generate.py --check
 
-pytest: setup
+pytest: setup redis
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
 generate: setup
 	$(PY) scripts/generate.py
 
-bench: setup
+bench: setup redis
 	$(PY) scripts/bench.py
 
 # Run only when a schema version is released: later schemas must stay wire compatible with it.
