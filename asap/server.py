@@ -12,7 +12,14 @@ from asap.core.dedupe import DedupeStore, InMemoryDedupeStore
 from asap.core.delivery import Deliverer
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
-from asap.core.middleware import BearerAuth, Middleware, RateLimit, SenderBinding, TokenVerifier
+from asap.core.middleware import (
+    BearerAuth,
+    Middleware,
+    RateLimit,
+    SenderBinding,
+    SharedBuckets,
+    TokenVerifier,
+)
 from asap.core.service import AgentServiceCore
 from asap.errors import InvalidState
 from asap.protocol.frames import DEFAULT_PATH
@@ -52,6 +59,9 @@ class Server:
             :class:`~asap.stores.redis.RedisDedupeStore` shares them between replicas).
         validation: Envelope validation policy (timestamp window).
         middleware: Further guards, run after authentication and rate limiting.
+        rate_buckets: Where rate-limit buckets are kept when ``limits`` sets a rate: None keeps
+            them in this process; a :class:`~asap.stores.redis.RedisRateLimiter` shares them
+            between replicas (the same RetryInfo either way).
         advertised_urls: URLs to list in the manifest instead of the listeners' own (behind a proxy).
     """
 
@@ -66,6 +76,7 @@ class Server:
         validation: ValidationPolicy | None = None,
         middleware: Sequence[Middleware] = (),
         advertised_urls: Sequence[manifest_pb2.Endpoint] = (),
+        rate_buckets: SharedBuckets | None = None,
     ) -> None:
         self.agent = agent
         self.limits = limits or Limits()
@@ -77,7 +88,11 @@ class Server:
             ]
         if self.limits.rate_limit_per_second > 0:
             guards.append(
-                RateLimit(self.limits.rate_limit_per_second, self.limits.rate_limit_burst)
+                RateLimit(
+                    self.limits.rate_limit_per_second,
+                    self.limits.rate_limit_burst,
+                    shared=rate_buckets,
+                )
             )
         if bind_sender if bind_sender is not None else auth is not None:
             guards.append(SenderBinding())
