@@ -16,7 +16,7 @@ from tests.stores.test_store_contract import FP
 async def main(url: str, prefix: str, key: str, lease: float) -> None:
     store = RedisDedupeStore.from_url(url, prefix=prefix, lease=lease)
     claim = await store.claim(key, FP)
-    print("claimed" if isinstance(claim, Owned) else f"not claimed: {claim}", flush=True)
+    print("claimed" if isinstance(claim, Owned) else f"not claimed: {claim}", flush=True)  # noqa: T201 - the test reads it
     await asyncio.Event().wait()  # hold the claim (the store renews its lease) until SIGKILL
 
 
