@@ -54,7 +54,7 @@ async def test_server_reports_serving_until_stopped(harness: Harness) -> None:
 
 
 async def test_draining_server_refuses_new_calls_with_shutting_down(harness: Harness) -> None:
-    """While draining, a new call fails with ShuttingDown (UNAVAILABLE) and is not retried."""
+    """While draining, a new call fails ShuttingDown (UNAVAILABLE) after its drain retries; not run."""
     harness.server.dispatcher.draining = True
     with pytest.raises(errors.ShuttingDown) as caught:
         await harness.client.send(envelope("count", {"gate": "never"}))

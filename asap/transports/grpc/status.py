@@ -20,7 +20,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from asap._typing import Metadata, MetadataValue
-from asap.errors import AsapError, Code, ConnectionLost, MessageTooLarge, from_status, to_status
+from asap.errors import (
+    AsapError,
+    Code,
+    ConnectionLost,
+    MessageTooLarge,
+    ShuttingDown,
+    from_status,
+    to_status,
+)
 from asap.v1 import status_pb2
 
 
@@ -79,7 +87,8 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, *, cancelled_locally: bool = False
     The error's ``trailing_metadata`` is the call's trailers without ``grpc-status-details-bin``.
     Details whose code disagrees with the call's code (a proxy rewrote the status) are ignored.
     CANCELLED without ASAP details that the caller did not ask for is grpc core's answer to a call
-    that reached a server while it shut down (or whose stream was torn down): ConnectionLost.
+    that reached a server while it shut down, or was still running when its grace ended:
+    ShuttingDown, which the client retries elsewhere.
 
     Args:
         exc: The error grpc.aio raised.
@@ -110,7 +119,7 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, *, cancelled_locally: bool = False
     ):
         error = ConnectionLost(f"the connection failed: {message}")
     elif code == Code.CANCELLED and status is None and not cancelled_locally:
-        error = ConnectionLost(f"the server side of the call went away: {message}")
+        error = ShuttingDown(f"the server cancelled the call (it is shutting down): {message}")
     else:
         error = from_status(status_pb2.Status(code=code, message=message))
     error.trailing_metadata = tuple(trailing)

@@ -184,9 +184,9 @@ def test_an_asap_internal_error_stays_internal() -> None:
     assert type(error_from_rpc(sent(error))) is errors.Internal
 
 
-def test_a_cancel_the_caller_did_not_ask_for_is_connection_lost() -> None:
-    """CANCELLED from grpc itself (a server shutting down) is ConnectionLost unless it was ours."""
+def test_a_cancel_the_caller_did_not_ask_for_is_shutting_down() -> None:
+    """CANCELLED from grpc itself (a server shutting down) is ShuttingDown unless it was ours."""
     received = error_from_rpc(rpc_error(grpc.StatusCode.CANCELLED, "CANCELLED"))
-    assert type(received) is errors.ConnectionLost
+    assert type(received) is errors.ShuttingDown
     ours = error_from_rpc(rpc_error(grpc.StatusCode.CANCELLED, "CANCELLED"), cancelled_locally=True)
     assert type(ours) is errors.Cancelled
