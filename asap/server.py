@@ -115,13 +115,25 @@ class Server:
         self._started = False
         self._stopped = asyncio.Event()
 
-    def add_grpc(self, address: str, *, tls: ServerTLS | None = None) -> ServerTransport:
-        """Add a gRPC listener on ``HOST:PORT`` (port 0 picks a free port)."""
+    def add_grpc(
+        self, address: str, *, tls: ServerTLS | None = None, reuse_port: bool = False
+    ) -> ServerTransport:
+        """Add a gRPC listener on ``HOST:PORT`` (port 0 picks a free port).
+
+        With ``reuse_port`` the socket is bound with SO_REUSEPORT, so several processes can serve
+        the same port (the kernel spreads connections over them).
+        """
         from asap.transports.grpc.server import GrpcServerTransport
 
         host, port = _split_address(address)
         transport = GrpcServerTransport(
-            self.dispatcher, self.health, host=host, port=port, limits=self.limits, tls=tls
+            self.dispatcher,
+            self.health,
+            host=host,
+            port=port,
+            limits=self.limits,
+            tls=tls,
+            reuse_port=reuse_port,
         )
         self._goaway_at_start.append(transport)
         return self._add(transport)
@@ -133,8 +145,9 @@ class Server:
         tls: ServerTLS | None = None,
         path: str = DEFAULT_PATH,
         allowed_origins: Sequence[str] | None = None,
+        reuse_port: bool = False,
     ) -> ServerTransport:
-        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``."""
+        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path`` (``reuse_port``: SO_REUSEPORT)."""
         from asap.transports.ws.server import WebSocketServerTransport
 
         host, port = _split_address(address)
@@ -148,6 +161,7 @@ class Server:
             path=path,
             allowed_origins=allowed_origins,
         )
+        transport.reuse_port = reuse_port
         return self._add(transport)
 
     def _add(self, transport: ServerTransport) -> ServerTransport:

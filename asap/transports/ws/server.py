@@ -413,6 +413,9 @@ class WebSocketServerTransport(ServerTransport):
             browser, so not a cross-site request) is accepted. None accepts every origin.
     """
 
+    reuse_port: bool = False
+    """wt-redis: bind with SO_REUSEPORT (set by Server.add_websocket for ``asap serve --workers``)."""
+
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -475,6 +478,7 @@ class WebSocketServerTransport(ServerTransport):
             close_timeout=limits.heartbeat_timeout,
             server_header=None,
             ssl=None if self._tls is None else self._tls.ssl_context(),
+            reuse_port=self.reuse_port,  # wt-redis: asap serve --workers shares the port
         )
         self._server = server
         self._port = server.sockets[0].getsockname()[1]
