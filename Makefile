@@ -47,6 +47,7 @@ generate: setup
 
 bench: setup redis
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --stores
 
 # Run only when a schema version is released: later schemas must stay wire compatible with it.
 release-schema: setup

@@ -26,6 +26,7 @@ from asap.client import Client, task_envelope
 from asap.connect import connect
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
+from asap.protocol.limits import Limits
 from asap.server import Server
 from asap.tls import ClientTLS, ServerTLS
 from asap.v1 import manifest_pb2
@@ -34,6 +35,7 @@ from asap.v1 import manifest_pb2
 CLI_SENDER = "urn:asap:agent:cli"
 """The sender URN the CLI uses."""
 DEFAULT_AGENT = "asap.example:agent"
+_DEFAULT_LIMITS = Limits()
 
 
 def _json(message: Message) -> str:
@@ -100,12 +102,18 @@ async def _serve(args: argparse.Namespace) -> int:
 
         auth = BearerAuth.static({args.token: CLI_SENDER})
     store = None
+    buckets = None
     if args.store:
-        from asap.stores.redis import RedisDedupeStore
+        from asap.stores.redis import RedisDedupeStore, RedisRateLimiter
+        from asap.stores.redis import connect as redis_connect
 
         store = RedisDedupeStore.from_url(args.store)
         await store.ping()  # fail at start, with a clear error, when Redis is not there
-    server = Server(_load_agent(args.agent), auth=auth, dedupe=store)
+        buckets = RedisRateLimiter(redis_connect(args.store))  # limits shared by every worker
+    limits = Limits(rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst)
+    server = Server(
+        _load_agent(args.agent), auth=auth, dedupe=store, limits=limits, rate_buckets=buckets
+    )
     if args.grpc:
         server.add_grpc(args.grpc, tls=tls, reuse_port=args.reuse_port)
     if args.ws:
@@ -128,6 +136,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await server.stop(args.grace)
         if store is not None:
             await store.aclose()
+        if buckets is not None:
+            await buckets.aclose()
     return 0
 
 
@@ -306,6 +316,16 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="URL to list in the manifest instead of the listeners' own (repeatable)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=float,
+        default=_DEFAULT_LIMITS.rate_limit_per_second,
+        metavar="PER_SECOND",
+        help="envelopes per second per caller (0: no limit); shared by workers with --store",
+    )
+    serve.add_argument(
+        "--rate-burst", type=int, default=_DEFAULT_LIMITS.rate_limit_burst, help="rate-limit burst"
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)

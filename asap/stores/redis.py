@@ -340,6 +340,10 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._bucket = client.register_script(_BUCKET)
 
+    async def aclose(self) -> None:
+        """Close the client."""
+        await self._client.aclose()
+
     async def acquire(self, principal: str, rate: float, burst: float, cost: int) -> float:
         """Take ``cost`` tokens from ``principal``'s bucket; 0.0, or the seconds to wait."""
         name = self._prefix + "r:" + hashlib.sha256(principal.encode()).hexdigest()
