@@ -2,8 +2,9 @@
 
 Each accepted connection goes to the next backend that accepts a connection (a backend that
 refuses is skipped, as a load balancer's health check would). With ``cut_between`` every
-connection is aborted (both sides, no FIN: a reset, as a dying network path) after a random
-number of bytes in that range has passed through it in either direction.
+connection is cut after a random number of bytes in that range has passed through it in either
+direction: aborted on both sides (a reset, as a dying network path), or with ``reset=False``
+closed (FIN) in the middle of whatever frame was passing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ class Proxy:
         *,
         cut_between: tuple[int, int] | None = None,
         seed: int = 7,
+        reset: bool = True,
     ) -> None:
+        self._reset = reset
         self.backends = list(backends)
         self._cut_between = cut_between
         self._rng = random.Random(seed)  # noqa: S311 - test traffic shaping
@@ -80,7 +83,10 @@ class Proxy:
                 pump.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             for side in (writer, upstream_writer):
-                side.transport.abort()
+                if self._reset:
+                    side.transport.abort()  # RST
+                else:
+                    side.transport.close()  # FIN, in the middle of whatever frame was passing
             self._writers.discard(upstream_writer)
         finally:
             self._writers.discard(writer)
