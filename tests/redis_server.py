@@ -14,7 +14,7 @@ import uuid
 from types import TracebackType
 
 
-READY = b"Ready to accept connections"
+READY = b"ready to accept connections"  # "Ready to …" (TCP) or "… now ready to … at PATH" (unix)
 START_TIMEOUT = 20.0
 MISSING = (
     "redis-server is not installed: run scripts/ensure_redis.sh (as root it installs the Debian "
@@ -45,13 +45,16 @@ class RedisServer:
         port: The port (0: a free one).
     """
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, unix_socket: str | None = None) -> None:
         self.port = port or free_port()
+        self.unix_socket = unix_socket
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
+        """``redis://127.0.0.1:PORT/0``, or ``unix://PATH?db=0`` for a unix-socket server."""
+        if self.unix_socket is not None:
+            return f"unix://{self.unix_socket}?db=0"
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
@@ -60,7 +63,8 @@ class RedisServer:
             [
                 executable(),
                 "--port",
-                str(self.port),
+                "0" if self.unix_socket is not None else str(self.port),
+                *(("--unixsocket", self.unix_socket) if self.unix_socket is not None else ()),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -78,7 +82,7 @@ class RedisServer:
         seen: list[bytes] = []
         for line in process.stdout:  # blocks on the pipe until the server logs a line or exits
             seen.append(line)
-            if READY in line:
+            if READY in line.lower():
                 return self
         process.wait(START_TIMEOUT)
         message = f"redis-server did not start on port {self.port}: {b''.join(seen)[-2000:]!r}"

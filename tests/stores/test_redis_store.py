@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from asap import Limits, Server, connect, errors
 from asap.core.agent import Agent, Incoming
+from asap.core.dedupe import Owned, Stored
 from asap.stores.redis import RedisDedupeStore, RedisRateLimiter
 from asap.stores.redis import connect as redis_connect
 from asap.v1 import payload_pb2, task_pb2
@@ -94,4 +96,19 @@ async def test_losing_redis_fails_calls_unavailable_then_recovers(servers: list[
             assert runs.count(down.id) == 1
         finally:
             await client.close()
+            await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_unix_socket_url_works(tmp_path: Path) -> None:
+    """unix:// URLs reach a Redis listening on a unix socket only."""
+    with RedisServer(unix_socket=str(tmp_path / "redis.sock")) as redis:
+        store = RedisDedupeStore.from_url(redis.url, prefix=unique_prefix())
+        try:
+            await store.ping()
+            claim = await store.claim("k", b"f" * 32)
+            assert isinstance(claim, Owned)
+            await store.complete("k", claim, b"over a unix socket")
+            assert await store.lookup("k", b"f" * 32) == Stored(b"over a unix socket")
+        finally:
             await store.aclose()
