@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 RELEASED_IMAGE := proto/released/asap-v1.binpb
 
 .PHONY: setup demo test lint typecheck check-generated generate pytest bench release-schema lock clean \
-	npm-setup test-ts generate-ts check-generated-ts
+	npm-setup test-ts generate-ts check-generated-ts redis
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ASAP needs Python 3.11+")'
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# The test suite starts its own redis-server (tests/redis_server.py); this installs the binary.
+redis:
+	sh scripts/ensure_redis.sh
+
 demo: setup
 	$(PY) -m asap.demo
 
-test: setup lint typecheck check-generated pytest test-ts
+test: setup redis lint typecheck check-generated pytest test-ts
 
 lint: setup
 	$(BIN)/buf lint
@@ -36,14 +40,15 @@ typecheck: setup
 check-generated: setup
 	$(PY) scripts/generate.py --check
 
-pytest: setup
+pytest: setup redis
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
 generate: setup
 	$(PY) scripts/generate.py
 
-bench: setup
+bench: setup redis
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --stores
 
 # Run only when a schema version is released (docs/versioning.md): records proto/VERSION as released
 # and keeps its image; later schemas must stay wire compatible with it.

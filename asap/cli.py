@@ -1,6 +1,7 @@
 """The ``asap`` command: serve an agent, send it a task, read its manifest.
 
 asap serve --grpc 127.0.0.1:50051 --ws 127.0.0.1:8765
+asap serve --grpc 0.0.0.0:50051 --ws 0.0.0.0:8765 --workers 2 --store redis://127.0.0.1:6379/0
 asap send grpc://127.0.0.1:50051 --skill echo --input '{"text": "hi"}'
 asap send ws://127.0.0.1:8765/asap/v1/ws --skill stream --stream
 asap manifest grpc://127.0.0.1:50051
@@ -27,13 +28,16 @@ from asap.client import Client, task_envelope
 from asap.connect import connect
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
+from asap.protocol.limits import Limits
 from asap.server import Server
 from asap.tls import ClientTLS, ServerTLS
+from asap.v1 import manifest_pb2
 
 
 CLI_SENDER = "urn:asap:agent:cli"
 """The sender URN the CLI uses."""
 DEFAULT_AGENT = "asap.example:agent"
+_DEFAULT_LIMITS = Limits()
 
 
 def _json(message: Message) -> str:
@@ -60,9 +64,34 @@ def _server_tls(cert: str, key: str) -> ServerTLS:
     return ServerTLS(Path(cert).read_bytes(), Path(key).read_bytes())
 
 
+def _store_options(args: argparse.Namespace) -> None:
+    """Refuse --workers above 1 without a shared store, and port 0 with several workers."""
+    if args.workers < 1:
+        message = "--workers must be at least 1"
+        raise SystemExit(message)
+    if args.store and not args.store.startswith(("redis://", "rediss://", "unix://")):
+        message = f"--store must be a redis://, rediss:// or unix:// URL, got {args.store!r}"
+        raise SystemExit(message)
+    if args.workers > 1 and not args.store:
+        message = (
+            f"--workers {args.workers} needs a shared store: pass --store redis://HOST:PORT/DB. "
+            "Without one every worker keeps its own dedupe outcomes and rate limits, so a "
+            "retransmission reaching another worker would run its handler again."
+        )
+        raise SystemExit(message)
+    if args.workers > 1:
+        for address in (args.grpc, args.ws):
+            if address and address.rpartition(":")[2] == "0":
+                message = f"--workers {args.workers} needs fixed ports (not {address})"
+                raise SystemExit(message)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     if not args.grpc and not args.ws:
         args.grpc = "127.0.0.1:50051"
+    _store_options(args)
+    if args.workers > 1:
+        return await _supervise(args)
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -74,11 +103,25 @@ async def _serve(args: argparse.Namespace) -> int:
         from asap.core.middleware import BearerAuth
 
         auth = BearerAuth.static({args.token: CLI_SENDER})
-    server = Server(_load_agent(args.agent), auth=auth)
+    store = None
+    buckets = None
+    if args.store:
+        from asap.stores.redis import RedisDedupeStore, RedisRateLimiter
+        from asap.stores.redis import connect as redis_connect
+
+        store = RedisDedupeStore.from_url(args.store)
+        await store.ping()  # fail at start, with a clear error, when Redis is not there
+        buckets = RedisRateLimiter(redis_connect(args.store))  # limits shared by every worker
+    limits = Limits(rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst)
+    server = Server(
+        _load_agent(args.agent), auth=auth, dedupe=store, limits=limits, rate_buckets=buckets
+    )
     if args.grpc:
-        server.add_grpc(args.grpc, tls=tls)
+        server.add_grpc(args.grpc, tls=tls, reuse_port=args.reuse_port)
     if args.ws:
-        server.add_websocket(args.ws, tls=tls)
+        server.add_websocket(args.ws, tls=tls, reuse_port=args.reuse_port)
+    if args.advertise:
+        server.advertise([_endpoint(url) for url in args.advertise])
     await server.start()
     for endpoint in server.endpoints():
         print(f"listening {endpoint.url}", flush=True)  # noqa: T201
@@ -93,6 +136,102 @@ async def _serve(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signum)
         print("shutting down", file=sys.stderr, flush=True)  # noqa: T201
         await server.stop(args.grace)
+        if store is not None:
+            await store.aclose()
+        if buckets is not None:
+            await buckets.aclose()
+    return 0
+
+
+def _endpoint(url: str) -> manifest_pb2.Endpoint:
+    transport = (
+        manifest_pb2.TRANSPORT_GRPC if url.startswith("grpc") else manifest_pb2.TRANSPORT_WEBSOCKET
+    )
+    return manifest_pb2.Endpoint(transport=transport, url=url)
+
+
+def _worker_argv(argv: Sequence[str]) -> list[str]:
+    """The parent's arguments for one worker: without --workers, with --reuse-port."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--workers":
+            skip = True
+            continue
+        if arg.startswith("--workers="):
+            continue
+        kept.append(arg)
+    return [*kept, "--reuse-port"]
+
+
+RESTART_BACKOFF = 0.5
+"""Seconds before a worker that died is started again (doubling while it keeps dying at once)."""
+
+
+async def _supervise(args: argparse.Namespace) -> int:
+    """Run ``--workers`` worker processes sharing the ports; restart the ones that die.
+
+    SIGTERM/SIGINT are passed on to every worker, which drains (``--grace``) and exits.
+    """
+    command = [sys.executable, "-m", "asap.cli", *_worker_argv(args.argv)]
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    workers: dict[int, asyncio.subprocess.Process] = {}
+    ready_slots: set[int] = set()
+    listeners = (1 if args.grpc else 0) + (1 if args.ws else 0)
+
+    async def run(slot: int) -> None:
+        backoff = RESTART_BACKOFF
+        while not stopping.is_set():
+            process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
+            workers[slot] = process
+            if stopping.is_set():  # SIGTERM arrived while it was starting
+                process.send_signal(signal.SIGTERM)
+            if process.stdout is None:
+                return
+            ready = False
+            listening = 0
+            while line := await process.stdout.readline():
+                text = line.decode().rstrip()
+                if not text.startswith("listening "):
+                    continue
+                listening += 1
+                if slot == 0 and len(ready_slots) < args.workers:
+                    print(text, flush=True)  # noqa: T201 - the listeners, once
+                ready = listening == listeners
+                if ready and slot in ready_slots:
+                    print(f"worker {slot} ready pid {process.pid}", flush=True)  # noqa: T201
+                elif ready:
+                    ready_slots.add(slot)
+                    if len(ready_slots) == args.workers:
+                        pids = " ".join(str(worker.pid) for worker in workers.values())
+                        print(f"workers {args.workers} pids {pids}", flush=True)  # noqa: T201
+            code = await process.wait()
+            if stopping.is_set():
+                return
+            message = f"worker {slot} (pid {process.pid}) exited with {code}; restarting"
+            print(message, file=sys.stderr, flush=True)  # noqa: T201
+            backoff = RESTART_BACKOFF if ready else min(30.0, backoff * 2)
+            try:
+                await asyncio.wait_for(stopping.wait(), backoff)
+            except TimeoutError:
+                continue
+
+    runners = [loop.create_task(run(slot)) for slot in range(args.workers)]
+    try:
+        await stopping.wait()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        for process in workers.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*runners, return_exceptions=True)
     return 0
 
 
@@ -165,6 +304,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--token", help="require this bearer token")
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to drain on shutdown")
+    serve.add_argument(
+        "--store",
+        metavar="URL",
+        help="shared dedupe store: redis://HOST:PORT/DB, rediss:// or unix:// (needs asap[redis])",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the ports (needs --store)"
+    )
+    serve.add_argument(
+        "--advertise",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="URL to list in the manifest instead of the listeners' own (repeatable)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=float,
+        default=_DEFAULT_LIMITS.rate_limit_per_second,
+        metavar="PER_SECOND",
+        help="envelopes per second per caller (0: no limit); shared by workers with --store",
+    )
+    serve.add_argument(
+        "--rate-burst", type=int, default=_DEFAULT_LIMITS.rate_limit_burst, help="rate-limit burst"
+    )
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     def client_options(command: argparse.ArgumentParser) -> None:
@@ -197,6 +362,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``asap`` command; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

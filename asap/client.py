@@ -64,12 +64,20 @@ _STREAM = method("Stream")
 _GET_MANIFEST = method("GetManifest")
 
 
+MAX_DRAIN_RETRIES = 8
+"""Retries of a unary call refused by draining servers (ShuttingDown), on top of the retry budget."""
+MAX_DRAIN_BACKOFF = 0.25
+"""Upper bound of the delay before such a retry, in seconds (another server is usually ready)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Retries of unary calls that failed with UNAVAILABLE (exponential backoff, full jitter).
 
     Retrying is safe because envelope ids are fixed before the first attempt and the server
-    deduplicates them.
+    deduplicates them. A refusal by a draining server (ShuttingDown) is retried on a fresh
+    connection or the next endpoint without spending these attempts (at most
+    :data:`MAX_DRAIN_RETRIES` times).
     """
 
     max_attempts: int = 4
@@ -204,27 +212,33 @@ class Client:
         options = await self._options(timeout, metadata)
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
         attempt = 1
+        drained = 0
         while True:
             try:
                 return await self.channel.unary(spec, request, options)
             except Unavailable as error:
-                if (
-                    self._closed
-                    or attempt >= self._retry.max_attempts
-                    or isinstance(error, ShuttingDown)
-                ):
+                if self._closed:
                     # After close() the channel refuses every call: a retry could only turn
                     # the call's real error (ConnectionLost) into InvalidState.
                     raise
-                delay = self._retry.delay(attempt, self._rng)
+                if isinstance(error, ShuttingDown) and drained < MAX_DRAIN_RETRIES:
+                    # The server is draining (a rolling deploy): the channel moves to a fresh
+                    # connection or the next endpoint. Not the call's fault, so it does not spend
+                    # the retry budget; bounded, in case every server keeps draining.
+                    drained += 1
+                    delay = min(MAX_DRAIN_BACKOFF, self._retry.delay(drained, self._rng))
+                elif attempt >= self._retry.max_attempts:
+                    raise
+                else:
+                    delay = self._retry.delay(attempt, self._rng)
+                    attempt += 1
                 if deadline is not None:
                     remaining = deadline - time.monotonic() - delay
                     if remaining <= 0:
                         raise
                     options = CallOptions(timeout=remaining, metadata=options.metadata)
-                _log.info("%s failed (%s); retry %d in %.3fs", name, error, attempt, delay)
+                _log.info("%s failed (%s); retry in %.3fs", name, error, delay)
                 await asyncio.sleep(delay)
-                attempt += 1
 
     # -- the RPCs ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ Exception tree::
     ├── NotFound
     │   └── SkillNotFound
     ├── AlreadyExists
+    │   └── IdempotencyKeyReused   (an envelope id reused for different content)
     ├── PermissionDenied
     │   └── SenderMismatch
     ├── ResourceExhausted
@@ -37,7 +38,8 @@ Exception tree::
     ├── Internal
     ├── Unavailable
     │   ├── ShuttingDown
-    │   └── ConnectionLost         (carries the WebSocket close code when there was one)
+    │   ├── ConnectionLost         (carries the WebSocket close code when there was one)
+    │   └── StoreUnavailable       (the shared dedupe / rate-limit store cannot be reached)
     ├── DataLoss
     └── Unauthenticated            (MISSING_CREDENTIALS, INVALID_TOKEN)
 
@@ -242,6 +244,13 @@ class AlreadyExists(AsapError):
     default_message = "already exists"
 
 
+class IdempotencyKeyReused(AlreadyExists):
+    """The envelope id was already used by this caller for an envelope with different content."""
+
+    default_reason = "IDEMPOTENCY_KEY_REUSED"
+    default_message = "the envelope id was already used for an envelope with different content"
+
+
 class PermissionDenied(AsapError):
     """The caller may not do this."""
 
@@ -412,6 +421,13 @@ class ConnectionLost(Unavailable):
     ) -> None:
         super().__init__(message, reason=reason, details=details, metadata=metadata)
         self.close_code = close_code
+
+
+class StoreUnavailable(Unavailable):
+    """The shared store (Redis) that keeps delivery outcomes or rate limits cannot be reached."""
+
+    default_reason = "STORE_UNAVAILABLE"
+    default_message = "the server's shared store is unavailable"
 
 
 class DataLoss(AsapError):

@@ -12,7 +12,14 @@ from asap.core.dedupe import DedupeStore, InMemoryDedupeStore
 from asap.core.delivery import Deliverer
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
-from asap.core.middleware import BearerAuth, Middleware, RateLimit, SenderBinding, TokenVerifier
+from asap.core.middleware import (
+    BearerAuth,
+    Middleware,
+    RateLimit,
+    SenderBinding,
+    SharedBuckets,
+    TokenVerifier,
+)
 from asap.core.service import AgentServiceCore
 from asap.errors import InvalidState
 from asap.protocol.frames import DEFAULT_PATH
@@ -45,10 +52,16 @@ class Server:
         agent: The handlers.
         limits: Size, rate, concurrency and liveness limits (secure defaults).
         auth: A token verifier or a BearerAuth; None serves without authentication.
-        bind_sender: Refuse envelopes whose sender is not the authenticated identity.
-        dedupe: Where delivery outcomes are remembered (in memory by default).
+        bind_sender: Refuse envelopes whose sender is not the authenticated identity. None (the
+            default) binds senders whenever ``auth`` is set; False turns it off explicitly (the
+            dedupe key still includes the authenticated principal, so callers never share outcomes).
+        dedupe: Where delivery outcomes are remembered (in memory by default; a
+            :class:`~asap.stores.redis.RedisDedupeStore` shares them between replicas).
         validation: Envelope validation policy (timestamp window).
         middleware: Further guards, run after authentication and rate limiting.
+        rate_buckets: Where rate-limit buckets are kept when ``limits`` sets a rate: None keeps
+            them in this process; a :class:`~asap.stores.redis.RedisRateLimiter` shares them
+            between replicas (the same RetryInfo either way).
         advertised_urls: URLs to list in the manifest instead of the listeners' own (behind a proxy).
     """
 
@@ -58,11 +71,12 @@ class Server:
         *,
         limits: Limits | None = None,
         auth: TokenVerifier | BearerAuth | None = None,
-        bind_sender: bool = False,
+        bind_sender: bool | None = None,
         dedupe: DedupeStore | None = None,
         validation: ValidationPolicy | None = None,
         middleware: Sequence[Middleware] = (),
         advertised_urls: Sequence[manifest_pb2.Endpoint] = (),
+        rate_buckets: SharedBuckets | None = None,
     ) -> None:
         self.agent = agent
         self.limits = limits or Limits()
@@ -74,13 +88,17 @@ class Server:
             ]
         if self.limits.rate_limit_per_second > 0:
             guards.append(
-                RateLimit(self.limits.rate_limit_per_second, self.limits.rate_limit_burst)
+                RateLimit(
+                    self.limits.rate_limit_per_second,
+                    self.limits.rate_limit_burst,
+                    shared=rate_buckets,
+                )
             )
-        if bind_sender:
+        if bind_sender if bind_sender is not None else auth is not None:
             guards.append(SenderBinding())
         guards.extend(middleware)
         self.health = HealthState()
-        deliverer = Deliverer(
+        self.deliverer = deliverer = Deliverer(
             agent,
             dedupe if dedupe is not None else InMemoryDedupeStore(),
             guards,
@@ -92,17 +110,32 @@ class Server:
         )
         self._advertised = list(advertised_urls)
         self._transports: list[ServerTransport] = []
+        self._goaway_at_start: list[ServerTransport] = []
+        """Listeners whose stop(grace) tells clients at once (gRPC's GOAWAY): stopped first."""
         self._started = False
         self._stopped = asyncio.Event()
 
-    def add_grpc(self, address: str, *, tls: ServerTLS | None = None) -> ServerTransport:
-        """Add a gRPC listener on ``HOST:PORT`` (port 0 picks a free port)."""
+    def add_grpc(
+        self, address: str, *, tls: ServerTLS | None = None, reuse_port: bool = False
+    ) -> ServerTransport:
+        """Add a gRPC listener on ``HOST:PORT`` (port 0 picks a free port).
+
+        With ``reuse_port`` the socket is bound with SO_REUSEPORT, so several processes can serve
+        the same port (the kernel spreads connections over them).
+        """
         from asap.transports.grpc.server import GrpcServerTransport
 
         host, port = _split_address(address)
         transport = GrpcServerTransport(
-            self.dispatcher, self.health, host=host, port=port, limits=self.limits, tls=tls
+            self.dispatcher,
+            self.health,
+            host=host,
+            port=port,
+            limits=self.limits,
+            tls=tls,
+            reuse_port=reuse_port,
         )
+        self._goaway_at_start.append(transport)
         return self._add(transport)
 
     def add_websocket(
@@ -112,8 +145,9 @@ class Server:
         tls: ServerTLS | None = None,
         path: str = DEFAULT_PATH,
         allowed_origins: Sequence[str] | None = None,
+        reuse_port: bool = False,
     ) -> ServerTransport:
-        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``."""
+        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path`` (``reuse_port``: SO_REUSEPORT)."""
         from asap.transports.ws.server import WebSocketServerTransport
 
         host, port = _split_address(address)
@@ -127,6 +161,7 @@ class Server:
             path=path,
             allowed_origins=allowed_origins,
         )
+        transport.reuse_port = reuse_port
         return self._add(transport)
 
     def _add(self, transport: ServerTransport) -> ServerTransport:
@@ -178,17 +213,43 @@ class Server:
             return
         self.health.set_serving(False)
         # Draining happens in the Dispatcher first, so a new call on any transport is refused with
-        # the same UNAVAILABLE (SHUTTING_DOWN) while in-flight calls finish; then the listeners stop.
+        # the same UNAVAILABLE (SHUTTING_DOWN) while in-flight calls finish, and every listener
+        # tells its clients at once so they move to a fresh connection or the next endpoint: the
+        # bridge sends GoAway as soon as health turns NOT_SERVING, and gRPC's stop(grace), which
+        # sends GOAWAY and then waits up to the grace for its calls, starts right away.
         self.dispatcher.draining = True
         loop = asyncio.get_running_loop()
         started = loop.time()
-        if grace is None:
-            await self.dispatcher.wait_idle()
-        elif grace > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dispatcher.wait_idle(), grace)
+        early = [
+            loop.create_task(transport.stop(grace), name="asap.server.goaway")
+            for transport in self._transports
+            if transport in self._goaway_at_start
+        ]
+        try:
+            if grace is None:
+                await self.dispatcher.wait_idle()
+            elif grace > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.dispatcher.wait_idle(), grace)
+            remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
+            await asyncio.gather(
+                *(
+                    transport.stop(remaining)
+                    for transport in self._transports
+                    if transport not in self._goaway_at_start
+                )
+            )
+        finally:
+            await asyncio.gather(*early)
+        # Deliveries that outlived their calls (a connection was cut) finish within the grace too;
+        # then they are cancelled (their claims are abandoned, so a retransmission runs them again).
         remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
-        await asyncio.gather(*(transport.stop(remaining) for transport in self._transports))
+        if remaining is None:
+            await self.deliverer.wait_idle()
+        elif remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.deliverer.wait_idle(), remaining)
+        await self.deliverer.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

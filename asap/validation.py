@@ -356,6 +356,7 @@ def validate(
     policy: ValidationPolicy = DEFAULT_POLICY,
     *,
     now: float,
+    timestamp: bool = True,
 ) -> None:
     """Check an envelope against every rule, in the order the module docstring lists.
 
@@ -363,6 +364,8 @@ def validate(
         envelope: The envelope as received; it is not modified.
         policy: The timestamp bounds to apply.
         now: The recipient's current time in Unix seconds (as ``time.time()`` returns).
+        timestamp: False leaves out rule 5 (the delivery checks it with :func:`check_timestamp`
+            after looking for a stored outcome, so a late retransmission still gets its answer).
 
     Raises:
         UnsupportedVersion: ``asap_version`` has a major version other than
@@ -380,7 +383,8 @@ def validate(
     if kind in CORRELATED_KINDS and not envelope.correlation_id:
         text = f"a {kind} envelope must carry the id of the envelope it answers in correlation_id"
         raise _invalid(text, reason="MISSING_CORRELATION_ID", field="correlation_id")
-    _check_timestamp(envelope, policy, now)
+    if timestamp:
+        check_timestamp(envelope, policy, now)
 
 
 def check_version(asap_version: str) -> None:
@@ -437,7 +441,7 @@ def _check_urn(value: str, field: str) -> None:
         raise _invalid(text, reason="INVALID_URN", field=field)
 
 
-def _check_timestamp(envelope: envelope_pb2.Envelope, policy: ValidationPolicy, now: float) -> None:
+def check_timestamp(envelope: envelope_pb2.Envelope, policy: ValidationPolicy, now: float) -> None:
     """Raise STALE_TIMESTAMP or FUTURE_TIMESTAMP when the timestamp is outside the policy window."""
     stamp = envelope.timestamp
     age = now - (stamp.seconds + stamp.nanos / 1e9)

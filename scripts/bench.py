@@ -27,7 +27,9 @@ caller's latency with and without them.
 
 Flags: ``--quick`` (1 round, fewer calls, 200 idle connections), ``--uvloop`` (a second column
 set on uvloop, only if it is importable; it is not a dependency), ``--json PATH``, ``--only KEY``
-(scenarios whose key contains KEY), ``--skip-idle``, ``--rounds N``, ``--idle-connections K``.
+(scenarios whose key contains KEY), ``--skip-idle``, ``--rounds N``, ``--idle-connections K``,
+``--stores`` (only ``scripts/bench_stores.py``: the Redis store vs in memory, and
+``asap serve --workers 2`` vs 1).
 
 Each measurement also records how much CPU other processes used meanwhile (``/proc/stat``); on a
 shared machine the report says when the numbers are noisy. Servers and the idle-connection holder
@@ -1115,7 +1117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-idle", action="store_true", help="skip idle connections")
     parser.add_argument("--rounds", type=int, default=0, help="override the number of rounds")
     parser.add_argument("--idle-connections", type=int, default=0, help="override K")
+    parser.add_argument(
+        "--stores",
+        action="store_true",
+        help="only Send throughput with the Redis store vs in memory, and --workers 2 vs 1",
+    )
     options = parser.parse_args(argv)
+    if options.stores:
+        stores = Path(__file__).with_name("bench_stores.py")
+        return subprocess.run([sys.executable, str(stores)], check=False).returncode  # noqa: S603
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
     logging.basicConfig(level=logging.ERROR)  # plaintext-to-loopback warnings are expected here

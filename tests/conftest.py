@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
 from asap import BearerAuth, Client, Limits, RetryPolicy, Server, connect
+from asap.core.dedupe import DedupeStore
 from asap.protocol.frames import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
+from asap.stores.redis import RedisDedupeStore
 from tests.conformance._service import (
     AGENT_ID,
     GOOD_TOKEN,
@@ -32,6 +34,7 @@ from tests.conformance._service import (
     Probe,
     make_agent,
 )
+from tests.redis_server import RedisServer, unique_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,25 +68,63 @@ def transport(request: pytest.FixtureRequest) -> Transport:
     return param
 
 
+STORES = ("memory", "redis")
+"""The dedupe stores the delivery conformance cases run against (``store_kind``)."""
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (tests keep apart by key prefix)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which dedupe store the harness's server uses: "memory" unless a module parametrizes it.
+
+    Delivery conformance modules parametrize it with :data:`STORES` (``indirect=True``).
+    """
+    kind: str = getattr(request, "param", "memory")
+    return kind
+
+
 @pytest_asyncio.fixture
-async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
+async def make_harness(
+    transport: Transport, store_kind: str, request: pytest.FixtureRequest
+) -> AsyncIterator[HarnessFactory]:
     """Start harnesses with a given server configuration; everything is closed at teardown.
 
     The factory takes ``limits``, ``auth`` and ``bind_sender`` (as :class:`~asap.server.Server`)
-    and ``token`` for the harness's own client.
+    and ``token`` for the harness's own client. Servers use the ``store_kind`` dedupe store.
     """
     servers: list[Server] = []
     clients: list[Client] = []
+    stores: list[RedisDedupeStore] = []
+
+    def new_store() -> DedupeStore | None:
+        if store_kind == "memory":
+            return None
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        store = RedisDedupeStore.from_url(redis.url, prefix=unique_prefix())
+        stores.append(store)
+        return store
 
     async def start(
         *,
         limits: Limits | None = None,
         auth: BearerAuth | None = None,
-        bind_sender: bool = False,
+        bind_sender: bool | None = None,
         token: str | None = None,
     ) -> Harness:
         probe = Probe()
-        server = Server(make_agent(probe), limits=limits, auth=auth, bind_sender=bind_sender)
+        server = Server(
+            make_agent(probe),
+            limits=limits,
+            auth=auth,
+            bind_sender=bind_sender,
+            dedupe=new_store(),
+        )
         if transport.websocket:
             server.add_websocket("127.0.0.1:0")
         else:
@@ -125,6 +166,8 @@ async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
         await client.close()
     for server in servers:
         await server.stop(0)
+    for store in stores:
+        await store.aclose()
 
 
 @pytest_asyncio.fixture

@@ -55,9 +55,10 @@ def test_bearer_auth_outcomes_match_on_both_transports() -> None:
 
 @pytest.mark.slow
 def test_client_survives_server_restart_without_duplicates() -> None:
-    """All 30 sends are answered across a restart and each envelope is processed exactly once."""
+    """All 30 sends are answered across a killed and restarted server process, each processed once."""
     output = run_example("survive_restart.py")
     assert "answered 30 of 30, processed 30 envelopes, 0 twice" in output
+    assert "a retransmission after the restart was answered from Redis: True" in output
 
 
 @pytest.mark.slow

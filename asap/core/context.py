@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,31 @@ class Identity:
     """Further facts the verifier established (scopes, tenant, …)."""
 
 
+DEADLINE_TOLERANCE = 0.005
+"""Seconds before the deadline a cancellation already counts as the deadline's.
+
+An event loop runs a timer up to its clock resolution early, and a transport's own deadline timer
+(gRPC's) runs on another clock: a cancellation this close to the deadline is the deadline's.
+"""
+
+
+class CancelReason(enum.Enum):
+    """Why a call's task was cancelled, as far as the core knows (see :class:`CallContext`).
+
+    Only ``CALLER`` and ``DEADLINE`` cancel the envelope handlers a call started. Any other
+    cancellation of the call's task — the connection was cut, the peer went away, the transport gave
+    up — is ``TRANSPORT``: the handlers run to completion and their outcomes are stored, so the
+    caller's retransmission is answered from the store instead of running them again.
+    """
+
+    TRANSPORT = "transport"
+    """The connection or the peer failed (also what an unexplained cancellation counts as)."""
+    CALLER = "caller"
+    """The caller explicitly cancelled the call (the bridge's Cancel frame)."""
+    DEADLINE = "deadline"
+    """The call's deadline passed."""
+
+
 class CallContext:
     """The per-call context: method, metadata, peer, identity, deadline, cancellation, trailers.
 
@@ -31,6 +57,7 @@ class CallContext:
     """
 
     __slots__ = (
+        "_cancel_reason",
         "_cancelled",
         "_trailing",
         "deadline",
@@ -70,6 +97,7 @@ class CallContext:
         :func:`asap.core.tasks.start_eagerly`); the core hands off before code that needs a task."""
         self._trailing: list[tuple[str, MetadataValue]] = []
         self._cancelled = False
+        self._cancel_reason: CancelReason | None = None
 
     @property
     def principal(self) -> str:
@@ -116,6 +144,26 @@ class CallContext:
     def mark_cancelled(self) -> None:
         """Record that the caller cancelled the call (called by the dispatcher)."""
         self._cancelled = True
+
+    def cancel_requested(self) -> None:
+        """Record that the caller explicitly cancelled the call; the transport then cancels it.
+
+        Transports call this before cancelling the call's task for an explicit cancel (the
+        bridge's Cancel frame), and never for a connection loss: only then are the envelope
+        handlers the call started cancelled too.
+        """
+        self._cancel_reason = CancelReason.CALLER
+
+    def cancel_reason(self) -> CancelReason:
+        """Why the call's task is being cancelled: CALLER, DEADLINE (past it), else TRANSPORT."""
+        if self._cancel_reason is not None:
+            return self._cancel_reason
+        if (
+            self.deadline is not None
+            and asyncio.get_running_loop().time() + DEADLINE_TOLERANCE >= self.deadline
+        ):
+            return CancelReason.DEADLINE
+        return CancelReason.TRANSPORT
 
     def cancelled(self) -> bool:
         """True once the caller cancelled the call or its deadline passed."""

@@ -7,21 +7,34 @@ RPC and whatever the transport.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 from asap import validation
 from asap.core.agent import Agent, Incoming, Reply
 from asap.core.boundary import as_asap_error
-from asap.core.context import CallContext
-from asap.core.dedupe import DedupeStore
+from asap.core.context import CallContext, CancelReason
+from asap.core.dedupe import DedupeStore, Owned, Reused, Stored, dedupe_key, fingerprint
 from asap.core.middleware import Middleware
-from asap.core.tasks import leave_eager
-from asap.errors import AsapError, Code, to_status
+from asap.core.tasks import leave_eager, start_eagerly_for_result
+from asap.errors import (
+    AsapError,
+    Code,
+    ConnectionLost,
+    DeadlineExceeded,
+    IdempotencyKeyReused,
+    ShuttingDown,
+    to_status,
+)
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
 
+
+_log = logging.getLogger("asap.delivery")
 
 Emit = Callable[[envelope_pb2.Envelope], Awaitable[None]]
 """Receives each envelope a delivery produces (acks, updates, the answer) as it is produced."""
@@ -40,8 +53,78 @@ _TRANSIENT = frozenset(
 """Failures that are not remembered: a retransmission of the envelope is processed again."""
 
 
+class _Sink:
+    """Where a delivery's envelopes go while its call is there; dropped once it is gone.
+
+    A failed write does not fail the handler: it keeps running to completion (its outcome is
+    stored), later envelopes are dropped, and :attr:`error` keeps the failure for the call. The
+    exceptions are the two things that do stop a handler (:class:`CancelReason`): the call's
+    deadline has passed, or its caller cancelled it explicitly; then the write's error reaches the
+    handler, also one that never awaits (the core checks both at every streamed write).
+    """
+
+    __slots__ = ("_ctx", "_emit", "detached", "error")
+
+    def __init__(self, emit: Emit | None, ctx: CallContext) -> None:
+        self._emit = emit
+        self._ctx = ctx
+        self.error: Exception | None = None
+        self.detached = False
+        """True once the call went away (its task was cancelled) while the delivery ran."""
+
+    @property
+    def attached(self) -> bool:
+        return self._emit is not None
+
+    def detach(self) -> None:
+        self._emit = None
+        self.detached = True
+
+    async def __call__(self, item: envelope_pb2.Envelope) -> None:
+        emit = self._emit
+        if emit is None:
+            if not self.detached:
+                return  # a call with nothing to stream (Send takes the result instead)
+            # Detached: nothing is written, but a handler that never awaits must still meet its
+            # own cancellation (requested on this task) and its deadline here.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            if self._ctx.cancel_reason() is CancelReason.DEADLINE:
+                raise DeadlineExceeded
+            return
+        try:
+            await emit(item)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this delivery itself is being cancelled
+            self.error, self._emit = ConnectionLost(f"the call went away: {exc!r}"), None
+        except Exception as exc:
+            if self._ctx.cancel_reason() is not CancelReason.TRANSPORT:
+                raise  # past the deadline, or cancelled by the caller: the handler stops
+            self.error, self._emit = exc, None
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters of a :class:`Deliverer`."""
+
+    detached: int = 0
+    """Deliveries that went on after their call's transport failed."""
+    cancelled_over_bound: int = 0
+    """Deliveries cancelled with their call because :attr:`Deliverer.max_detached` were running."""
+
+
 class Deliverer:
-    """Delivers envelopes to an agent's handlers exactly once per (sender, id).
+    """Delivers envelopes to an agent's handlers exactly once per (principal, sender, id).
+
+    Each claimed envelope is processed in a task the Deliverer owns, so a transport failure of the
+    call (the connection is cut, the peer is gone: the transport cancels the call's task) does not
+    cancel the handler: it runs to completion and its outcome is stored, and the caller's
+    retransmission waits for it and gets that outcome. Only an explicit cancel by the caller or the
+    call's deadline (:meth:`CallContext.cancel_reason`) cancels it. At most ``max_detached``
+    deliveries outlive their calls; beyond that a delivery is cancelled with its call (counted).
 
     Args:
         agent: The handlers.
@@ -49,6 +132,7 @@ class Deliverer:
         middleware: Guards run on every group of envelopes.
         policy: Validation limits (timestamp window).
         clock: Wall clock for timestamps and validation, injectable for tests.
+        max_detached: How many deliveries may go on after their calls ended.
     """
 
     def __init__(
@@ -59,12 +143,23 @@ class Deliverer:
         policy: validation.ValidationPolicy,
         *,
         clock: Callable[[], float] = time.time,
+        max_detached: int = 1000,
     ) -> None:
         self.agent = agent
         self._store = store
         self._middleware = tuple(middleware)
         self._policy = policy
         self._clock = clock
+        self.max_detached = max_detached
+        self._running: set[asyncio.Task[agent_service_pb2.DeliveryResult]] = set()
+        self._detached: set[asyncio.Task[agent_service_pb2.DeliveryResult]] = set()
+        self._closed = False
+        self.stats = DeliveryStats()
+
+    @property
+    def detached(self) -> int:
+        """How many deliveries are running after their calls ended."""
+        return len(self._detached)
 
     async def admit(self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]) -> None:
         """Run the middleware on a group of envelopes; raises the first refusal."""
@@ -84,38 +179,167 @@ class Deliverer:
         """Validate and process one admitted envelope and return its outcome; never raises AsapError.
 
         With ``emit``, every envelope the handler produces is passed on as it is produced (and,
-        with ``ack_received``, a RECEIVED ack first). A repeated (sender, id) returns the stored
-        outcome without calling the handler; nothing but the final answer is emitted then.
+        with ``ack_received``, a RECEIVED ack first). A repeated (principal, sender, id) with the
+        same content returns the stored outcome without calling the handler (nothing but the final
+        answer is emitted then); with different content it fails IDEMPOTENCY_KEY_REUSED. The
+        stored outcome is looked up before the timestamp window is applied, so a late
+        retransmission still gets its answer.
         """
         try:
-            validation.validate(envelope, self._policy, now=self._clock())
+            validation.validate(envelope, self._policy, now=self._clock(), timestamp=False)
         except AsapError as error:
             return self.refused(envelope, error)
-        key = f"{envelope.sender}\x00{envelope.id}"
-        if ctx.eager and not getattr(self._store, "eager_safe", False):
+        key = dedupe_key(ctx.principal, envelope)
+        digest = fingerprint(envelope)
+        store_is_local = getattr(self._store, "eager_safe", False)
+        if ctx.eager and not store_is_local:
             await leave_eager(ctx)  # a shared store does I/O
-        stored = await self._store.claim(key)
-        if stored is not None:
-            result = agent_service_pb2.DeliveryResult.FromString(stored)
-            if emit is not None and result.HasField("envelope"):
-                await emit(result.envelope)
-            return result
+        try:
+            try:
+                validation.check_timestamp(envelope, self._policy, self._clock())
+            except AsapError as error:
+                found = await self._store.lookup(key, digest)
+                if isinstance(found, Stored):
+                    return await self._replay(found, emit)
+                return self.refused(envelope, error)
+            claim = await self._store.claim(key, digest)
+        except AsapError as error:  # the store is unreachable (StoreUnavailable)
+            return self.refused(envelope, error)
+        if isinstance(claim, Stored):
+            return await self._replay(claim, emit)
+        if isinstance(claim, Reused):
+            message = f"envelope id {envelope.id!r} was already used for different content"
+            return self.refused(envelope, IdempotencyKeyReused(message))
+        sink = _Sink(emit, ctx)
+        if self._closed:
+            await self._store.abandon(key, claim)
+            return self.refused(envelope, ShuttingDown())
+        process = self._process(ctx, envelope, key, claim, sink, ack_received)
+        name = f"asap.delivery {envelope.id}"
+        if store_is_local and self._synchronous(envelope):
+            # No user code can suspend in it: run it at once, in a task only if a write waits.
+            started = start_eagerly_for_result(process, name=name)
+            if started.done():
+                if sink.error is not None:
+                    return self.refused(
+                        envelope, as_asap_error(sink.error, where=f"answer to {envelope.id}")
+                    )
+                return started.result()
+            # Not done, so start_eagerly_for_result returned the task that continues it.
+            task = cast("asyncio.Task[agent_service_pb2.DeliveryResult]", started)
+        else:
+            task = asyncio.get_running_loop().create_task(process, name=name)
+        self._running.add(task)
+        task.add_done_callback(self._finished)
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._on_call_cancelled(ctx, task, sink):
+                # Cancelled with its call: the call ends once the handler has seen it and the
+                # claim is released (so a retry claims it afresh).
+                await asyncio.wait({task})
+            raise
+        if sink.error is not None:
+            return self.refused(
+                envelope, as_asap_error(sink.error, where=f"answer to {envelope.id}")
+            )
+        return result
+
+    def _synchronous(self, envelope: envelope_pb2.Envelope) -> bool:
+        """Whether the envelope's handler is a plain function (or none will run: an error)."""
+        try:
+            return self.agent.route_for(validation.payload_of(envelope)).synchronous
+        except AsapError:
+            return True
+
+    def _finished(self, task: asyncio.Task[agent_service_pb2.DeliveryResult]) -> None:
+        self._running.discard(task)
+        self._detached.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("delivery task %s failed", task.get_name(), exc_info=task.exception())
+
+    def _on_call_cancelled(
+        self,
+        ctx: CallContext,
+        task: asyncio.Task[agent_service_pb2.DeliveryResult],
+        sink: _Sink,
+    ) -> bool:
+        """The call's task was cancelled while its delivery ran: cancel it (True), or let it go on."""
+        sink.detach()
+        if task.done():
+            return False
+        if ctx.cancel_reason() is not CancelReason.TRANSPORT or self._closed:
+            task.cancel()
+            return True
+        if len(self._detached) >= self.max_detached:
+            self.stats.cancelled_over_bound += 1
+            _log.warning(
+                "%d deliveries already outlive their calls; cancelling %s with its call",
+                len(self._detached),
+                task.get_name(),
+            )
+            task.cancel()
+            return True
+        self.stats.detached += 1
+        self._detached.add(task)
+        return False
+
+    async def wait_idle(self) -> None:
+        """Wait until no delivery is running (including those that outlived their calls)."""
+        while self._running:
+            await asyncio.wait(set(self._running))
+
+    async def close(self) -> None:
+        """Cancel every running delivery and wait for them; later deliveries are refused."""
+        self._closed = True
+        while self._running:
+            pending = set(self._running)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+
+    async def _replay(self, found: Stored, emit: Emit | None) -> agent_service_pb2.DeliveryResult:
+        result = agent_service_pb2.DeliveryResult.FromString(found.outcome)
+        if emit is not None and result.HasField("envelope"):
+            await emit(result.envelope)
+        return result
+
+    async def _process(
+        self,
+        ctx: CallContext,
+        envelope: envelope_pb2.Envelope,
+        key: str,
+        claim: Owned,
+        sink: _Sink,
+        ack_received: bool,
+    ) -> agent_service_pb2.DeliveryResult:
+        """Run the handler, record the outcome at once, then pass the answer on."""
         completed = False
         try:
-            if ack_received and emit is not None and envelope.requires_ack:
-                await emit(self._ack(envelope, payload_pb2.ACK_STATUS_RECEIVED))
-            result = await self._run(ctx, envelope, emit)
+            if ack_received and envelope.requires_ack:
+                await sink(self._ack(envelope, payload_pb2.ACK_STATUS_RECEIVED))
+            result, answered = await self._run(ctx, envelope, sink)
             if not (result.HasField("error") and Code(result.error.code) in _TRANSIENT):
-                await self._store.complete(key, result.SerializeToString())
+                try:
+                    await self._store.complete(key, claim, result.SerializeToString())
+                except AsapError as error:
+                    _log.error("could not store the outcome of %s: %s", envelope.id, error)
                 completed = True
+            if not answered and result.HasField("envelope"):
+                await sink(result.envelope)
             return result
         finally:
             if not completed:
-                await self._store.abandon(key)
+                try:
+                    await self._store.abandon(key, claim)
+                except AsapError as error:
+                    _log.error("could not release the claim of %s: %s", envelope.id, error)
 
     async def _run(
-        self, ctx: CallContext, envelope: envelope_pb2.Envelope, emit: Emit | None
-    ) -> agent_service_pb2.DeliveryResult:
+        self, ctx: CallContext, envelope: envelope_pb2.Envelope, emit: _Sink
+    ) -> tuple[agent_service_pb2.DeliveryResult, bool]:
+        """The handler's outcome, and whether its answer was already emitted (streaming)."""
+        answered = False
         try:
             payload = validation.payload_of(envelope)
             route = self.agent.route_for(payload)
@@ -124,14 +348,14 @@ class Deliverer:
             if ctx.eager and not route.synchronous:
                 await leave_eager(ctx)  # user coroutines may need a current task
             if route.streaming:
-                # Closed here, in the call's task, when emit fails or the call is cancelled: left
+                # Closed here, in this task, when emit fails or the delivery is cancelled: left
                 # to GC, the handler's finally would run later, in a task of the loop's choosing.
                 stream = cast("AsyncGenerator[Reply, None]", route.handler(incoming))
                 async with contextlib.aclosing(stream):
                     async for item in stream:
                         answer = self._answer(envelope, item)
-                        if emit is not None:
-                            await emit(answer)
+                        await emit(answer)
+                answered = True
             else:
                 if route.synchronous:
                     reply = cast("Reply | None", route.handler(incoming))
@@ -139,16 +363,15 @@ class Deliverer:
                     reply = await route.handler(incoming)  # type: ignore[misc]
                 if reply is not None:
                     answer = self._answer(envelope, reply)
-                    if emit is not None:
-                        await emit(answer)
         except Exception as exc:  # noqa: BLE001 - the delivery boundary: every failure becomes a status
-            return self.refused(envelope, as_asap_error(exc, where=f"handler for {envelope.id}"))
+            error = as_asap_error(exc, where=f"handler for {envelope.id}")
+            return self.refused(envelope, error), answered
         result = agent_service_pb2.DeliveryResult()
         if answer is not None:
             result.envelope.CopyFrom(answer)
         if envelope.requires_ack:
             result.ack.CopyFrom(self._ack_payload(envelope, payload_pb2.ACK_STATUS_PROCESSED, ""))
-        return result
+        return result, answered
 
     def refused(
         self, envelope: envelope_pb2.Envelope, error: AsapError

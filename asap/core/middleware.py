@@ -109,45 +109,74 @@ class SenderBinding:
                 raise SenderMismatch(message)
 
 
+class SharedBuckets(Protocol):
+    """Token buckets kept outside the process (Redis), so every replica charges the same ones."""
+
+    async def acquire(self, principal: str, rate: float, burst: float, cost: int) -> float:
+        """Take ``cost`` tokens from ``principal``'s bucket: 0.0, or the seconds until possible.
+
+        Raises:
+            StoreUnavailable: the buckets cannot be reached (the call fails UNAVAILABLE).
+        """
+        ...
+
+
 class RateLimit:
     """A token bucket per principal (the identity, else the peer's address).
 
     Each envelope costs one token; a call that carries no envelope (GetManifest) costs one.
-    Refusals are RESOURCE_EXHAUSTED (reason RATE_LIMITED) with google.rpc.RetryInfo.
+    Refusals are RESOURCE_EXHAUSTED (reason RATE_LIMITED) with google.rpc.RetryInfo, the same
+    whether the buckets are in this process or shared (``shared``, e.g.
+    :class:`~asap.stores.redis.RedisRateLimiter`); shared buckets that cannot be reached fail the
+    call UNAVAILABLE (STORE_UNAVAILABLE), never fall back to local ones.
 
     Args:
         rate: Tokens added per second.
         burst: Bucket size.
         clock: Monotonic clock, injectable for tests.
+        shared: Buckets shared by replicas; None keeps them in this process.
     """
 
     eager_safe = True
     """Never suspends (its buckets are in memory): calls may run eagerly through it."""
 
     def __init__(
-        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
     ) -> None:
         self._limiter = RateLimiter(rate, burst)
         self._clock = clock
+        self._shared = shared
 
     async def on_call(self, ctx: CallContext) -> None:
         """Charge calls that carry no envelopes."""
         if ctx.method.name == "GetManifest":
-            self._charge(ctx, 1)
+            await self._charge(ctx, 1)
 
     async def on_envelopes(
         self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]
     ) -> None:
         """Charge one token per envelope, all or nothing (an empty batch still costs one)."""
-        self._charge(ctx, max(1, len(envelopes)))
+        await self._charge(ctx, max(1, len(envelopes)))
 
-    def _charge(self, ctx: CallContext, cost: int) -> None:
+    async def _charge(self, ctx: CallContext, cost: int) -> None:
         if self._limiter.enabled and cost > self._limiter.burst:
             # The bucket can never hold this many tokens: retrying would not help (and the
             # limiter refuses such a cost with ValueError, which would become INTERNAL).
             message = f"{cost} envelopes exceed the rate-limit burst of {self._limiter.burst:g}"
             raise ResourceExhausted(message)
-        retry_after = self._limiter.try_acquire(ctx.principal, self._clock(), cost)
+        if not self._limiter.enabled:
+            return
+        if self._shared is not None:
+            retry_after = await self._shared.acquire(
+                ctx.principal, self._limiter.rate, self._limiter.burst, cost
+            )
+        else:
+            retry_after = self._limiter.try_acquire(ctx.principal, self._clock(), cost)
         if retry_after > 0:
             message = f"rate limit exceeded for {ctx.principal}; retry in {retry_after:.3f}s"
             raise RateLimited(message, retry_after=retry_after)

@@ -326,7 +326,6 @@ class AgentServiceCore:
             outer.create_task(pump())
             while (item := await outbox.get()) is not None:
                 slot = item.slot
-                slot.queued -= 1
                 if not slot.released:
                     try:
                         await call.write(item.response)
@@ -338,6 +337,8 @@ class AgentServiceCore:
                             envelope_id=slot.envelope_id, status=to_status(exc)
                         )
                         await call.write(agent_service_pb2.StreamResponse(error=error))
+                # Counted down only once written: the slot holds while its answer is in the write.
+                slot.queued -= 1
                 if slot.finished and not slot.queued:
                     release(slot)
 

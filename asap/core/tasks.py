@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Coroutine, Generator
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from asap.errors import InvalidState
 
@@ -113,6 +113,31 @@ class Eager(Protocol):
     eager: bool
 
 
+T = TypeVar("T")
+
+
+def start_eagerly_for_result(coro: Coroutine[object, object, T], *, name: str) -> asyncio.Future[T]:
+    """Like :func:`start_eagerly`, for a coroutine whose result is wanted (not owned by a TaskOwner).
+
+    Returns:
+        A future already done with the coroutine's result (or exception) if it finished without
+        suspending; else the task continuing it.
+    """
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    try:
+        pending = context.run(coro.send, None)
+    except StopIteration as stop:
+        done: asyncio.Future[T] = loop.create_future()
+        done.set_result(stop.value)
+        return done
+    except Exception as exc:  # noqa: BLE001 - handed to the caller, as a task would
+        failed: asyncio.Future[T] = loop.create_future()
+        failed.set_exception(exc)
+        return failed
+    return loop.create_task(_Resumed(coro, pending), name=name, context=context)
+
+
 async def leave_eager(call: Eager) -> None:
     """Suspend once if the call runs eagerly (:func:`start_eagerly`), so what follows runs in a task.
 
@@ -124,7 +149,7 @@ async def leave_eager(call: Eager) -> None:
         await asyncio.sleep(0)
 
 
-class _Resumed(Coroutine[object, object, None]):
+class _Resumed(Coroutine[object, object, T]):
     """A coroutine, started by hand and suspended on ``pending``, handed to a task to finish.
 
     The task's first ``send`` gets ``pending`` back (the future the coroutine waits on, which
@@ -134,7 +159,7 @@ class _Resumed(Coroutine[object, object, None]):
 
     __slots__ = ("_coro", "_pending", "_started")
 
-    def __init__(self, coro: Coroutine[object, object, None], pending: object) -> None:
+    def __init__(self, coro: Coroutine[object, object, T], pending: object) -> None:
         self._coro = coro
         self._pending = pending
         self._started = False
@@ -159,5 +184,5 @@ class _Resumed(Coroutine[object, object, None]):
     def close(self) -> None:
         self._coro.close()
 
-    def __await__(self) -> Generator[object, object, None]:  # pragma: no cover - tasks only
+    def __await__(self) -> Generator[object, object, T]:  # pragma: no cover - tasks only
         return self._coro.__await__()

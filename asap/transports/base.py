@@ -8,6 +8,7 @@ middleware, deadlines, error mapping) live in :mod:`asap.core` on the server and
 from __future__ import annotations
 
 import abc
+import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
@@ -124,7 +125,18 @@ class ServerTransport(abc.ABC):
         """Stop serving, letting in-flight calls finish within ``grace`` seconds."""
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognising them, not binding
+"""Addresses that mean "every interface": a listener on one is advertised by the host's name."""
+
+
 def listener_url(scheme: str, host: str, port: int, path: str = "") -> str:
-    """The URL of a listener, bracketing IPv6 hosts: ``grpc://[::1]:50051``."""
+    """The URL of a listener, bracketing IPv6 hosts: ``grpc://[::1]:50051``.
+
+    A listener on a wildcard address (``0.0.0.0``, ``::``) is reachable at every address of the
+    machine, none of which is the wildcard: its URL names the machine's host name instead (use
+    ``Server.advertise()`` / ``asap serve --advertise`` for a name clients resolve differently).
+    """
+    if host in WILDCARD_HOSTS:
+        host = socket.gethostname()
     shown = f"[{host}]" if ":" in host else host
     return f"{scheme}://{shown}:{port}{path}"

@@ -230,6 +230,10 @@ class Probe:
         """Wait until the handler for ``key`` has seen CancelledError."""
         await self.wait(f"cancelled:{key}")
 
+    async def finished(self, key: str) -> None:
+        """Wait until the handler for ``key`` was released and returned (not cancelled)."""
+        await self.wait(f"finished:{key}")
+
     def was_cancelled(self, key: str) -> bool:
         """Whether the handler for ``key`` has seen CancelledError."""
         return self.event(f"cancelled:{key}").is_set()
@@ -247,6 +251,7 @@ async def _parked(probe: Probe, key: str) -> None:
     except asyncio.CancelledError:
         probe.event(f"cancelled:{key}").set()
         raise
+    probe.event(f"finished:{key}").set()
 
 
 def _echo_trailers(request: Incoming[payload_pb2.TaskRequest]) -> None:
@@ -477,7 +482,7 @@ class HarnessFactory(Protocol):
         *,
         limits: Limits | None = None,
         auth: BearerAuth | None = None,
-        bind_sender: bool = False,
+        bind_sender: bool | None = None,
         token: str | None = None,
     ) -> Harness:
         """Start a server and connect a client."""

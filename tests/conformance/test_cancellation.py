@@ -1,4 +1,12 @@
-"""Cancellation: a caller that gives up cancels the handler, on every transport."""
+"""Cancellation: a caller that goes away stops waiting, but the handler it started runs to completion.
+
+A call whose task is cancelled, whose subscription or stream is cancelled, or whose client is closed
+ends for the caller at once. Its envelope handlers are *not* cancelled: from the server's side that
+is indistinguishable from a cut connection (gRPC reports both the same way), and cancelling a
+handler halfway would make the caller's retransmission run its side effects a second time. The
+handler runs to completion, its outcome is stored, and the retransmission gets it. Only the call's
+deadline cancels handlers (``test_deadlines.py``).
+"""
 
 from __future__ import annotations
 
@@ -13,83 +21,70 @@ from tests.conformance._service import Harness, as_dict, envelope
 pytestmark = pytest.mark.asyncio
 
 
-async def test_cancelling_a_send_cancels_the_handler(harness: Harness) -> None:
-    """Cancelling the task awaiting a Send cancels the handler; the task ends CancelledError."""
-    call = asyncio.create_task(harness.client.send(envelope("park", {"key": "send"})))
+async def test_cancelling_a_send_leaves_the_handler_running(harness: Harness) -> None:
+    """Cancelling the task awaiting a Send ends it with CancelledError; the handler completes."""
+    request = harness.client.prepare(envelope("park", {"key": "send"}))
+    call = asyncio.create_task(harness.client.send(request))
     await harness.probe.entered("send")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await harness.probe.cancelled("send")
+    harness.probe.release("send")
+    await harness.probe.finished("send")
+    assert not harness.probe.was_cancelled("send")
 
 
-async def test_cancelling_a_subscription_cancels_the_handler(harness: Harness) -> None:
-    """Subscription.cancel() cancels the handler; a pending read raises Cancelled."""
+async def test_cancelled_send_is_answered_from_the_store_when_resent(harness: Harness) -> None:
+    """The retransmission of a cancelled Send gets the outcome of its one run."""
+    request = harness.client.prepare(envelope("park", {"key": "resend"}))
+    call = asyncio.create_task(harness.client.send(request))
+    await harness.probe.entered("resend")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    retransmission = asyncio.create_task(harness.connect().send(request))
+    harness.probe.release("resend")
+    response = await retransmission
+    assert as_dict(response.envelope.task_response.result) == {"key": "resend"}
+    assert harness.probe.runs["park:resend"] == 1
+    assert not harness.probe.was_cancelled("resend")
+
+
+async def test_cancelling_a_subscription_leaves_the_handler_running(harness: Harness) -> None:
+    """Subscription.cancel() fails a pending read with Cancelled; the handler completes."""
     updates = await harness.client.subscribe(envelope("park", {"key": "subscribe"}))
     reader = asyncio.create_task(anext(updates))
     await harness.probe.entered("subscribe")
     await updates.cancel()
     with pytest.raises(errors.Cancelled):
         await reader
-    await harness.probe.cancelled("subscribe")
+    harness.probe.release("subscribe")
+    await harness.probe.finished("subscribe")
+    assert not harness.probe.was_cancelled("subscribe")
 
 
-async def test_cancelling_the_subscription_reader_cancels_the_handler(harness: Harness) -> None:
-    """Cancelling the task iterating a subscription, then the subscription, cancels the handler."""
-    updates = await harness.client.subscribe(envelope("park", {"key": "reader"}))
-    reader = asyncio.create_task(anext(updates))
-    await harness.probe.entered("reader")
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
-    await updates.cancel()
-    await harness.probe.cancelled("reader")
-
-
-async def test_leaving_a_subscription_early_cancels_the_handler(harness: Harness) -> None:
-    """Leaving ``async with`` while the handler runs cancels it; a pending read raises Cancelled."""
-    async with await harness.client.subscribe(envelope("park", {"key": "early"})) as updates:
-        reader = asyncio.create_task(anext(updates))
-        await harness.probe.entered("early")
-    await harness.probe.cancelled("early")
-    with pytest.raises(errors.Cancelled):
-        await reader
-
-
-async def test_cancelling_a_stream_cancels_its_handlers(harness: Harness) -> None:
-    """DuplexStream.cancel() cancels every handler still running for it."""
+async def test_cancelling_a_stream_leaves_its_handlers_running(harness: Harness) -> None:
+    """DuplexStream.cancel() ends the stream; every handler still running for it completes."""
     async with await harness.client.stream() as stream:
         await stream.send(envelope("park", {"key": "one"}))
         await stream.send(envelope("park", {"key": "two"}))
         await harness.probe.entered("one")
         await harness.probe.entered("two")
-    await harness.probe.cancelled("one")
-    await harness.probe.cancelled("two")
+    harness.probe.release("one")
+    harness.probe.release("two")
+    await harness.probe.finished("one")
+    await harness.probe.finished("two")
 
 
-async def test_cancelling_a_publish_cancels_the_handler(harness: Harness) -> None:
-    """Cancelling the task awaiting a Publish cancels the handler."""
+async def test_cancelling_a_publish_leaves_the_handler_running(harness: Harness) -> None:
+    """Cancelling the task awaiting a Publish ends it; the handler completes."""
     call = asyncio.create_task(harness.client.publish([envelope("park", {"key": "publish"})]))
     await harness.probe.entered("publish")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await harness.probe.cancelled("publish")
-
-
-async def test_cancelled_envelope_is_processed_again_when_resent(harness: Harness) -> None:
-    """A cancelled delivery is not remembered: re-sending the envelope runs the handler again."""
-    request = envelope("park", {"key": "resend"})
-    call = asyncio.create_task(harness.client.send(request))
-    await harness.probe.entered("resend")
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
-    await harness.probe.cancelled("resend")
-    harness.probe.release("resend")
-    response = await harness.client.send(request)
-    assert as_dict(response.envelope.task_response.result) == {"key": "resend"}
-    assert harness.probe.runs["park:resend"] == 2
+    harness.probe.release("publish")
+    await harness.probe.finished("publish")
 
 
 async def test_other_calls_survive_a_cancellation(harness: Harness) -> None:
@@ -106,21 +101,27 @@ async def test_other_calls_survive_a_cancellation(harness: Harness) -> None:
 async def test_closing_the_client_fails_calls_in_flight_with_connection_lost(
     harness: Harness,
 ) -> None:
-    """close() during a call fails it with ConnectionLost (UNAVAILABLE); the handler is cancelled."""
+    """close() mid-call fails it with ConnectionLost; the handler completes; a resend gets its outcome."""
     client = harness.connect()
-    call = asyncio.create_task(client.send(envelope("park", {"key": "closed"})))
+    request = client.prepare(envelope("park", {"key": "closed"}))
+    call = asyncio.create_task(client.send(request))
     await harness.probe.entered("closed")
     await client.close()
     with pytest.raises(errors.ConnectionLost) as caught:
         await call
     assert caught.value.code == errors.Code.UNAVAILABLE
-    await harness.probe.cancelled("closed")
+    retransmission = asyncio.create_task(harness.connect().send(request))
+    harness.probe.release("closed")
+    response = await retransmission
+    assert as_dict(response.envelope.task_response.result) == {"key": "closed"}
+    assert harness.probe.runs["park:closed"] == 1
+    assert not harness.probe.was_cancelled("closed")
 
 
 async def test_closing_the_client_ends_subscriptions_with_connection_lost(
     harness: Harness,
 ) -> None:
-    """close() during a subscription fails its reader with ConnectionLost; the handler is cancelled."""
+    """close() during a subscription fails its reader with ConnectionLost; the handler completes."""
     client = harness.connect()
     updates = await client.subscribe(envelope("park", {"key": "sub-closed"}))
     reader = asyncio.create_task(anext(updates))
@@ -128,4 +129,5 @@ async def test_closing_the_client_ends_subscriptions_with_connection_lost(
     await client.close()
     with pytest.raises(errors.ConnectionLost):
         await reader
-    await harness.probe.cancelled("sub-closed")
+    harness.probe.release("sub-closed")
+    await harness.probe.finished("sub-closed")

@@ -13,9 +13,13 @@ import pytest
 from asap import errors
 from asap.v1 import payload_pb2
 from tests.conformance._service import Harness, as_dict, envelope
+from tests.conftest import STORES
 
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.parametrize("store_kind", STORES, indirect=True),  # in memory and in Redis
+]
 
 
 async def test_requires_ack_send_returns_processed(harness: Harness) -> None:

@@ -10,6 +10,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from asap import errors
+from asap.client import MAX_DRAIN_RETRIES
 from asap.v1 import payload_pb2
 from tests.conformance._service import (
     ERROR_CLASSES_BY_NAME,
@@ -130,12 +131,12 @@ async def test_unavailable_from_a_handler_is_retried(harness: Harness) -> None:
     assert harness.probe.runs["raise:retried"] == 3
 
 
-async def test_shutting_down_from_a_handler_is_not_retried(harness: Harness) -> None:
-    """SHUTTING_DOWN is not retried: the server asked the caller to go elsewhere."""
-    client = harness.connect(retries=3)
+async def test_shutting_down_is_retried_without_spending_the_retry_budget(harness: Harness) -> None:
+    """SHUTTING_DOWN is retried elsewhere even with retries off, at most MAX_DRAIN_RETRIES times."""
+    client = harness.connect(retries=1)
     with pytest.raises(errors.ShuttingDown):
-        await client.send(envelope("raise", {"class": "ShuttingDown", "key": "once"}))
-    assert harness.probe.runs["raise:once"] == 1
+        await client.send(envelope("raise", {"class": "ShuttingDown", "key": "drained"}))
+    assert harness.probe.runs["raise:drained"] == 1 + MAX_DRAIN_RETRIES
 
 
 async def test_a_remembered_error_is_replayed_for_a_retransmission(harness: Harness) -> None:

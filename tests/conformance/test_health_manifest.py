@@ -54,7 +54,7 @@ async def test_server_reports_serving_until_stopped(harness: Harness) -> None:
 
 
 async def test_draining_server_refuses_new_calls_with_shutting_down(harness: Harness) -> None:
-    """While draining, a new call fails with ShuttingDown (UNAVAILABLE) and is not retried."""
+    """While draining, a new call fails ShuttingDown (UNAVAILABLE) after its drain retries; not run."""
     harness.server.dispatcher.draining = True
     with pytest.raises(errors.ShuttingDown) as caught:
         await harness.client.send(envelope("count", {"gate": "never"}))
@@ -78,17 +78,19 @@ async def test_stop_lets_calls_in_flight_finish(harness: Harness) -> None:
 
 
 async def test_new_call_while_draining_is_shutting_down(harness: Harness) -> None:
-    """Once stop(grace) began, a new call on the same client fails with ShuttingDown (no retry)."""
+    """Once stop(grace) began, a new call to that one server fails Unavailable and is not run."""
+    # ShuttingDown from the Dispatcher, or, once the listener told the client to go away, the
+    # failure to reach a server that no longer accepts connections: both UNAVAILABLE.
     draining = asyncio.Event()
     harness.server.health.subscribe(lambda serving: None if serving else draining.set())
     call = asyncio.create_task(harness.client.send(envelope("park", {"key": "drain"})))
     await harness.probe.entered("drain")
     stopping = asyncio.create_task(harness.server.stop(5.0))
     await draining.wait()
-    with pytest.raises(errors.ShuttingDown):
+    with pytest.raises(errors.Unavailable):
         await harness.client.send(envelope("count", {"gate": "never"}))
-    # Again, now that the client may already know the server is going away (GoAway, 1001).
-    with pytest.raises(errors.ShuttingDown):
+    # Again, now that the client may already know the server is going away (GOAWAY, 1001).
+    with pytest.raises(errors.Unavailable):
         await harness.client.send(envelope("count", {"gate": "never"}))
     harness.probe.release("drain")
     response = await call

@@ -61,6 +61,8 @@ class Probe:
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a "block" handler was released and returned."""
     processed: Counter[str] = field(default_factory=Counter)
     """Completed runs of the "count" and "gate" skills, by envelope id."""
     produced: int = 0
@@ -111,6 +113,7 @@ def make_agent(probe: Probe) -> Agent:
         except asyncio.CancelledError:
             probe.cancelled.set()
             raise
+        probe.finished.set()
         return payload_pb2.TaskResponse(task_id="t-block", status=task_pb2.TASK_STATUS_COMPLETED)
 
     @agent.skill("meta")

@@ -59,19 +59,21 @@ async def test_streaming_error_is_raised_by_iteration_then_the_stream_ends(
 
 
 @pytest.mark.asyncio
-async def test_stream_cancel_reaches_the_handler_and_is_idempotent(
+async def test_stream_cancel_ends_the_call_and_is_idempotent(
     channel: AnyChannel, probe: Probe, kit: Kit
 ) -> None:
-    """ResponseStream.cancel() cancels the call; the handler sees it and iteration raises Cancelled."""
+    """ResponseStream.cancel() ends the call (iteration raises Cancelled); the handler completes."""
     request = agent_service_pb2.SubscribeRequest(envelope=kit.envelope("block"))
     stream = channel.open_stream(SUBSCRIBE, request, NO_OPTIONS)
     reading = asyncio.create_task(anext(stream))
     await probe.entered.wait()
     await stream.cancel()
-    await probe.cancelled.wait()
     with pytest.raises(errors.Cancelled):
         await reading
     await stream.cancel()
+    probe.release.set()
+    await probe.finished.wait()
+    assert not probe.cancelled.is_set()
 
 
 @pytest.mark.asyncio

@@ -328,7 +328,7 @@ class GrpcResponseStream(ResponseStream):
                 self._trailing = _metadata(await self._call.trailing_metadata())
         except grpc.aio.AioRpcError as exc:
             self._done = True
-            error = error_from_rpc(exc)
+            error = error_from_rpc(exc, cancelled_locally=self._cancelled)
             self._trailing = error.trailing_metadata
             raise error from exc
         except asyncio.CancelledError:

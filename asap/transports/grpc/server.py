@@ -110,7 +110,7 @@ def _checked(message: object) -> Message | None:
 Behaviour = Callable[..., Awaitable[Message | None]]
 
 
-def server_options(limits: Limits) -> list[tuple[str, int]]:
+def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[str, int]]:
     """The grpc server channel arguments for ``limits``.
 
     - Message size: ``limits.max_message_bytes`` both ways; grpc core refuses a larger message with
@@ -120,7 +120,8 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
       idle connections and without a limit on pings without data, so dead peers are noticed.
     - Keepalive from clients: pings are permitted without calls and every
       :data:`MIN_PING_INTERVAL_MS` (see there); three early pings in a row still get GOAWAY.
-    - ``grpc.so_reuseport`` off: binding a port another server holds fails instead of sharing it.
+    - ``grpc.so_reuseport`` off unless ``reuse_port`` (``asap serve --workers``): binding a port
+      another server holds fails instead of sharing it.
     - ``maximum_concurrent_rpcs`` is deliberately unset: the Dispatcher enforces
       ``max_concurrent_calls`` with an ErrorInfo, so both transports report the same error.
     """
@@ -133,7 +134,7 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
@@ -365,6 +366,7 @@ class GrpcServerTransport(ServerTransport):
         limits: Message size and keepalive settings (see :func:`server_options`).
         tls: Certificate and key; with ``client_ca`` clients must present certificates (mTLS).
             None serves plaintext.
+        reuse_port: Bind with SO_REUSEPORT so several processes share the port.
     """
 
     def __init__(
@@ -376,7 +378,9 @@ class GrpcServerTransport(ServerTransport):
         port: int,
         limits: Limits,
         tls: ServerTLS | None,
+        reuse_port: bool = False,
     ) -> None:
+        self._reuse_port = reuse_port
         self._dispatcher = dispatcher
         self._health = health
         self._host = host
@@ -399,7 +403,7 @@ class GrpcServerTransport(ServerTransport):
         if self._server is not None or self._stopping is not None:
             message = "the gRPC transport was already started"
             raise InvalidState(message)
-        server = grpc.aio.server(options=server_options(self._limits))
+        server = grpc.aio.server(options=server_options(self._limits, reuse_port=self._reuse_port))
         handlers = method_handlers(self._dispatcher, self._limits.max_message_bytes)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)

@@ -9,7 +9,9 @@ client (``grpc_status.rpc_status.from_call`` in Python) reads the same ErrorInfo
 Statuses produced by gRPC itself carry no details. :func:`error_from_rpc` maps them by code
 (``DEADLINE_EXCEEDED`` → DeadlineExceeded, ``UNAVAILABLE`` → Unavailable, …), except gRPC's own
 message-size failures, which become :class:`~asap.errors.MessageTooLarge` so that a gRPC caller
-sees the same class as a WebSocket caller.
+sees the same class as a WebSocket caller, and its INTERNAL/UNKNOWN reports of a broken stream or
+connection ("Internal error from Core", RST_STREAM, …), which become
+:class:`~asap.errors.ConnectionLost` (UNAVAILABLE, retried) as on the bridge.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from asap._typing import Metadata, MetadataValue
-from asap.errors import AsapError, Code, MessageTooLarge, from_status, to_status
+from asap.errors import (
+    AsapError,
+    Code,
+    ConnectionLost,
+    MessageTooLarge,
+    ShuttingDown,
+    from_status,
+    to_status,
+)
 from asap.v1 import status_pb2
 
 
@@ -36,6 +46,19 @@ _CODES: dict[grpc.StatusCode, Code] = {status: code for code, status in GRPC_COD
 # "SERVER: " or "CLIENT: " prefix saying which side refused: "Received message larger than max
 # (N vs. M)".
 _SIZE_MESSAGES = ("Received message larger than max", "Sent message larger than max")
+
+# grpc core's own messages when the HTTP/2 stream or connection under a call broke (a cut TCP
+# connection, a reset stream): it reports some of those as INTERNAL or UNKNOWN without details, yet
+# they are transport failures the caller should retry, so they become ConnectionLost (UNAVAILABLE).
+_TRANSPORT_MESSAGES = (
+    "Internal error from Core",
+    "RST_STREAM",
+    "Stream removed",
+    "Socket closed",
+    "Connection reset",
+    "GOAWAY",
+    "Broken pipe",
+)
 
 
 def to_grpc_status(
@@ -58,14 +81,18 @@ def to_grpc_status(
     )
 
 
-def error_from_rpc(exc: grpc.aio.AioRpcError) -> AsapError:
+def error_from_rpc(exc: grpc.aio.AioRpcError, *, cancelled_locally: bool = False) -> AsapError:
     """Decode a failed gRPC call into the AsapError the server raised.
 
     The error's ``trailing_metadata`` is the call's trailers without ``grpc-status-details-bin``.
     Details whose code disagrees with the call's code (a proxy rewrote the status) are ignored.
+    CANCELLED without ASAP details that the caller did not ask for is grpc core's answer to a call
+    that reached a server while it shut down, or was still running when its grace ended:
+    ShuttingDown, which the client retries elsewhere.
 
     Args:
         exc: The error grpc.aio raised.
+        cancelled_locally: The caller cancelled this call itself.
 
     Returns:
         The decoded error (never raised here).
@@ -87,6 +114,12 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> AsapError:
         error = from_status(status)
     elif code == Code.RESOURCE_EXHAUSTED and any(text in message for text in _SIZE_MESSAGES):
         error = MessageTooLarge(message)
+    elif code in (Code.INTERNAL, Code.UNKNOWN) and any(
+        text in message for text in _TRANSPORT_MESSAGES
+    ):
+        error = ConnectionLost(f"the connection failed: {message}")
+    elif code == Code.CANCELLED and status is None and not cancelled_locally:
+        error = ShuttingDown(f"the server cancelled the call (it is shutting down): {message}")
     else:
         error = from_status(status_pb2.Status(code=code, message=message))
     error.trailing_metadata = tuple(trailing)

@@ -76,6 +76,9 @@ class WebSocketServerTransport(ServerTransport):
             browser, so not a cross-site request) is accepted. None accepts every origin.
     """
 
+    reuse_port: bool = False
+    """wt-redis: bind with SO_REUSEPORT (set by Server.add_websocket for ``asap serve --workers``)."""
+
     def __init__(
         self,
         dispatcher: Dispatcher,
@@ -173,6 +176,7 @@ class WebSocketServerTransport(ServerTransport):
             self._port,
             ssl=ssl,
             ssl_handshake_timeout=None if ssl is None else self.limits.handshake_timeout,
+            reuse_port=self.reuse_port or None,  # asap serve --workers shares the port
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self.health.subscribe(self._on_health)

@@ -92,6 +92,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The bearer token was rejected."""
     ERROR_REASON_SENDER_MISMATCH: _ErrorReason.ValueType  # 302
     """The envelope's sender is not the authenticated identity."""
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 303
+    """The envelope id (the idempotency key) was already used by the same caller for an envelope with
+    different content. ALREADY_EXISTS: the key exists bound to another request, and retrying the
+    same request cannot succeed; the caller must use a new id.
+    """
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 400
     """The caller exceeded its rate limit; google.rpc.RetryInfo says when to retry."""
     ERROR_REASON_MESSAGE_TOO_LARGE: _ErrorReason.ValueType  # 401
@@ -108,6 +113,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The server is shutting down and accepts no new calls."""
     ERROR_REASON_CONNECTION_LOST: _ErrorReason.ValueType  # 501
     """The connection to the peer was lost before the call completed."""
+    ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 502
+    """The shared store the server keeps delivery outcomes or rate limits in (Redis) cannot be
+    reached; nothing was processed, so a retry is safe.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the registry of google.rpc.ErrorInfo reasons that ASAP errors carry (with domain
@@ -184,6 +193,11 @@ ERROR_REASON_INVALID_TOKEN: ErrorReason.ValueType  # 301
 """The bearer token was rejected."""
 ERROR_REASON_SENDER_MISMATCH: ErrorReason.ValueType  # 302
 """The envelope's sender is not the authenticated identity."""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 303
+"""The envelope id (the idempotency key) was already used by the same caller for an envelope with
+different content. ALREADY_EXISTS: the key exists bound to another request, and retrying the
+same request cannot succeed; the caller must use a new id.
+"""
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 400
 """The caller exceeded its rate limit; google.rpc.RetryInfo says when to retry."""
 ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 401
@@ -200,6 +214,10 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 500
 """The server is shutting down and accepts no new calls."""
 ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
 """The connection to the peer was lost before the call completed."""
+ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 502
+"""The shared store the server keeps delivery outcomes or rate limits in (Redis) cannot be
+reached; nothing was processed, so a retry is safe.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 GRPC_CODE_FIELD_NUMBER: _builtins.int

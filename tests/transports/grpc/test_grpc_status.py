@@ -90,7 +90,6 @@ def test_status_details_are_grpc_standard() -> None:
     ("code", "cls"),
     [
         (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
-        (grpc.StatusCode.CANCELLED, errors.Cancelled),
         (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
         (grpc.StatusCode.UNIMPLEMENTED, errors.Unimplemented),
         (grpc.StatusCode.UNKNOWN, errors.Unknown),
@@ -159,3 +158,35 @@ def test_foreign_status_without_error_info_maps_by_code() -> None:
     )
     assert type(received) is errors.Aborted
     assert received.details == (error_details_pb2.DebugInfo(detail="retry"),)
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.INTERNAL, "Internal error from Core"),
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"),
+        (grpc.StatusCode.UNKNOWN, "Stream removed"),
+        (grpc.StatusCode.INTERNAL, "Socket closed"),
+    ],
+)
+def test_grpc_transport_failures_become_connection_lost(
+    code: grpc.StatusCode, details: str
+) -> None:
+    """grpc core's INTERNAL/UNKNOWN for a cut stream is ConnectionLost (UNAVAILABLE), retried."""
+    received = error_from_rpc(rpc_error(code, details))
+    assert type(received) is errors.ConnectionLost
+    assert received.code == errors.Code.UNAVAILABLE
+
+
+def test_an_asap_internal_error_stays_internal() -> None:
+    """A server's own INTERNAL (with ASAP details) is not mistaken for a transport failure."""
+    error = errors.Internal("Internal error from Core, says the handler")
+    assert type(error_from_rpc(sent(error))) is errors.Internal
+
+
+def test_a_cancel_the_caller_did_not_ask_for_is_shutting_down() -> None:
+    """CANCELLED from grpc itself (a server shutting down) is ShuttingDown unless it was ours."""
+    received = error_from_rpc(rpc_error(grpc.StatusCode.CANCELLED, "CANCELLED"))
+    assert type(received) is errors.ShuttingDown
+    ours = error_from_rpc(rpc_error(grpc.StatusCode.CANCELLED, "CANCELLED"), cancelled_locally=True)
+    assert type(ours) is errors.Cancelled

@@ -104,7 +104,9 @@ async def test_close_fails_calls_in_flight_with_connection_lost(
     with pytest.raises(errors.ConnectionLost) as caught:
         await call
     assert caught.value.close_code == 1000
-    await probe.cancelled.wait()
+    probe.release.set()  # the connection loss did not cancel the handler
+    await probe.finished.wait()
+    assert not probe.cancelled.is_set()
 
 
 def test_bad_urls_and_subprotocols_are_refused() -> None:

@@ -17,7 +17,7 @@ from websockets.typing import Subprotocol
 
 from asap import errors
 from asap.client import Client, RetryPolicy
-from asap.core.dedupe import InMemoryDedupeStore
+from asap.core.dedupe import ClaimResult, InMemoryDedupeStore, Owned, Reused, Stored
 from asap.core.method import method
 from asap.protocol.frames import LEGACY_SUBPROTOCOL_PROTO
 from asap.server import Server
@@ -54,14 +54,17 @@ class SharedStore:
     def __init__(self) -> None:
         self.store = InMemoryDedupeStore()
 
-    async def claim(self, key: str) -> bytes | None:
-        return await self.store.claim(key)
+    async def claim(self, key: str, fingerprint: bytes) -> ClaimResult:
+        return await self.store.claim(key, fingerprint)
 
-    async def complete(self, key: str, outcome: bytes) -> None:
-        await self.store.complete(key, outcome)
+    async def lookup(self, key: str, fingerprint: bytes) -> Stored | Reused | None:
+        return await self.store.lookup(key, fingerprint)
 
-    async def abandon(self, key: str) -> None:
-        await self.store.abandon(key)
+    async def complete(self, key: str, claim: Owned, outcome: bytes) -> None:
+        await self.store.complete(key, claim, outcome)
+
+    async def abandon(self, key: str, claim: Owned) -> None:
+        await self.store.abandon(key, claim)
 
 
 # -- restarts and backoff ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 
 from asap import errors, validation
 from asap.core.agent import Agent, Incoming
-from asap.core.dedupe import InMemoryDedupeStore
+from asap.core.dedupe import ClaimResult, InMemoryDedupeStore
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2, task_pb2
 
 
@@ -30,11 +30,11 @@ class _WatchedStore(InMemoryDedupeStore):
         self.claims = 0
         self._changed = asyncio.Condition()
 
-    async def claim(self, key: str) -> bytes | None:
+    async def claim(self, key: str, fingerprint: bytes) -> ClaimResult:
         async with self._changed:
             self.claims += 1
             self._changed.notify_all()
-        return await super().claim(key)
+        return await super().claim(key, fingerprint)
 
     async def wait_claims(self, count: int) -> None:
         async with self._changed:
@@ -244,13 +244,108 @@ async def test_cancelled_delivery_is_processed_again(kit: Kit) -> None:
 
     harness = kit.Harness(agent)
     envelope = kit.envelope(kit.task("slow"), envelope_id="k")
-    first = asyncio.create_task(harness.deliverer.deliver(kit.ctx(), envelope))
+    ctx = kit.ctx()
+    first = asyncio.create_task(harness.deliverer.deliver(ctx, envelope))
     await gate.entered.wait()
+    ctx.cancel_requested()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     result = await harness.deliverer.deliver(kit.ctx(), envelope)
     assert result.envelope.task_response.task_id == "second"
+
+
+@pytest.mark.asyncio
+async def test_transport_failure_does_not_cancel_the_handler(kit: Kit) -> None:
+    """A call cancelled without an explicit cancel (the connection was cut) leaves the handler
+    running; its outcome is stored and the retransmission, waiting for it, gets that outcome."""
+    agent = kit.agent()
+    gate = kit.Gate()
+    observed: list[str] = []
+
+    @agent.skill("slow")
+    async def slow(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        observed.append("entered")
+        await gate.park()
+        observed.append("finished")
+        return payload_pb2.TaskResponse(task_id="only-run")
+
+    harness = kit.Harness(agent)
+    envelope = kit.envelope(kit.task("slow"), envelope_id="cut")
+    first = asyncio.create_task(harness.deliverer.deliver(kit.ctx(), envelope))
+    await gate.entered.wait()
+    first.cancel()  # what a transport does when the connection is lost
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert harness.deliverer.detached == 1
+    retransmission = asyncio.create_task(harness.deliverer.deliver(kit.ctx(), envelope))
+    gate.release.set()
+    result = await retransmission
+    assert result.envelope.task_response.task_id == "only-run"
+    assert observed == ["entered", "finished"]
+    assert harness.deliverer.detached == 0
+    assert harness.deliverer.stats.detached == 1
+
+
+@pytest.mark.asyncio
+async def test_detached_deliveries_are_bounded(kit: Kit) -> None:
+    """Beyond max_detached, a delivery whose call is cut is cancelled with it (and counted)."""
+    agent = kit.agent()
+    gate = kit.Gate()
+    observed: list[str] = []
+
+    @agent.skill("slow")
+    async def slow(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        try:
+            await gate.park()
+        except asyncio.CancelledError:
+            observed.append(request.envelope.id)
+            raise
+        return payload_pb2.TaskResponse(task_id="done")
+
+    harness = kit.Harness(agent)
+    harness.deliverer.max_detached = 1
+    calls = []
+    for name in ("a", "b"):
+        gate.entered.clear()
+        call = asyncio.create_task(
+            harness.deliverer.deliver(kit.ctx(), kit.envelope(kit.task("slow"), envelope_id=name))
+        )
+        await gate.entered.wait()
+        call.cancel()
+        calls.append(call)
+    for call in calls:
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    assert harness.deliverer.detached == 1
+    assert harness.deliverer.stats.cancelled_over_bound == 1
+    await harness.deliverer.close()
+    assert sorted(observed) == ["a", "b"]
+
+
+@pytest.mark.asyncio
+async def test_deadline_cancels_the_handler(kit: Kit) -> None:
+    """A call cancelled at its deadline cancels the handler (the claim is released)."""
+    agent = kit.agent()
+    gate = kit.Gate()
+    observed: list[str] = []
+
+    @agent.skill("slow")
+    async def slow(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        try:
+            await gate.park()
+        except asyncio.CancelledError:
+            observed.append("cancelled")
+            raise
+        return payload_pb2.TaskResponse(task_id="done")
+
+    harness = kit.Harness(agent)
+    ctx = kit.ctx(timeout=0.01)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout_at(ctx.deadline):
+            await harness.deliverer.deliver(ctx, kit.envelope(kit.task("slow"), envelope_id="d"))
+    await harness.deliverer.wait_idle()
+    assert observed == ["cancelled"]
 
 
 # -- acks -------------------------------------------------------------------------------------
@@ -320,6 +415,8 @@ async def test_received_ack_is_emitted_first(kit: Kit) -> None:
         emitted.append(item)
 
     envelope = kit.envelope(kit.task("progress"), envelope_id="s", requires_ack=True)
+    retransmitted = envelope_pb2.Envelope()
+    retransmitted.CopyFrom(envelope)  # the handler reads a map key, which adds it to its envelope
     result = await harness.deliverer.deliver(kit.ctx(), envelope, emit, ack_received=True)
     kinds = [item.WhichOneof("payload") for item in emitted]
     assert kinds == ["message_ack", "task_update", "task_update", "task_update", "task_response"]
@@ -333,7 +430,7 @@ async def test_received_ack_is_emitted_first(kit: Kit) -> None:
     async def emit_again(item: envelope_pb2.Envelope) -> None:
         replayed.append(item)
 
-    again = await harness.deliverer.deliver(kit.ctx(), envelope, emit_again, ack_received=True)
+    again = await harness.deliverer.deliver(kit.ctx(), retransmitted, emit_again, ack_received=True)
     assert replayed == [emitted[-1]]
     assert again == result
 

@@ -245,7 +245,7 @@ async def test_draining_refuses_new_calls_but_finishes_running_ones(kit: Kit) ->
 
 @pytest.mark.asyncio
 async def test_caller_cancellation_propagates(kit: Kit) -> None:
-    """Cancelling the task running handle() cancels the handler and marks the context."""
+    """An explicit cancel of the task running handle() cancels the handler and marks the context."""
     gate = kit.Gate()
     observed: list[str] = []
     harness = kit.Harness(_parking_agent(kit, gate, observed))
@@ -253,6 +253,7 @@ async def test_caller_cancellation_propagates(kit: Kit) -> None:
     call = kit.Call([_send(kit.envelope(kit.task("park")))])
     task = asyncio.create_task(harness.dispatcher.handle(ctx, call))
     await gate.entered.wait()
+    ctx.cancel_requested()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

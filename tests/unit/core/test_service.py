@@ -347,6 +347,7 @@ async def test_stream_cancelled_by_caller_cancels_handlers(kit: Kit) -> None:
     ctx = kit.ctx("Stream")
     task = asyncio.create_task(harness.dispatcher.handle(ctx, call))
     await gate.entered.wait()
+    ctx.cancel_requested()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
