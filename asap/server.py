@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
+from asap.core.access_log import AccessLog
 from asap.core.agent import Agent
 from asap.core.dedupe import DedupeStore, InMemoryDedupeStore
 from asap.core.delivery import Deliverer
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
-from asap.core.middleware import BearerAuth, Middleware, RateLimit, SenderBinding, TokenVerifier
+from asap.core.interceptors import Interceptor, envelope_guards
+from asap.core.middleware import BearerAuth, RateLimit, SenderBinding, TokenVerifier
 from asap.core.service import AgentServiceCore
 from asap.errors import InvalidState
 from asap.protocol.frames import DEFAULT_PATH
@@ -24,6 +27,40 @@ from asap.validation import ValidationPolicy
 
 
 _log = logging.getLogger("asap.server")
+
+
+class MetricsExporter(Protocol):
+    """What a Server needs of a metrics implementation (``asap.observability.PrometheusMetrics``).
+
+    The server adds :attr:`interceptor` to its chain, calls :meth:`attach` when it starts and
+    :meth:`detach` when it stops, serves :meth:`exposition` at ``GET /metrics`` on every bridge
+    listener, and with ``metrics_address`` also on a port of its own (:meth:`serve_http`).
+    """
+
+    @property
+    def interceptor(self) -> Interceptor:
+        """Counts every call the server runs."""
+        ...
+
+    def attach(self) -> None:
+        """Start listening to the probes (connections, flow control, dedupe, rate limits)."""
+        ...
+
+    def detach(self) -> None:
+        """Stop listening to the probes."""
+        ...
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The current metrics and their Content-Type."""
+        ...
+
+    async def serve_http(self, host: str, port: int) -> int:
+        """Serve ``GET /metrics`` on ``host:port`` (0 picks a port); returns the bound port."""
+        ...
+
+    async def stop_http(self) -> None:
+        """Stop what :meth:`serve_http` started (idempotent)."""
+        ...
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -48,8 +85,16 @@ class Server:
         bind_sender: Refuse envelopes whose sender is not the authenticated identity.
         dedupe: Where delivery outcomes are remembered (in memory by default).
         validation: Envelope validation policy (timestamp window).
-        middleware: Further guards, run after authentication and rate limiting.
+        middleware: Further interceptors, run after authentication, rate limiting and sender
+            binding (guards that need the identity).
         advertised_urls: URLs to list in the manifest instead of the listeners' own (behind a proxy).
+        interceptors: Interceptors run around every call before everything else (the first
+            outermost), so they also see calls that authentication or a limit refuses: tracing,
+            custom metrics, logging (:mod:`asap.core.interceptors`).
+        metrics: Count calls, connections, flow-control stalls, dedupe and rate limiting, and serve
+            them at ``GET /metrics`` on every bridge listener (``asap[prometheus]``).
+        metrics_address: Also serve ``GET /metrics`` on this ``HOST:PORT`` (for gRPC-only servers).
+        access_log: Log one line per call to the ``asap.access`` logger (never credentials).
     """
 
     def __init__(
@@ -61,12 +106,28 @@ class Server:
         bind_sender: bool = False,
         dedupe: DedupeStore | None = None,
         validation: ValidationPolicy | None = None,
-        middleware: Sequence[Middleware] = (),
+        middleware: Sequence[Interceptor] = (),
         advertised_urls: Sequence[manifest_pb2.Endpoint] = (),
+        interceptors: Sequence[Interceptor] = (),
+        metrics: MetricsExporter | None = None,
+        metrics_address: str | None = None,
+        access_log: bool = False,
     ) -> None:
         self.agent = agent
         self.limits = limits or Limits()
-        guards: list[Middleware] = []
+        if metrics_address is not None and metrics is None:
+            message = "metrics_address needs metrics="
+            raise ValueError(message)
+        self.metrics = metrics
+        self._metrics_address = None if metrics_address is None else _split_address(metrics_address)
+        self.metrics_port: int | None = None
+        """The port of ``metrics_address`` once started."""
+        chain: list[Interceptor] = list(interceptors)
+        if metrics is not None:
+            chain.append(metrics.interceptor)
+        if access_log:
+            chain.append(AccessLog())
+        guards: list[Interceptor] = []
         if auth is not None:
             guards.append(auth if isinstance(auth, BearerAuth) else BearerAuth(auth))
             agent.auth_schemes = [
@@ -79,16 +140,17 @@ class Server:
         if bind_sender:
             guards.append(SenderBinding())
         guards.extend(middleware)
+        chain.extend(guards)
         self.health = HealthState()
         deliverer = Deliverer(
             agent,
             dedupe if dedupe is not None else InMemoryDedupeStore(),
-            guards,
+            envelope_guards(chain),
             validation if validation is not None else ValidationPolicy(),
         )
         self.service = AgentServiceCore(deliverer, self.endpoints, limits=self.limits)
         self.dispatcher = Dispatcher(
-            self.service, guards, max_concurrent_calls=self.limits.max_concurrent_calls
+            self.service, chain, max_concurrent_calls=self.limits.max_concurrent_calls
         )
         self._advertised = list(advertised_urls)
         self._transports: list[ServerTransport] = []
@@ -114,9 +176,13 @@ class Server:
         allowed_origins: Sequence[str] | None = None,
     ) -> ServerTransport:
         """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``."""
+        from asap.transports.ws.http_endpoints import METRICS_PATH, metrics_endpoint
         from asap.transports.ws.server import WebSocketServerTransport
 
         host, port = _split_address(address)
+        endpoints = {}
+        if self.metrics is not None:
+            endpoints[METRICS_PATH] = metrics_endpoint(self.metrics.exposition)
         transport = WebSocketServerTransport(
             self.dispatcher,
             self.health,
@@ -126,6 +192,7 @@ class Server:
             tls=tls,
             path=path,
             allowed_origins=allowed_origins,
+            http_endpoints=endpoints,
         )
         return self._add(transport)
 
@@ -160,6 +227,10 @@ class Server:
             raise InvalidState(message)
         self._started = True
         try:
+            if self.metrics is not None:
+                self.metrics.attach()
+                if self._metrics_address is not None:
+                    self.metrics_port = await self.metrics.serve_http(*self._metrics_address)
             for transport in self._transports:
                 await transport.start()
         except BaseException:
@@ -188,7 +259,12 @@ class Server:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dispatcher.wait_idle(), grace)
         remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
-        await asyncio.gather(*(transport.stop(remaining) for transport in self._transports))
+        try:
+            await asyncio.gather(*(transport.stop(remaining) for transport in self._transports))
+        finally:
+            if self.metrics is not None:
+                await self.metrics.stop_http()
+                self.metrics.detach()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from asap.core import probes
+
 
 class DedupeStore(Protocol):
     """Storage for delivery outcomes. Implementations must be safe for concurrent use."""
@@ -133,3 +135,4 @@ class InMemoryDedupeStore:
             break
         for key in doomed:
             del self._entries[key]
+        probes.dedupe_evicted(len(doomed))

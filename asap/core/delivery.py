@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import cast
 
 from asap import validation
+from asap.core import probes
 from asap.core.agent import Agent, Incoming, Reply
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
@@ -91,6 +92,7 @@ class Deliverer:
         key = f"{envelope.sender}\x00{envelope.id}"
         stored = await self._store.claim(key)
         if stored is not None:
+            probes.dedupe_hit()
             result = agent_service_pb2.DeliveryResult.FromString(stored)
             if emit is not None and result.HasField("envelope"):
                 await emit(result.envelope)
