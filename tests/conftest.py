@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import pytest
 import pytest_asyncio
 
 from asap import BearerAuth, Client, Limits, RetryPolicy, Server, connect
+from asap.interceptors import ClientInterceptor, Interceptor
 from asap.protocol.frames import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
+from asap.server import MetricsExporter
 from tests.conformance._service import (
     AGENT_ID,
     GOOD_TOKEN,
@@ -69,8 +71,9 @@ def transport(request: pytest.FixtureRequest) -> Transport:
 async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
     """Start harnesses with a given server configuration; everything is closed at teardown.
 
-    The factory takes ``limits``, ``auth`` and ``bind_sender`` (as :class:`~asap.server.Server`)
-    and ``token`` for the harness's own client.
+    The factory takes ``limits``, ``auth``, ``bind_sender``, ``interceptors``, ``metrics`` and
+    ``access_log`` (as :class:`~asap.server.Server`), and ``token`` and ``client_interceptors`` for
+    the harness's own client.
     """
     servers: list[Server] = []
     clients: list[Client] = []
@@ -81,9 +84,21 @@ async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
         auth: BearerAuth | None = None,
         bind_sender: bool = False,
         token: str | None = None,
+        interceptors: Sequence[Interceptor] = (),
+        client_interceptors: Sequence[ClientInterceptor] = (),
+        metrics: MetricsExporter | None = None,
+        access_log: bool = False,
     ) -> Harness:
         probe = Probe()
-        server = Server(make_agent(probe), limits=limits, auth=auth, bind_sender=bind_sender)
+        server = Server(
+            make_agent(probe),
+            limits=limits,
+            auth=auth,
+            bind_sender=bind_sender,
+            interceptors=interceptors,
+            metrics=metrics,
+            access_log=access_log,
+        )
         if transport.websocket:
             server.add_websocket("127.0.0.1:0")
         else:
@@ -98,6 +113,7 @@ async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
             token: str | None = None,
             timeout: float | None = 30.0,
             retries: int | None = None,
+            interceptors: Sequence[ClientInterceptor] = (),
         ) -> Client:
             retry = None if retries is None else RetryPolicy(max_attempts=retries)
             client = connect(
@@ -107,12 +123,13 @@ async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
                 timeout=timeout,
                 subprotocol=transport.subprotocol,
                 retry=retry,
+                interceptors=interceptors,
             )
             clients.append(client)
             return client
 
         return Harness(
-            client=connect_client(token=token),
+            client=connect_client(token=token, interceptors=client_interceptors),
             probe=probe,
             server=server,
             agent_id=AGENT_ID,

@@ -240,13 +240,18 @@ class _CountedRequests:
 
 
 class _ObservedStream(ForwardingStream):
-    """A client stream that counts responses and records its outcome once."""
+    """A client stream that counts responses and records its outcome once.
 
-    def __init__(self, inner: ResponseStream, metrics: _CallMetrics) -> None:
+    A client-streaming call (one response) is over, OK, once its response arrived: the client
+    cancels such a stream after reading it, which is no failure.
+    """
+
+    def __init__(self, inner: ResponseStream, metrics: _CallMetrics, *, single: bool) -> None:
         super().__init__(inner)
         self._metrics = metrics
         self._started = time.perf_counter()
         self._done = False
+        self._single = single
 
     def _finish(self, code: Code) -> None:
         if not self._done:
@@ -266,6 +271,8 @@ class _ObservedStream(ForwardingStream):
             self._finish(Code.CANCELLED)
             raise
         self._metrics.received.inc()
+        if self._single:
+            self._finish(Code.OK)
         return message
 
     async def cancel(self) -> None:
@@ -305,7 +312,8 @@ class _ClientInterceptor(ClientInterceptor):
         metrics.started.inc()
         if not isinstance(requests, Message):
             requests = _CountedRequests(requests, metrics)
-        return _ObservedStream(call_next(info, requests), metrics)
+        single = not info.method.server_streaming
+        return _ObservedStream(call_next(info, requests), metrics, single=single)
 
 
 class PrometheusMetrics:

@@ -1,0 +1,349 @@
+"""OpenTelemetry tracing for ASAP servers and clients (``pip install 'asap-protocol[otel]'``).
+
+Usage (the application configures the SDK; this module needs only ``opentelemetry-api``)::
+
+    tracing = Tracing()                      # the global TracerProvider and propagator
+    server = Server(agent, interceptors=[tracing.server])
+    client = connect(url, interceptors=[tracing.client])
+
+Spans follow the OpenTelemetry RPC semantic conventions:
+
+- one SERVER span per call and one CLIENT span per call attempt, named
+  ``asap.v1.AgentService/<Method>``;
+- ``rpc.system`` is ``"asap"`` on both transports: the same service with the same semantics, so one
+  query finds every call; ``asap.transport`` says which carried it (``grpc`` or ``ws``);
+- ``rpc.service`` ``asap.v1.AgentService``, ``rpc.method`` the method name;
+- ``rpc.asap.status_code``: the status code number (ASAP's codes are gRPC's, on both transports),
+  plus ``error.type`` (the code name) when it is not OK;
+- the peer: ``network.peer.address``/``network.peer.port`` on the server, ``server.address``/
+  ``server.port`` on the client;
+- span status ERROR on the client for every code but OK; on the server for UNKNOWN,
+  DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE and DATA_LOSS (the caller's own
+  mistakes are not server errors), as the conventions say for gRPC.
+
+Context propagation: the client injects W3C ``traceparent`` / ``tracestate`` (and ``baggage``, with
+the default global propagator) into the call's metadata; the server extracts them, so both
+transports carry the trace the same way. The server span is current while the handler runs, so a
+handler's own calls through a client with ``tracing.client`` continue the trace (contextvars).
+
+``Envelope.trace_id``: the client interceptor fills an empty ``trace_id`` of every envelope it
+sends with the trace id of the call's span (32 lowercase hex digits, the W3C trace-id), and the
+server copies the request's ``trace_id`` into its answers, so the envelopes of one piece of work
+carry the id of its trace. The server span records the first envelope's ``trace_id`` as
+``asap.envelope.trace_id``. A trace id the caller set itself is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator
+from urllib.parse import urlsplit
+
+from google.protobuf.message import Message
+
+from asap.core.context import CallContext
+from asap.core.interceptors import CallNext, Interceptor, outcome_of
+from asap.core.method import SERVICE_NAME
+from asap.core.service import ServerCall
+from asap.errors import AsapError, Code
+from asap.interceptors import (
+    ClientCallInfo,
+    ClientInterceptor,
+    ForwardingStream,
+    StreamNext,
+    UnaryNext,
+)
+from asap.transports.base import Reply, ResponseStream
+from asap.v1 import envelope_pb2
+
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
+    message = (
+        "asap.observability.tracing needs opentelemetry-api: pip install 'asap-protocol[otel]'"
+    )
+    raise ImportError(message) from exc
+
+
+__all__ = ["RPC_SYSTEM", "Tracing", "current_trace_id"]
+
+RPC_SYSTEM = "asap"
+"""The ``rpc.system`` of every ASAP span, whichever transport carried the call."""
+
+_SERVER_ERRORS = frozenset(
+    {
+        Code.UNKNOWN,
+        Code.DEADLINE_EXCEEDED,
+        Code.UNIMPLEMENTED,
+        Code.INTERNAL,
+        Code.UNAVAILABLE,
+        Code.DATA_LOSS,
+    }
+)
+"""Codes that mark a server span as failed (semantic conventions for gRPC servers)."""
+
+Attributes = dict[str, str | int]
+
+
+def _split_peer(peer: str) -> tuple[str, int | None]:
+    """``ipv4:1.2.3.4:5`` / ``ipv6:[::1]:5`` (gRPC notation, both transports) → host and port."""
+    address = peer
+    for prefix in ("ipv4:", "ipv6:"):
+        address = address.removeprefix(prefix)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address, None
+    return host.strip("[]").replace("%5B", "").replace("%5D", ""), int(port)
+
+
+def _first_envelope(message: Message) -> envelope_pb2.Envelope | None:
+    envelope = getattr(message, "envelope", None)
+    if isinstance(envelope, envelope_pb2.Envelope):
+        return envelope
+    envelopes = getattr(message, "envelopes", None)
+    if envelopes:
+        first = envelopes[0]
+        return first if isinstance(first, envelope_pb2.Envelope) else None
+    return None
+
+
+def _stamp(message: Message, trace_id: str) -> None:
+    """Fill the empty ``trace_id`` of the envelope(s) a request carries."""
+    envelope = getattr(message, "envelope", None)
+    if isinstance(envelope, envelope_pb2.Envelope):
+        if not envelope.trace_id:
+            envelope.trace_id = trace_id
+        return
+    for each in getattr(message, "envelopes", ()):
+        if isinstance(each, envelope_pb2.Envelope) and not each.trace_id:
+            each.trace_id = trace_id
+
+
+def _finish(span: Span, code: Code, *, server: bool) -> None:
+    span.set_attribute("rpc.asap.status_code", int(code))
+    if code is not Code.OK:
+        span.set_attribute("error.type", code.name)
+        if not server or code in _SERVER_ERRORS:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+
+
+class _TracedServerCall:
+    """Records the first request's envelope trace id on the span."""
+
+    __slots__ = ("inner", "span", "traced")
+
+    def __init__(self, inner: ServerCall, span: Span) -> None:
+        self.inner = inner
+        self.span = span
+        self.traced = False
+
+    async def read(self) -> Message | None:
+        message = await self.inner.read()
+        if not self.traced and message is not None:
+            self.traced = True
+            envelope = _first_envelope(message)
+            if envelope is not None and envelope.trace_id:
+                self.span.set_attribute("asap.envelope.trace_id", envelope.trace_id)
+        return message
+
+    async def write(self, message: Message) -> None:
+        await self.inner.write(message)
+
+
+class _ServerTracing(Interceptor):
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracing = tracing
+
+    async def intercept(self, ctx: CallContext, call: ServerCall, call_next: CallNext) -> None:
+        tracing = self._tracing
+        propagator = tracing.propagator()
+        fields = propagator.fields
+        carrier = {
+            key: value for key, value in ctx.metadata if key in fields and isinstance(value, str)
+        }
+        parent = propagator.extract(carrier) if carrier else None
+        host, port = _split_peer(ctx.peer)
+        attributes: Attributes = {
+            "rpc.system": RPC_SYSTEM,
+            "rpc.service": SERVICE_NAME,
+            "rpc.method": ctx.method.name,
+            "asap.transport": ctx.transport,
+            "network.peer.address": host,
+        }
+        if port is not None:
+            attributes["network.peer.port"] = port
+        with tracing.tracer.start_as_current_span(
+            f"{SERVICE_NAME}/{ctx.method.name}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await call_next(ctx, _TracedServerCall(call, span))
+            except BaseException as exc:
+                _finish(span, outcome_of(ctx, exc).code, server=True)
+                raise
+            _finish(span, Code.OK, server=True)
+
+
+class _StampedRequests:
+    """A client's request iterable that stamps each envelope with the trace id."""
+
+    def __init__(self, requests: AsyncIterable[Message], trace_id: str) -> None:
+        self._requests = requests
+        self._trace_id = trace_id
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        async for message in self._requests:
+            _stamp(message, self._trace_id)
+            yield message
+
+
+class _TracedStream(ForwardingStream):
+    """A client stream whose span ends with the stream (for client streaming: its response)."""
+
+    def __init__(self, inner: ResponseStream, span: Span, *, single: bool) -> None:
+        super().__init__(inner)
+        self._span: Span | None = span
+        self._single = single
+
+    def _end(self, code: Code) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            _finish(span, code, server=False)
+            span.end()
+
+    async def __anext__(self) -> Message:
+        try:
+            message = await anext(self.inner)
+        except StopAsyncIteration:
+            self._end(Code.OK)
+            raise
+        except AsapError as error:
+            self._end(error.code)
+            raise
+        except asyncio.CancelledError:
+            self._end(Code.CANCELLED)
+            raise
+        if self._single:
+            self._end(Code.OK)
+        return message
+
+    async def cancel(self) -> None:
+        self._end(Code.CANCELLED)
+        await self.inner.cancel()
+
+
+class _ClientTracing(ClientInterceptor):
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracing = tracing
+
+    def _attributes(self, info: ClientCallInfo) -> Attributes:
+        attributes: Attributes = {
+            "rpc.system": RPC_SYSTEM,
+            "rpc.service": SERVICE_NAME,
+            "rpc.method": info.method.name,
+            "asap.transport": info.transport,
+        }
+        if info.target:
+            parts = urlsplit(info.target)
+            if parts.hostname:
+                attributes["server.address"] = parts.hostname
+            if parts.port is not None:
+                attributes["server.port"] = parts.port
+        return attributes
+
+    def _propagate(self, info: ClientCallInfo, span: Span) -> ClientCallInfo:
+        carrier: dict[str, str] = {}
+        self._tracing.propagator().inject(carrier, context=trace.set_span_in_context(span))
+        return info.with_metadata(*carrier.items()) if carrier else info
+
+    async def intercept_unary(
+        self, info: ClientCallInfo, request: Message, call_next: UnaryNext
+    ) -> Reply:
+        with self._tracing.tracer.start_as_current_span(
+            f"{SERVICE_NAME}/{info.method.name}",
+            kind=SpanKind.CLIENT,
+            attributes=self._attributes(info),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            _stamp(request, trace.format_trace_id(span.get_span_context().trace_id))
+            try:
+                reply = await call_next(self._propagate(info, span), request)
+            except AsapError as error:
+                _finish(span, error.code, server=False)
+                raise
+            except asyncio.CancelledError:
+                _finish(span, Code.CANCELLED, server=False)
+                raise
+            _finish(span, Code.OK, server=False)
+            return reply
+
+    def intercept_stream(
+        self,
+        info: ClientCallInfo,
+        requests: Message | AsyncIterable[Message],
+        call_next: StreamNext,
+    ) -> ResponseStream:
+        span = self._tracing.tracer.start_span(
+            f"{SERVICE_NAME}/{info.method.name}",
+            kind=SpanKind.CLIENT,
+            attributes=self._attributes(info),
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        trace_id = trace.format_trace_id(span.get_span_context().trace_id)
+        if isinstance(requests, Message):
+            _stamp(requests, trace_id)
+        else:
+            requests = _StampedRequests(requests, trace_id)
+        # The transport may start tasks for the call (its request pump): they copy the current
+        # context, which is the span's while the call is opened.
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            stream = call_next(self._propagate(info, span), requests)
+        except BaseException:
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        return _TracedStream(stream, span, single=not info.method.server_streaming)
+
+
+class Tracing:
+    """Server and client interceptors that trace every call.
+
+    Args:
+        tracer_provider: Where spans go (the global provider by default).
+        propagator: How the context travels in metadata (the global propagator by default,
+            W3C trace context and baggage unless configured otherwise).
+    """
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+    ) -> None:
+        self.tracer = trace.get_tracer("asap", tracer_provider=tracer_provider)
+        self._propagator = propagator
+        self.server: Interceptor = _ServerTracing(self)
+        """The server interceptor: ``Server(agent, interceptors=[tracing.server])``."""
+        self.client: ClientInterceptor = _ClientTracing(self)
+        """The client interceptor: ``connect(url, interceptors=[tracing.client])``."""
+
+    def propagator(self) -> TextMapPropagator:
+        """The propagator in use (the global one unless one was given)."""
+        return self._propagator if self._propagator is not None else propagate.get_global_textmap()
+
+
+def current_trace_id() -> str:
+    """The W3C trace id of the current span (32 hex digits), or "" outside any span."""
+    context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(context.trace_id) if context.is_valid else ""
