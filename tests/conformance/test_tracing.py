@@ -29,12 +29,14 @@ def _parent_id(span: ReadableSpan) -> int | None:
 
 def _span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    span_id: int = span.context.span_id
+    return span_id
 
 
 def _trace_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.trace_id
+    trace_id: int = span.context.trace_id
+    return trace_id
 
 
 async def test_two_hop_call_is_one_trace(make_harness: HarnessFactory) -> None:
