@@ -1,6 +1,7 @@
 """The ``asap`` command: serve an agent, send it a task, read its manifest.
 
 asap serve --grpc 127.0.0.1:50051 --ws 127.0.0.1:8765
+asap serve --grpc 127.0.0.1:50051 --metrics 127.0.0.1:9464 --access-log
 asap send grpc://127.0.0.1:50051 --skill echo --input '{"text": "hi"}'
 asap send ws://127.0.0.1:8765/asap/v1/ws --skill stream --stream
 asap manifest grpc://127.0.0.1:50051
@@ -25,9 +26,10 @@ from google.protobuf.message import Message
 from asap import schema_cli
 from asap.client import Client, task_envelope
 from asap.connect import connect
+from asap.core.access_log import ACCESS_LOGGER
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
-from asap.server import Server
+from asap.server import MetricsExporter, Server
 from asap.tls import ClientTLS, ServerTLS
 
 
@@ -74,7 +76,14 @@ async def _serve(args: argparse.Namespace) -> int:
         from asap.core.middleware import BearerAuth
 
         auth = BearerAuth.static({args.token: CLI_SENDER})
-    server = Server(_load_agent(args.agent), auth=auth)
+    metrics = _metrics(args.metrics)
+    server = Server(
+        _load_agent(args.agent),
+        auth=auth,
+        metrics=metrics,
+        metrics_address=args.metrics or None,
+        access_log=args.access_log,
+    )
     if args.grpc:
         server.add_grpc(args.grpc, tls=tls)
     if args.ws:
@@ -82,6 +91,9 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.start()
     for endpoint in server.endpoints():
         print(f"listening {endpoint.url}", flush=True)  # noqa: T201
+    if server.metrics_port is not None:
+        host = args.metrics.rpartition(":")[0] or "127.0.0.1"
+        print(f"metrics http://{host}:{server.metrics_port}/metrics", flush=True)  # noqa: T201
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -94,6 +106,17 @@ async def _serve(args: argparse.Namespace) -> int:
         print("shutting down", file=sys.stderr, flush=True)  # noqa: T201
         await server.stop(args.grace)
     return 0
+
+
+def _metrics(address: str | None) -> MetricsExporter | None:
+    """PrometheusMetrics when ``--metrics`` was given (needs the prometheus extra)."""
+    if address is None:
+        return None
+    try:
+        from asap.observability.metrics import PrometheusMetrics
+    except ImportError as exc:
+        raise SystemExit(str(exc)) from None
+    return PrometheusMetrics()
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -165,6 +188,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--token", help="require this bearer token")
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to drain on shutdown")
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        nargs="?",
+        const="",
+        help="Prometheus metrics at GET /metrics on the bridge listener, and on HOST:PORT if "
+        "given (needs asap-protocol[prometheus])",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per call to stderr (logger asap.access; never credentials)",
+    )
     serve.set_defaults(run=_serve)
 
     def client_options(command: argparse.ArgumentParser) -> None:
@@ -201,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "access_log", False):
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     try:
         return int(asyncio.run(args.run(args)))
     except AsapError as error:

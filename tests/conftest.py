@@ -87,6 +87,7 @@ async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
         interceptors: Sequence[Interceptor] = (),
         client_interceptors: Sequence[ClientInterceptor] = (),
         metrics: MetricsExporter | None = None,
+        metrics_address: str | None = None,
         access_log: bool = False,
     ) -> Harness:
         probe = Probe()
@@ -97,6 +98,7 @@ async def make_harness(transport: Transport) -> AsyncIterator[HarnessFactory]:
             bind_sender=bind_sender,
             interceptors=interceptors,
             metrics=metrics,
+            metrics_address=metrics_address,
             access_log=access_log,
         )
         if transport.websocket:

@@ -508,6 +508,7 @@ class HarnessFactory(Protocol):
         interceptors: Sequence[Interceptor] = (),
         client_interceptors: Sequence[ClientInterceptor] = (),
         metrics: MetricsExporter | None = None,
+        metrics_address: str | None = None,
         access_log: bool = False,
     ) -> Harness:
         """Start a server and connect a client."""
