@@ -39,9 +39,12 @@ def metrics_endpoint(render: Exposition) -> Callable[[ServerProtocol, Request], 
     def answer(ws: ServerProtocol, request: Request) -> Response:
         body, content_type = render()
         response = ws.reject(http.HTTPStatus.OK, "")
-        response.body = body
+        # websockets' Headers keep every value set: replace the plain-text ones.
+        del response.headers["Content-Length"]
+        del response.headers["Content-Type"]
         response.headers["Content-Length"] = str(len(body))
         response.headers["Content-Type"] = content_type
+        response.body = body
         return response
 
     return answer
