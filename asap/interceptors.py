@@ -16,7 +16,6 @@ call's :class:`~asap.errors.AsapError`), fail the call by raising, or wrap a str
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -70,9 +69,11 @@ class ClientCallInfo:
 
     def with_metadata(self, *entries: tuple[str, MetadataValue]) -> ClientCallInfo:
         """The same call with ``entries`` appended to its request metadata."""
-        metadata: Metadata = (*self.options.metadata, *entries)
-        options = dataclasses.replace(self.options, metadata=metadata)
-        return dataclasses.replace(self, options=options)
+        options = self.options
+        metadata: Metadata = (*options.metadata, *entries)
+        return ClientCallInfo(
+            self.method, CallOptions(options.timeout, metadata), self.transport, self.target
+        )
 
 
 UnaryNext: TypeAlias = Callable[[ClientCallInfo, Message], Awaitable[Reply]]

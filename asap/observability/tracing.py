@@ -43,7 +43,7 @@ from google.protobuf.message import Message
 
 from asap.core.context import CallContext
 from asap.core.interceptors import CallNext, Interceptor, outcome_of
-from asap.core.method import SERVICE_NAME
+from asap.core.method import METHODS, SERVICE_NAME
 from asap.core.service import ServerCall
 from asap.errors import AsapError, Code
 from asap.interceptors import (
@@ -87,6 +87,9 @@ _SERVER_ERRORS = frozenset(
 """Codes that mark a server span as failed (semantic conventions for gRPC servers)."""
 
 Attributes = dict[str, str | int]
+
+_PEER_CACHE = 1024
+"""Peers (server) and targets (client) whose parsed attributes are kept; the cache then restarts."""
 
 
 def _split_peer(peer: str) -> tuple[str, int | None]:
@@ -157,39 +160,54 @@ class _TracedServerCall:
 class _ServerTracing(Interceptor):
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
+        self._names = {spec.name: f"{SERVICE_NAME}/{spec.name}" for spec in METHODS.values()}
+        self._peers: dict[str, tuple[str, int | None]] = {}
+
+    def _peer(self, peer: str) -> tuple[str, int | None]:
+        split = self._peers.get(peer)
+        if split is None:
+            if len(self._peers) >= _PEER_CACHE:
+                self._peers.clear()
+            split = self._peers[peer] = _split_peer(peer)
+        return split
 
     async def intercept(self, ctx: CallContext, call: ServerCall, call_next: CallNext) -> None:
         tracing = self._tracing
-        propagator = tracing.propagator()
-        fields = propagator.fields
+        propagator, fields = tracing.propagation()
         carrier = {
             key: value for key, value in ctx.metadata if key in fields and isinstance(value, str)
         }
         parent = propagator.extract(carrier) if carrier else None
-        host, port = _split_peer(ctx.peer)
+        host, port = self._peer(ctx.peer)
+        method = ctx.method.name
         attributes: Attributes = {
             "rpc.system": RPC_SYSTEM,
             "rpc.service": SERVICE_NAME,
-            "rpc.method": ctx.method.name,
+            "rpc.method": method,
             "asap.transport": ctx.transport,
             "network.peer.address": host,
         }
         if port is not None:
             attributes["network.peer.port"] = port
-        with tracing.tracer.start_as_current_span(
-            f"{SERVICE_NAME}/{ctx.method.name}",
+        span = tracing.tracer.start_span(
+            self._names.get(method) or f"{SERVICE_NAME}/{method}",
             context=parent,
             kind=SpanKind.SERVER,
             attributes=attributes,
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            try:
-                await call_next(ctx, _TracedServerCall(call, span))
-            except BaseException as exc:
-                _finish(span, outcome_of(ctx, exc).code, server=True)
-                raise
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await call_next(ctx, _TracedServerCall(call, span))
+        except BaseException as exc:
+            _finish(span, outcome_of(ctx, exc).code, server=True)
+            raise
+        else:
             _finish(span, Code.OK, server=True)
+        finally:
+            otel_context.detach(token)
+            span.end()
 
 
 class _StampedRequests:
@@ -243,48 +261,60 @@ class _TracedStream(ForwardingStream):
 class _ClientTracing(ClientInterceptor):
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
+        self._targets: dict[tuple[str, str], Attributes] = {}
 
     def _attributes(self, info: ClientCallInfo) -> Attributes:
-        attributes: Attributes = {
-            "rpc.system": RPC_SYSTEM,
-            "rpc.service": SERVICE_NAME,
-            "rpc.method": info.method.name,
-            "asap.transport": info.transport,
-        }
-        if info.target:
-            parts = urlsplit(info.target)
-            if parts.hostname:
-                attributes["server.address"] = parts.hostname
-            if parts.port is not None:
-                attributes["server.port"] = parts.port
-        return attributes
+        key = (info.transport, info.target)
+        base = self._targets.get(key)
+        if base is None:
+            base = {"rpc.system": RPC_SYSTEM, "rpc.service": SERVICE_NAME}
+            base["asap.transport"] = info.transport
+            if info.target:
+                parts = urlsplit(info.target)
+                if parts.hostname:
+                    base["server.address"] = parts.hostname
+                if parts.port is not None:
+                    base["server.port"] = parts.port
+            if len(self._targets) >= _PEER_CACHE:
+                self._targets.clear()
+            self._targets[key] = base
+        return {**base, "rpc.method": info.method.name}
 
-    def _propagate(self, info: ClientCallInfo, span: Span) -> ClientCallInfo:
-        carrier: dict[str, str] = {}
-        self._tracing.propagator().inject(carrier, context=trace.set_span_in_context(span))
-        return info.with_metadata(*carrier.items()) if carrier else info
-
-    async def intercept_unary(
-        self, info: ClientCallInfo, request: Message, call_next: UnaryNext
-    ) -> Reply:
-        with self._tracing.tracer.start_as_current_span(
+    def _start(self, info: ClientCallInfo) -> Span:
+        return self._tracing.tracer.start_span(
             f"{SERVICE_NAME}/{info.method.name}",
             kind=SpanKind.CLIENT,
             attributes=self._attributes(info),
             record_exception=False,
             set_status_on_exception=False,
-        ) as span:
-            _stamp(request, trace.format_trace_id(span.get_span_context().trace_id))
-            try:
-                reply = await call_next(self._propagate(info, span), request)
-            except AsapError as error:
-                _finish(span, error.code, server=False)
-                raise
-            except asyncio.CancelledError:
-                _finish(span, Code.CANCELLED, server=False)
-                raise
+        )
+
+    def _propagate(self, info: ClientCallInfo, context: otel_context.Context) -> ClientCallInfo:
+        carrier: dict[str, str] = {}
+        self._tracing.propagation()[0].inject(carrier, context=context)
+        return info.with_metadata(*carrier.items()) if carrier else info
+
+    async def intercept_unary(
+        self, info: ClientCallInfo, request: Message, call_next: UnaryNext
+    ) -> Reply:
+        span = self._start(info)
+        _stamp(request, trace.format_trace_id(span.get_span_context().trace_id))
+        context = trace.set_span_in_context(span)
+        token = otel_context.attach(context)
+        try:
+            reply = await call_next(self._propagate(info, context), request)
+        except AsapError as error:
+            _finish(span, error.code, server=False)
+            raise
+        except asyncio.CancelledError:
+            _finish(span, Code.CANCELLED, server=False)
+            raise
+        else:
             _finish(span, Code.OK, server=False)
             return reply
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     def intercept_stream(
         self,
@@ -292,13 +322,7 @@ class _ClientTracing(ClientInterceptor):
         requests: Message | AsyncIterable[Message],
         call_next: StreamNext,
     ) -> ResponseStream:
-        span = self._tracing.tracer.start_span(
-            f"{SERVICE_NAME}/{info.method.name}",
-            kind=SpanKind.CLIENT,
-            attributes=self._attributes(info),
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        span = self._start(info)
         trace_id = trace.format_trace_id(span.get_span_context().trace_id)
         if isinstance(requests, Message):
             _stamp(requests, trace_id)
@@ -306,9 +330,10 @@ class _ClientTracing(ClientInterceptor):
             requests = _StampedRequests(requests, trace_id)
         # The transport may start tasks for the call (its request pump): they copy the current
         # context, which is the span's while the call is opened.
-        token = otel_context.attach(trace.set_span_in_context(span))
+        context = trace.set_span_in_context(span)
+        token = otel_context.attach(context)
         try:
-            stream = call_next(self._propagate(info, span), requests)
+            stream = call_next(self._propagate(info, context), requests)
         except BaseException:
             span.end()
             raise
@@ -333,6 +358,7 @@ class Tracing:
     ) -> None:
         self.tracer = trace.get_tracer("asap", tracer_provider=tracer_provider)
         self._propagator = propagator
+        self._fields: tuple[TextMapPropagator, frozenset[str]] | None = None
         self.server: Interceptor = _ServerTracing(self)
         """The server interceptor: ``Server(agent, interceptors=[tracing.server])``."""
         self.client: ClientInterceptor = _ClientTracing(self)
@@ -341,6 +367,14 @@ class Tracing:
     def propagator(self) -> TextMapPropagator:
         """The propagator in use (the global one unless one was given)."""
         return self._propagator if self._propagator is not None else propagate.get_global_textmap()
+
+    def propagation(self) -> tuple[TextMapPropagator, frozenset[str]]:
+        """The propagator and the metadata keys it reads (cached per propagator)."""
+        propagator = self.propagator()
+        cached = self._fields
+        if cached is None or cached[0] is not propagator:
+            cached = self._fields = (propagator, frozenset(propagator.fields))
+        return cached
 
 
 def current_trace_id() -> str:
