@@ -12,7 +12,8 @@ own interpreter (``sys.executable``), so they use the project's virtualenv. Kind
   concurrency caps raised so that only throughput is measured.
 - ``asap-grpc-obs`` / ``asap-ws-obs``: the same with tracing and metrics on, as in production:
   the OpenTelemetry SDK (a TracerProvider with a BatchSpanProcessor whose exporter drops the
-  spans) and :class:`~asap.observability.metrics.PrometheusMetrics`.
+  spans; parent-based sampling, so the server records what the caller sampled) and
+  :class:`~asap.observability.metrics.PrometheusMetrics`.
 - ``idle-clients``: opens ``--count`` ASAP bridge connections to ``--url`` and keeps them idle.
 
 Protocol with the parent, one line each way, on stdin/stdout:
@@ -172,7 +173,7 @@ async def serve_asap(options: argparse.Namespace) -> None:
         heartbeat_interval=options.heartbeat,
         heartbeat_timeout=max(options.heartbeat, 5.0),
     )
-    observed = options.kind.endswith("-obs")
+    observed = "-obs" in options.kind
     if observed:
         from asap.observability.metrics import PrometheusMetrics
 
@@ -194,7 +195,7 @@ async def serve_asap(options: argparse.Namespace) -> None:
         await server.stop(0)
 
 
-def observed_tracing() -> Tracing:
+def observed_tracing(sampled: float = 1.0) -> Tracing:
     """Tracing through the real SDK: batched spans, exported to nowhere (no network here)."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -202,6 +203,7 @@ def observed_tracing() -> Tracing:
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from asap.observability.tracing import Tracing
 
@@ -209,7 +211,8 @@ def observed_tracing() -> Tracing:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    # Head sampling: ``sampled`` of the traces started here; calls follow their caller's decision.
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
     provider.add_span_processor(BatchSpanProcessor(Drop()))
     return Tracing(tracer_provider=provider)
 

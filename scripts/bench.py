@@ -17,7 +17,9 @@ example agent's ``echo`` skill whose input holds a 1 KiB string for ASAP. Scenar
 - ASAP ``Stream`` over gRPC and over the bridge (one DuplexStream, envelopes pipelined);
 - ASAP ``Send`` over gRPC and over the bridge with tracing and metrics on at both ends (the
   OpenTelemetry SDK with batched spans exported to nowhere, and Prometheus metrics), compared
-  with the same scenario off: the cost of observability.
+  with the same scenario off: the cost of observability. Once with every call traced (the worst
+  case) and once with 10 % of the traces sampled at the caller (head sampling, as high-rate RPC
+  services run it; the server follows the caller's decision).
 
 For each: sequential latency (p50/p99 of N calls after a warm-up), throughput with 1, 16 and 64
 calls in flight (a fixed number of calls, wall time), and CPU time per call in this client
@@ -566,10 +568,12 @@ async def _asap_ws_json_send(port: int) -> Driver:
     return AsapSend(_bridge_url(port), SUBPROTOCOL_JSON)
 
 
-_OBSERVED: list[ClientInterceptor] = []
+_OBSERVED: dict[float, list[ClientInterceptor]] = {}
+SAMPLED = 0.1
+"""The head-sampling ratio of the sampled observability scenarios."""
 
 
-def observed_tracing() -> Tracing:
+def observed_tracing(sampled: float = 1.0) -> Tracing:
     """Tracing through the real SDK, batched and exported to nowhere (as ``_bench_servers.py``)."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -577,6 +581,7 @@ def observed_tracing() -> Tracing:
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     from asap.observability.tracing import Tracing
 
@@ -584,26 +589,35 @@ def observed_tracing() -> Tracing:
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    # Head sampling: ``sampled`` of the traces started here; calls follow their caller's decision.
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
     provider.add_span_processor(BatchSpanProcessor(Drop()))
     return Tracing(tracer_provider=provider)
 
 
-def _observed() -> list[ClientInterceptor]:
+def _observed(sampled: float) -> list[ClientInterceptor]:
     """The client's tracing and metrics interceptors (made once, like an application would)."""
-    if not _OBSERVED:
+    if sampled not in _OBSERVED:
         from asap.observability.metrics import PrometheusMetrics
 
-        _OBSERVED.extend([observed_tracing().client, PrometheusMetrics().client])
-    return _OBSERVED
+        _OBSERVED[sampled] = [observed_tracing(sampled).client, PrometheusMetrics().client]
+    return _OBSERVED[sampled]
 
 
 async def _asap_grpc_send_observed(port: int) -> Driver:
-    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _observed())
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _observed(1.0))
 
 
 async def _asap_ws_proto_send_observed(port: int) -> Driver:
-    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _observed())
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _observed(1.0))
+
+
+async def _asap_grpc_send_sampled(port: int) -> Driver:
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _observed(SAMPLED))
+
+
+async def _asap_ws_proto_send_sampled(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _observed(SAMPLED))
 
 
 async def _asap_grpc_stream(port: int) -> Driver:
@@ -635,6 +649,18 @@ SCENARIOS = (
         "asap-ws-obs",
         _asap_ws_proto_send_observed,
     ),
+    Scenario(
+        "asap-grpc-send-sampled",
+        "ASAP Send, gRPC, tracing 10 % sampled+metrics",
+        "asap-grpc-obs",
+        _asap_grpc_send_sampled,
+    ),
+    Scenario(
+        "asap-ws-proto-send-sampled",
+        "ASAP Send, bridge proto, tracing 10 % sampled+metrics",
+        "asap-ws-obs",
+        _asap_ws_proto_send_sampled,
+    ),
 )
 
 
@@ -665,6 +691,20 @@ TARGETS = (
     Target(
         "bridge Send proto tracing+metrics on / off",
         "asap-ws-proto-send-observed",
+        "asap-ws-proto-send",
+        0.85,
+        None,
+    ),
+    Target(
+        "gRPC Send tracing 10 % sampled+metrics on / off",
+        "asap-grpc-send-sampled",
+        "asap-grpc-send",
+        0.85,
+        None,
+    ),
+    Target(
+        "bridge Send proto tracing 10 % sampled+metrics on / off",
+        "asap-ws-proto-send-sampled",
         "asap-ws-proto-send",
         0.85,
         None,

@@ -29,8 +29,11 @@ handler's own calls through a client with ``tracing.client`` continue the trace 
 ``Envelope.trace_id``: the client interceptor fills an empty ``trace_id`` of every envelope it
 sends with the trace id of the call's span (32 lowercase hex digits, the W3C trace-id), and the
 server copies the request's ``trace_id`` into its answers, so the envelopes of one piece of work
-carry the id of its trace. The server span records the first envelope's ``trace_id`` as
-``asap.envelope.trace_id``. A trace id the caller set itself is kept.
+carry the id of its trace. A ``trace_id`` the caller set itself is kept, and the server span
+records it as ``asap.envelope.trace_id`` when it is not the span's own trace id.
+
+Sampling is the tracer provider's (head sampling with ``ParentBased`` follows the caller's
+decision); a span that is not sampled costs only the context propagation here.
 """
 
 from __future__ import annotations
@@ -135,13 +138,14 @@ def _finish(span: Span, code: Code, *, server: bool) -> None:
 
 
 class _TracedServerCall:
-    """Records the first request's envelope trace id on the span."""
+    """Records the first request's envelope trace id on the span when it is not the span's own."""
 
-    __slots__ = ("inner", "span", "traced")
+    __slots__ = ("inner", "span", "trace_id", "traced")
 
-    def __init__(self, inner: ServerCall, span: Span) -> None:
+    def __init__(self, inner: ServerCall, span: Span, trace_id: str) -> None:
         self.inner = inner
         self.span = span
+        self.trace_id = trace_id
         self.traced = False
 
     async def read(self) -> Message | None:
@@ -149,7 +153,7 @@ class _TracedServerCall:
         if not self.traced and message is not None:
             self.traced = True
             envelope = _first_envelope(message)
-            if envelope is not None and envelope.trace_id:
+            if envelope is not None and envelope.trace_id and envelope.trace_id != self.trace_id:
                 self.span.set_attribute("asap.envelope.trace_id", envelope.trace_id)
         return message
 
@@ -198,8 +202,15 @@ class _ServerTracing(Interceptor):
             set_status_on_exception=False,
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
+        if not span.is_recording():  # not sampled: only the context travels on
+            try:
+                await call_next(ctx, call)
+            finally:
+                otel_context.detach(token)
+            return
+        trace_id = trace.format_trace_id(span.get_span_context().trace_id)
         try:
-            await call_next(ctx, _TracedServerCall(call, span))
+            await call_next(ctx, _TracedServerCall(call, span, trace_id))
         except BaseException as exc:
             _finish(span, outcome_of(ctx, exc).code, server=True)
             raise
@@ -234,7 +245,8 @@ class _TracedStream(ForwardingStream):
     def _end(self, code: Code) -> None:
         span, self._span = self._span, None
         if span is not None:
-            _finish(span, code, server=False)
+            if span.is_recording():
+                _finish(span, code, server=False)
             span.end()
 
     async def __anext__(self) -> Message:
@@ -301,6 +313,11 @@ class _ClientTracing(ClientInterceptor):
         _stamp(request, trace.format_trace_id(span.get_span_context().trace_id))
         context = trace.set_span_in_context(span)
         token = otel_context.attach(context)
+        if not span.is_recording():  # not sampled: only the context travels on
+            try:
+                return await call_next(self._propagate(info, context), request)
+            finally:
+                otel_context.detach(token)
         try:
             reply = await call_next(self._propagate(info, context), request)
         except AsapError as error:

@@ -6,6 +6,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 
 from asap import errors
@@ -77,7 +78,7 @@ async def test_two_hop_call_is_one_trace(make_harness: HarnessFactory) -> None:
     for server_span in (first_server, second_server):
         attributes = dict(server_span.attributes or {})
         assert attributes["network.peer.address"] == "127.0.0.1"
-        assert attributes["asap.envelope.trace_id"] == trace_id
+        assert "asap.envelope.trace_id" not in attributes  # the envelope carries this trace's id
     for client_span in (outer_client, inner_client):
         attributes = dict(client_span.attributes or {})
         assert attributes["server.address"] == "127.0.0.1"
@@ -115,3 +116,33 @@ async def test_stream_spans_end_with_the_stream(make_harness: HarnessFactory) ->
     assert _parent_id(spans[SpanKind.SERVER]) == _span_id(spans[SpanKind.CLIENT])
     assert received[0].trace_id == format_trace_id(_trace_id(spans[SpanKind.CLIENT]))
     assert dict(spans[SpanKind.CLIENT].attributes or {})["rpc.method"] == "Subscribe"
+
+
+async def test_an_envelope_trace_id_of_its_own_is_kept_and_recorded(
+    make_harness: HarnessFactory,
+) -> None:
+    """A caller's own Envelope.trace_id is kept, answered back and recorded on the server span."""
+    tracing, exporter = _tracing()
+    harness = await make_harness(
+        interceptors=[tracing.server], client_interceptors=[tracing.client]
+    )
+    mine = envelope("echo")
+    mine.trace_id = "work-item-42"
+    response = await harness.client.send(mine)
+    assert response.envelope.trace_id == "work-item-42"
+    (server_span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    assert dict(server_span.attributes or {})["asap.envelope.trace_id"] == "work-item-42"
+
+
+async def test_unsampled_calls_propagate_without_recording(make_harness: HarnessFactory) -> None:
+    """With a sampler that drops, no span is recorded and the call and its trace id still flow."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(tracer_provider=provider)
+    harness = await make_harness(
+        interceptors=[tracing.server], client_interceptors=[tracing.client]
+    )
+    response = await harness.client.send(envelope("echo"))
+    assert len(response.envelope.trace_id) == 32
+    assert exporter.get_finished_spans() == ()
