@@ -96,12 +96,11 @@ def excerpt(url: str, *names: str) -> list[str]:
 
 async def main() -> None:
     """Serve both agents, make one call, print what observability saw."""
-    logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s", stream=sys.stdout)
+    # ERROR for everything else (the plaintext-to-loopback warnings); INFO for the access log.
+    logging.basicConfig(level=logging.ERROR, format="%(name)s %(message)s", stream=sys.stdout)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     back_metrics, front_metrics = PrometheusMetrics(), PrometheusMetrics()
-    back_server = Server(
-        back, interceptors=[tracing.server], metrics=back_metrics, access_log=True
-    )
+    back_server = Server(back, interceptors=[tracing.server], metrics=back_metrics, access_log=True)
     back_server.add_websocket("127.0.0.1:0")
     async with back_server:
         back_url = back_server.endpoints()[0].url
@@ -133,10 +132,14 @@ async def main() -> None:
             back_metrics_url = back_url.replace("ws://", "http://").replace("/asap/v1/ws", "")
             names = ("asap_server_handled_total", "asap_client_handled_total")
             print(f"metrics excerpt (front, {front_metrics_url}):")
-            for line in excerpt(front_metrics_url, *names):
+            # urllib blocks: in a thread, so this event loop can serve the bridge's /metrics.
+            for line in await asyncio.to_thread(excerpt, front_metrics_url, *names):
                 print(f"  {line}")
             print(f"metrics excerpt (back, {back_metrics_url}/metrics):")
-            for line in excerpt(f"{back_metrics_url}/metrics", *names, "asap_bridge_connections"):
+            back_names = (*names, "asap_bridge_connections")
+            for line in await asyncio.to_thread(
+                excerpt, f"{back_metrics_url}/metrics", *back_names
+            ):
                 print(f"  {line}")
 
 
