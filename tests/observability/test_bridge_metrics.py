@@ -141,3 +141,32 @@ async def test_connection_limit_closes_are_counted_by_code() -> None:
             assert value(samples, "asap_bridge_connection_closes_total", code="1013") >= 1
     finally:
         await server.stop(0)
+
+
+async def test_a_client_send_waiting_for_credit_is_a_stall(
+    served: tuple[Server, PrometheusMetrics, str, str],
+) -> None:
+    """A Stream whose server stops reading makes the client's sends wait for credit: a client stall."""
+    _, _, _, ws_url = served
+    listener = _StallEvent("client")
+    probes.PROBES.add(listener)
+    padding = "x" * 10_000
+    try:
+        async with connect(ws_url, sender="urn:asap:agent:tester") as client:
+            stream = await client.stream()
+
+            async def send_forever() -> None:
+                while True:
+                    await stream.send(envelope("park", {"key": "stall", "pad": padding}))
+
+            async with asyncio.TaskGroup() as group:
+                sender = group.create_task(send_forever())
+                async with asyncio.timeout(20):
+                    await listener.stalled.wait()
+                sender.cancel()
+            await stream.cancel()
+    finally:
+        probes.PROBES.remove(listener)
+    # Probes are process-wide: this process's metrics count its clients' stalls too (side=client).
+    samples, _ = await scrape(_http_base(ws_url) + "/metrics")
+    assert value(samples, "asap_flow_control_stalls_total", transport="ws", side="client") >= 1
