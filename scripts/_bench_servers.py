@@ -14,6 +14,7 @@ own interpreter (``sys.executable``), so they use the project's virtualenv. Kind
   the OpenTelemetry SDK (a TracerProvider with a BatchSpanProcessor whose exporter drops the
   spans; parent-based sampling, so the server records what the caller sampled) and
   :class:`~asap.observability.metrics.PrometheusMetrics`.
+- ``asap-grpc-metrics`` / ``asap-ws-metrics``: metrics only (no tracing).
 - ``idle-clients``: opens ``--count`` ASAP bridge connections to ``--url`` and keeps them idle.
 
 Protocol with the parent, one line each way, on stdin/stdout:
@@ -174,7 +175,11 @@ async def serve_asap(options: argparse.Namespace) -> None:
         heartbeat_timeout=max(options.heartbeat, 5.0),
     )
     observed = "-obs" in options.kind
-    if observed:
+    if options.kind.endswith("-metrics"):
+        from asap.observability.metrics import PrometheusMetrics
+
+        server = Server(agent, limits=limits, metrics=PrometheusMetrics())
+    elif observed:
         from asap.observability.metrics import PrometheusMetrics
 
         tracing = observed_tracing()
@@ -253,6 +258,8 @@ KINDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "asap-ws": serve_asap,
     "asap-grpc-obs": serve_asap,
     "asap-ws-obs": serve_asap,
+    "asap-grpc-metrics": serve_asap,
+    "asap-ws-metrics": serve_asap,
     "idle-clients": hold_idle_clients,
 }
 

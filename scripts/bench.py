@@ -19,7 +19,7 @@ example agent's ``echo`` skill whose input holds a 1 KiB string for ASAP. Scenar
   OpenTelemetry SDK with batched spans exported to nowhere, and Prometheus metrics), compared
   with the same scenario off: the cost of observability. Once with every call traced (the worst
   case) and once with 10 % of the traces sampled at the caller (head sampling, as high-rate RPC
-  services run it; the server follows the caller's decision).
+  services run it; the server follows the caller's decision), and once with metrics alone.
 
 For each: sequential latency (p50/p99 of N calls after a warm-up), throughput with 1, 16 and 64
 calls in flight (a fixed number of calls, wall time), and CPU time per call in this client
@@ -612,6 +612,25 @@ async def _asap_ws_proto_send_observed(port: int) -> Driver:
     return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _observed(1.0))
 
 
+_METRICS_ONLY: list[ClientInterceptor] = []
+
+
+def _metrics_only() -> list[ClientInterceptor]:
+    if not _METRICS_ONLY:
+        from asap.observability.metrics import PrometheusMetrics
+
+        _METRICS_ONLY.append(PrometheusMetrics().client)
+    return _METRICS_ONLY
+
+
+async def _asap_grpc_send_metrics(port: int) -> Driver:
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _metrics_only())
+
+
+async def _asap_ws_proto_send_metrics(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _metrics_only())
+
+
 async def _asap_grpc_send_sampled(port: int) -> Driver:
     return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _observed(SAMPLED))
 
@@ -661,6 +680,18 @@ SCENARIOS = (
         "asap-ws-obs",
         _asap_ws_proto_send_sampled,
     ),
+    Scenario(
+        "asap-grpc-send-metrics",
+        "ASAP Send, gRPC, metrics only",
+        "asap-grpc-metrics",
+        _asap_grpc_send_metrics,
+    ),
+    Scenario(
+        "asap-ws-proto-send-metrics",
+        "ASAP Send, bridge proto, metrics only",
+        "asap-ws-metrics",
+        _asap_ws_proto_send_metrics,
+    ),
 )
 
 
@@ -707,6 +738,14 @@ TARGETS = (
         "asap-ws-proto-send-sampled",
         "asap-ws-proto-send",
         0.85,
+        None,
+    ),
+    Target("gRPC Send metrics on / off", "asap-grpc-send-metrics", "asap-grpc-send", 0.9, None),
+    Target(
+        "bridge Send proto metrics on / off",
+        "asap-ws-proto-send-metrics",
+        "asap-ws-proto-send",
+        0.9,
         None,
     ),
 )
