@@ -30,7 +30,7 @@ _log = logging.getLogger("asap.server")
 
 
 class MetricsExporter(Protocol):
-    """What a Server needs of a metrics implementation (``asap.observability.PrometheusMetrics``).
+    """What a Server needs of its metrics (:class:`asap.observability.metrics.PrometheusMetrics`).
 
     The server adds :attr:`interceptor` to its chain, calls :meth:`attach` when it starts and
     :meth:`detach` when it stops, serves :meth:`exposition` at ``GET /metrics`` on every bridge
@@ -92,7 +92,7 @@ class Server:
             outermost), so they also see calls that authentication or a limit refuses: tracing,
             custom metrics, logging (:mod:`asap.core.interceptors`).
         metrics: Count calls, connections, flow-control stalls, dedupe and rate limiting, and serve
-            them at ``GET /metrics`` on every bridge listener (``asap[prometheus]``).
+            them at ``GET /metrics`` on every bridge listener (``asap-protocol[prometheus]``).
         metrics_address: Also serve ``GET /metrics`` on this ``HOST:PORT`` (for gRPC-only servers).
         access_log: Log one line per call to the ``asap.access`` logger (never credentials).
     """
