@@ -24,6 +24,7 @@ from asap.client import (
 from asap.connect import connect, discover, open_channel
 from asap.core.agent import Agent, Incoming
 from asap.core.context import CallContext, Identity
+from asap.core.interceptors import Interceptor
 from asap.core.middleware import BearerAuth, Middleware
 from asap.errors import (
     AsapError,
@@ -49,6 +50,7 @@ __all__ = [
     "Identity",
     "Incoming",
     "InsecureTransportError",
+    "Interceptor",
     "InvalidState",
     "Limits",
     "Middleware",

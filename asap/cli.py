@@ -2,6 +2,7 @@
 
 asap serve --grpc 127.0.0.1:50051 --ws 127.0.0.1:8765
 asap serve --grpc 0.0.0.0:50051 --ws 0.0.0.0:8765 --workers 2 --store redis://127.0.0.1:6379/0
+asap serve --grpc 127.0.0.1:50051 --metrics 127.0.0.1:9464 --access-log
 asap send grpc://127.0.0.1:50051 --skill echo --input '{"text": "hi"}'
 asap send ws://127.0.0.1:8765/asap/v1/ws --skill stream --stream
 asap manifest grpc://127.0.0.1:50051
@@ -26,10 +27,11 @@ from google.protobuf.message import Message
 from asap import schema_cli
 from asap.client import Client, task_envelope
 from asap.connect import connect
+from asap.core.access_log import ACCESS_LOGGER
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
 from asap.protocol.limits import Limits
-from asap.server import Server
+from asap.server import MetricsExporter, Server
 from asap.tls import ClientTLS, ServerTLS
 from asap.v1 import manifest_pb2
 
@@ -113,8 +115,16 @@ async def _serve(args: argparse.Namespace) -> int:
         await store.ping()  # fail at start, with a clear error, when Redis is not there
         buckets = RedisRateLimiter(redis_connect(args.store))  # limits shared by every worker
     limits = Limits(rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst)
+    metrics = _metrics(args.metrics)
     server = Server(
-        _load_agent(args.agent), auth=auth, dedupe=store, limits=limits, rate_buckets=buckets
+        _load_agent(args.agent),
+        auth=auth,
+        dedupe=store,
+        limits=limits,
+        rate_buckets=buckets,
+        metrics=metrics,
+        metrics_address=args.metrics or None,
+        access_log=args.access_log,
     )
     if args.grpc:
         server.add_grpc(args.grpc, tls=tls, reuse_port=args.reuse_port)
@@ -125,6 +135,9 @@ async def _serve(args: argparse.Namespace) -> int:
     await server.start()
     for endpoint in server.endpoints():
         print(f"listening {endpoint.url}", flush=True)  # noqa: T201
+    if server.metrics_port is not None:
+        host = args.metrics.rpartition(":")[0] or "127.0.0.1"
+        print(f"metrics http://{host}:{server.metrics_port}/metrics", flush=True)  # noqa: T201
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -235,6 +248,17 @@ async def _supervise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(address: str | None) -> MetricsExporter | None:
+    """PrometheusMetrics when ``--metrics`` was given (needs the prometheus extra)."""
+    if address is None:
+        return None
+    try:
+        from asap.observability.metrics import PrometheusMetrics
+    except ImportError as exc:
+        raise SystemExit(str(exc)) from None
+    return PrometheusMetrics()
+
+
 def _client(args: argparse.Namespace) -> Client:
     tls = None
     if args.ca or args.cert or args.key:
@@ -330,6 +354,19 @@ def _parser() -> argparse.ArgumentParser:
         "--rate-burst", type=int, default=_DEFAULT_LIMITS.rate_limit_burst, help="rate-limit burst"
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        nargs="?",
+        const="",
+        help="Prometheus metrics at GET /metrics on the bridge listener, and on HOST:PORT if "
+        "given (needs asap-protocol[prometheus])",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per call to stderr (logger asap.access; never credentials)",
+    )
     serve.set_defaults(run=_serve)
 
     def client_options(command: argparse.ArgumentParser) -> None:
@@ -367,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if getattr(args, "access_log", False):
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     try:
         return int(asyncio.run(args.run(args)))
     except AsapError as error:

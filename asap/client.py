@@ -23,8 +23,9 @@ from grpc_health.v1 import health_pb2
 from asap import compat, validation
 from asap._typing import Metadata
 from asap.core.health import HEALTH_CHECK
-from asap.core.method import method
+from asap.core.method import MethodSpec, method
 from asap.errors import AsapError, InvalidArgument, InvalidState, ShuttingDown, Unavailable
+from asap.interceptors import ClientInterceptor, InterceptedChannel
 from asap.protocol.acks import AckTracker
 from asap.transports.base import CallOptions, Channel, Reply, ResponseStream
 from asap.v1 import agent_service_pb2, envelope_pb2, manifest_pb2
@@ -144,6 +145,8 @@ class Client:
         token: Bearer token or token provider sent as ``authorization`` metadata.
         metadata: Metadata sent with every call.
         retry: Retry policy for unary calls.
+        interceptors: Run around every call attempt, the first outermost
+            (:class:`~asap.interceptors.ClientInterceptor`).
     """
 
     def __init__(
@@ -155,8 +158,12 @@ class Client:
         token: TokenSource | None = None,
         metadata: Metadata = (),
         retry: RetryPolicy | None = None,
+        interceptors: Sequence[ClientInterceptor] = (),
     ) -> None:
         self.channel = channel
+        self._calls: Channel = (
+            InterceptedChannel(channel, interceptors) if interceptors else channel
+        )
         self.sender = sender
         self.timeout: float | None = None if timeout is NO_DEADLINE else timeout
         """The default deadline of unary calls, in seconds (None: none)."""
@@ -215,7 +222,7 @@ class Client:
         drained = 0
         while True:
             try:
-                return await self.channel.unary(spec, request, options)
+                return await self._calls.unary(spec, request, options)
             except Unavailable as error:
                 if self._closed:
                     # After close() the channel refuses every call: a retry could only turn
@@ -241,6 +248,15 @@ class Client:
                 await asyncio.sleep(delay)
 
     # -- the RPCs ---------------------------------------------------------------------------
+
+    def open_stream(
+        self,
+        spec: MethodSpec,
+        requests: Message | AsyncIterable[Message],
+        options: CallOptions,
+    ) -> ResponseStream:
+        """Start a streaming call through the client's interceptors (the typed methods use it)."""
+        return self._calls.open_stream(spec, requests, options)
 
     async def send(
         self,
@@ -312,7 +328,7 @@ class Client:
         """
         request = agent_service_pb2.SubscribeRequest(envelope=self.prepare(envelope))
         options = await self._options(timeout, metadata, streaming=True)
-        return Subscription(self.channel.open_stream(_SUBSCRIBE, request, options))
+        return Subscription(self._calls.open_stream(_SUBSCRIBE, request, options))
 
     async def publish(
         self,
@@ -337,7 +353,7 @@ class Client:
                 for envelope in envelopes:
                     yield agent_service_pb2.PublishRequest(envelope=self.prepare(envelope))
 
-        stream = self.channel.open_stream(_PUBLISH, requests(), options)
+        stream = self._calls.open_stream(_PUBLISH, requests(), options)
         try:
             response = await anext(stream)
         finally:
@@ -520,7 +536,7 @@ class DuplexStream:
         self._client = client
         self._outbox = _RequestQueue(SEND_BUFFER)
         self._acks = AckTracker()
-        self._stream = client.channel.open_stream(_STREAM, self._requests(), options)
+        self._stream = client.open_stream(_STREAM, self._requests(), options)
         self._done_sending = False
 
     async def _requests(self) -> AsyncIterator[Message]:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from asap.client import Client, RetryPolicy, TokenSource
 from asap.errors import InsecureTransportError
 from asap.fallback import FallbackChannel
+from asap.interceptors import ClientInterceptor
 from asap.protocol.frames import SUBPROTOCOL_PROTO
 from asap.tls import ClientTLS, check_plaintext_allowed
 from asap.transports.base import Channel
@@ -82,10 +83,18 @@ def connect(
     allow_insecure: bool = False,
     subprotocol: str = SUBPROTOCOL_PROTO,
     retry: RetryPolicy | None = None,
+    interceptors: Sequence[ClientInterceptor] = (),
 ) -> Client:
     """Return a :class:`~asap.client.Client` for the agent at ``url`` (see :func:`open_channel`)."""
     channel = open_channel(url, tls=tls, allow_insecure=allow_insecure, subprotocol=subprotocol)
-    return Client(channel, sender=sender, token=token, timeout=timeout, retry=retry)
+    return Client(
+        channel,
+        sender=sender,
+        token=token,
+        timeout=timeout,
+        retry=retry,
+        interceptors=interceptors,
+    )
 
 
 DEFAULT_PREFERENCE = ("grpcs", "wss", "grpc", "ws")
@@ -128,6 +137,7 @@ async def discover(
     subprotocol: str = SUBPROTOCOL_PROTO,
     retry: RetryPolicy | None = None,
     cooldown: float = 30.0,
+    interceptors: Sequence[ClientInterceptor] = (),
 ) -> Client:
     """Learn every endpoint of the agent at ``url`` and return a Client that falls back between them.
 
@@ -159,4 +169,11 @@ async def discover(
         )
 
     channel = FallbackChannel(urls, factory, cooldown=cooldown)
-    return Client(channel, sender=sender, token=token, timeout=timeout, retry=retry)
+    return Client(
+        channel,
+        sender=sender,
+        token=token,
+        timeout=timeout,
+        retry=retry,
+        interceptors=interceptors,
+    )

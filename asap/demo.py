@@ -142,6 +142,10 @@ async def main() -> None:
         for header, cell in zip(headers, cells, strict=True):
             print(f"  {header:<17} {cell}")  # noqa: T201
     print("\nSame calls, same outcomes, both transports. Server stopped.")  # noqa: T201
+    print(  # noqa: T201
+        "Interceptors, traces, metrics and the access log: docs/observability.md; "
+        "`.venv/bin/python examples/observability.py` prints a two-agent trace and metrics."
+    )
 
 
 if __name__ == "__main__":

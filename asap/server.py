@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
+from asap.core.access_log import AccessLog
 from asap.core.agent import Agent
 from asap.core.dedupe import DedupeStore, InMemoryDedupeStore
 from asap.core.delivery import Deliverer
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
+from asap.core.interceptors import Interceptor, envelope_guards
 from asap.core.middleware import (
     BearerAuth,
-    Middleware,
     RateLimit,
     SenderBinding,
     SharedBuckets,
@@ -31,6 +33,40 @@ from asap.validation import ValidationPolicy
 
 
 _log = logging.getLogger("asap.server")
+
+
+class MetricsExporter(Protocol):
+    """What a Server needs of its metrics (:class:`asap.observability.metrics.PrometheusMetrics`).
+
+    The server adds :attr:`interceptor` to its chain, calls :meth:`attach` when it starts and
+    :meth:`detach` when it stops, serves :meth:`exposition` at ``GET /metrics`` on every bridge
+    listener, and with ``metrics_address`` also on a port of its own (:meth:`serve_http`).
+    """
+
+    @property
+    def interceptor(self) -> Interceptor:
+        """Counts every call the server runs."""
+        ...
+
+    def attach(self) -> None:
+        """Start listening to the probes (connections, flow control, dedupe, rate limits)."""
+        ...
+
+    def detach(self) -> None:
+        """Stop listening to the probes."""
+        ...
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The current metrics and their Content-Type."""
+        ...
+
+    async def serve_http(self, host: str, port: int) -> int:
+        """Serve ``GET /metrics`` on ``host:port`` (0 picks a port); returns the bound port."""
+        ...
+
+    async def stop_http(self) -> None:
+        """Stop what :meth:`serve_http` started (idempotent)."""
+        ...
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -58,11 +94,19 @@ class Server:
         dedupe: Where delivery outcomes are remembered (in memory by default; a
             :class:`~asap.stores.redis.RedisDedupeStore` shares them between replicas).
         validation: Envelope validation policy (timestamp window).
-        middleware: Further guards, run after authentication and rate limiting.
+        middleware: Further interceptors, run after authentication, rate limiting and sender
+            binding (guards that need the identity).
         rate_buckets: Where rate-limit buckets are kept when ``limits`` sets a rate: None keeps
             them in this process; a :class:`~asap.stores.redis.RedisRateLimiter` shares them
             between replicas (the same RetryInfo either way).
         advertised_urls: URLs to list in the manifest instead of the listeners' own (behind a proxy).
+        interceptors: Interceptors run around every call before everything else (the first
+            outermost), so they also see calls that authentication or a limit refuses: tracing,
+            custom metrics, logging (:mod:`asap.core.interceptors`).
+        metrics: Count calls, connections, flow-control stalls, dedupe and rate limiting, and serve
+            them at ``GET /metrics`` on every bridge listener (``asap-protocol[prometheus]``).
+        metrics_address: Also serve ``GET /metrics`` on this ``HOST:PORT`` (for gRPC-only servers).
+        access_log: Log one line per call to the ``asap.access`` logger (never credentials).
     """
 
     def __init__(
@@ -74,13 +118,29 @@ class Server:
         bind_sender: bool | None = None,
         dedupe: DedupeStore | None = None,
         validation: ValidationPolicy | None = None,
-        middleware: Sequence[Middleware] = (),
+        middleware: Sequence[Interceptor] = (),
         advertised_urls: Sequence[manifest_pb2.Endpoint] = (),
         rate_buckets: SharedBuckets | None = None,
+        interceptors: Sequence[Interceptor] = (),
+        metrics: MetricsExporter | None = None,
+        metrics_address: str | None = None,
+        access_log: bool = False,
     ) -> None:
         self.agent = agent
         self.limits = limits or Limits()
-        guards: list[Middleware] = []
+        if metrics_address is not None and metrics is None:
+            message = "metrics_address needs metrics="
+            raise ValueError(message)
+        self.metrics = metrics
+        self._metrics_address = None if metrics_address is None else _split_address(metrics_address)
+        self.metrics_port: int | None = None
+        """The port of ``metrics_address`` once started."""
+        chain: list[Interceptor] = list(interceptors)
+        if metrics is not None:
+            chain.append(metrics.interceptor)
+        if access_log:
+            chain.append(AccessLog())
+        guards: list[Interceptor] = []
         if auth is not None:
             guards.append(auth if isinstance(auth, BearerAuth) else BearerAuth(auth))
             agent.auth_schemes = [
@@ -97,16 +157,17 @@ class Server:
         if bind_sender if bind_sender is not None else auth is not None:
             guards.append(SenderBinding())
         guards.extend(middleware)
+        chain.extend(guards)
         self.health = HealthState()
         self.deliverer = deliverer = Deliverer(
             agent,
             dedupe if dedupe is not None else InMemoryDedupeStore(),
-            guards,
+            envelope_guards(chain),
             validation if validation is not None else ValidationPolicy(),
         )
         self.service = AgentServiceCore(deliverer, self.endpoints, limits=self.limits)
         self.dispatcher = Dispatcher(
-            self.service, guards, max_concurrent_calls=self.limits.max_concurrent_calls
+            self.service, chain, max_concurrent_calls=self.limits.max_concurrent_calls
         )
         self._advertised = list(advertised_urls)
         self._transports: list[ServerTransport] = []
@@ -148,9 +209,13 @@ class Server:
         reuse_port: bool = False,
     ) -> ServerTransport:
         """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path`` (``reuse_port``: SO_REUSEPORT)."""
+        from asap.transports.ws.http_endpoints import METRICS_PATH, metrics_endpoint
         from asap.transports.ws.server import WebSocketServerTransport
 
         host, port = _split_address(address)
+        endpoints = {}
+        if self.metrics is not None:
+            endpoints[METRICS_PATH] = metrics_endpoint(self.metrics.exposition)
         transport = WebSocketServerTransport(
             self.dispatcher,
             self.health,
@@ -160,6 +225,7 @@ class Server:
             tls=tls,
             path=path,
             allowed_origins=allowed_origins,
+            http_endpoints=endpoints,
         )
         transport.reuse_port = reuse_port
         return self._add(transport)
@@ -195,6 +261,10 @@ class Server:
             raise InvalidState(message)
         self._started = True
         try:
+            if self.metrics is not None:
+                self.metrics.attach()
+                if self._metrics_address is not None:
+                    self.metrics_port = await self.metrics.serve_http(*self._metrics_address)
             for transport in self._transports:
                 await transport.start()
         except BaseException:
@@ -244,12 +314,17 @@ class Server:
         # Deliveries that outlived their calls (a connection was cut) finish within the grace too;
         # then they are cancelled (their claims are abandoned, so a retransmission runs them again).
         remaining = None if grace is None else max(0.0, grace - (loop.time() - started))
-        if remaining is None:
-            await self.deliverer.wait_idle()
-        elif remaining > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.deliverer.wait_idle(), remaining)
-        await self.deliverer.close()
+        try:
+            if remaining is None:
+                await self.deliverer.wait_idle()
+            elif remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.deliverer.wait_idle(), remaining)
+            await self.deliverer.close()
+        finally:
+            if self.metrics is not None:
+                await self.metrics.stop_http()
+                self.metrics.detach()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

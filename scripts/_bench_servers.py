@@ -10,6 +10,11 @@ own interpreter (``sys.executable``), so they use the project's virtualenv. Kind
 - ``asap-grpc`` / ``asap-ws``: :class:`asap.server.Server` serving the example agent
   (:mod:`asap.example`, skill ``echo``) on one listener, with rate limiting off and the
   concurrency caps raised so that only throughput is measured.
+- ``asap-grpc-obs`` / ``asap-ws-obs``: the same with tracing and metrics on, as in production:
+  the OpenTelemetry SDK (a TracerProvider with a BatchSpanProcessor whose exporter drops the
+  spans; parent-based sampling, so the server records what the caller sampled) and
+  :class:`~asap.observability.metrics.PrometheusMetrics`.
+- ``asap-grpc-metrics`` / ``asap-ws-metrics``: metrics only (no tracing).
 - ``idle-clients``: opens ``--count`` ASAP bridge connections to ``--url`` and keeps them idle.
 
 Protocol with the parent, one line each way, on stdin/stdout:
@@ -33,10 +38,14 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+
+if TYPE_CHECKING:
+    from asap.observability.tracing import Tracing
 
 
 HOST = "127.0.0.1"
@@ -165,9 +174,22 @@ async def serve_asap(options: argparse.Namespace) -> None:
         heartbeat_interval=options.heartbeat,
         heartbeat_timeout=max(options.heartbeat, 5.0),
     )
-    server = Server(agent, limits=limits)
+    observed = "-obs" in options.kind
+    if options.kind.endswith("-metrics"):
+        from asap.observability.metrics import PrometheusMetrics
+
+        server = Server(agent, limits=limits, metrics=PrometheusMetrics())
+    elif observed:
+        from asap.observability.metrics import PrometheusMetrics
+
+        tracing = observed_tracing()
+        server = Server(
+            agent, limits=limits, interceptors=[tracing.server], metrics=PrometheusMetrics()
+        )
+    else:
+        server = Server(agent, limits=limits)
     address = f"{HOST}:0"
-    grpc = options.kind == "asap-grpc"
+    grpc = options.kind.startswith("asap-grpc")
     transport = server.add_grpc(address) if grpc else server.add_websocket(address)
     await server.start()
     stop = _start_control()
@@ -176,6 +198,28 @@ async def serve_asap(options: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await server.stop(0)
+
+
+def observed_tracing(sampled: float = 1.0) -> Tracing:
+    """Tracing through the real SDK: batched spans, exported to nowhere (no network here)."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from asap.observability.tracing import Tracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    # Head sampling: ``sampled`` of the traces started here; calls follow their caller's decision.
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    return Tracing(tracer_provider=provider)
 
 
 # -- idle connections -------------------------------------------------------------------------
@@ -212,6 +256,10 @@ KINDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "raw-ws": serve_raw_ws,
     "asap-grpc": serve_asap,
     "asap-ws": serve_asap,
+    "asap-grpc-obs": serve_asap,
+    "asap-ws-obs": serve_asap,
+    "asap-grpc-metrics": serve_asap,
+    "asap-ws-metrics": serve_asap,
     "idle-clients": hold_idle_clients,
 }
 

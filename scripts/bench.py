@@ -14,7 +14,12 @@ example agent's ``echo`` skill whose input holds a 1 KiB string for ASAP. Scenar
 - raw gRPC unary and bidi echo (bytes in, bytes out; no serializers);
 - raw websockets echo (binary frames, no compression; pipelined on one connection);
 - ASAP ``Send`` over gRPC, over the WebSocket bridge with proto frames, and with JSON frames;
-- ASAP ``Stream`` over gRPC and over the bridge (one DuplexStream, envelopes pipelined).
+- ASAP ``Stream`` over gRPC and over the bridge (one DuplexStream, envelopes pipelined);
+- ASAP ``Send`` over gRPC and over the bridge with tracing and metrics on at both ends (the
+  OpenTelemetry SDK with batched spans exported to nowhere, and Prometheus metrics), compared
+  with the same scenario off: the cost of observability. Once with every call traced (the worst
+  case) and once with 10 % of the traces sampled at the caller (head sampling, as high-rate RPC
+  services run it; the server follows the caller's decision), and once with metrics alone.
 
 For each: sequential latency (p50/p99 of N calls after a warm-up), throughput with 1, 16 and 64
 calls in flight (a fixed number of calls, wall time), and CPU time per call in this client
@@ -62,7 +67,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google.protobuf
 import grpc
@@ -73,8 +78,13 @@ from websockets.asyncio.client import connect as ws_connect
 from asap.client import Client, DuplexStream, task_envelope
 from asap.connect import connect
 from asap.example import agent
+from asap.interceptors import ClientInterceptor
 from asap.protocol.frames import DEFAULT_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
 from asap.v1 import envelope_pb2
+
+
+if TYPE_CHECKING:
+    from asap.observability.tracing import Tracing
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -442,8 +452,12 @@ def _check_answer(answer: envelope_pb2.Envelope) -> None:
 class AsapSend(UnaryDriver):
     """``Client.send`` of an echo TaskRequest (a fresh copy of one template, so a fresh id)."""
 
-    def __init__(self, url: str, subprotocol: str) -> None:
-        self._client = connect(url, sender=SENDER, subprotocol=subprotocol)
+    def __init__(
+        self, url: str, subprotocol: str, interceptors: Sequence[ClientInterceptor] = ()
+    ) -> None:
+        self._client = connect(
+            url, sender=SENDER, subprotocol=subprotocol, interceptors=interceptors
+        )
         self._template = _template()
 
     def _envelope(self) -> envelope_pb2.Envelope:
@@ -556,6 +570,77 @@ async def _asap_ws_json_send(port: int) -> Driver:
     return AsapSend(_bridge_url(port), SUBPROTOCOL_JSON)
 
 
+_OBSERVED: dict[float, list[ClientInterceptor]] = {}
+SAMPLED = 0.1
+"""The head-sampling ratio of the sampled observability scenarios."""
+
+
+def observed_tracing(sampled: float = 1.0) -> Tracing:
+    """Tracing through the real SDK, batched and exported to nowhere (as ``_bench_servers.py``)."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from asap.observability.tracing import Tracing
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    # Head sampling: ``sampled`` of the traces started here; calls follow their caller's decision.
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sampled)))
+    provider.add_span_processor(BatchSpanProcessor(Drop()))
+    return Tracing(tracer_provider=provider)
+
+
+def _observed(sampled: float) -> list[ClientInterceptor]:
+    """The client's tracing and metrics interceptors (made once, like an application would)."""
+    if sampled not in _OBSERVED:
+        from asap.observability.metrics import PrometheusMetrics
+
+        _OBSERVED[sampled] = [observed_tracing(sampled).client, PrometheusMetrics().client]
+    return _OBSERVED[sampled]
+
+
+async def _asap_grpc_send_observed(port: int) -> Driver:
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _observed(1.0))
+
+
+async def _asap_ws_proto_send_observed(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _observed(1.0))
+
+
+_METRICS_ONLY: list[ClientInterceptor] = []
+
+
+def _metrics_only() -> list[ClientInterceptor]:
+    if not _METRICS_ONLY:
+        from asap.observability.metrics import PrometheusMetrics
+
+        _METRICS_ONLY.append(PrometheusMetrics().client)
+    return _METRICS_ONLY
+
+
+async def _asap_grpc_send_metrics(port: int) -> Driver:
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _metrics_only())
+
+
+async def _asap_ws_proto_send_metrics(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _metrics_only())
+
+
+async def _asap_grpc_send_sampled(port: int) -> Driver:
+    return AsapSend(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO, _observed(SAMPLED))
+
+
+async def _asap_ws_proto_send_sampled(port: int) -> Driver:
+    return AsapSend(_bridge_url(port), SUBPROTOCOL_PROTO, _observed(SAMPLED))
+
+
 async def _asap_grpc_stream(port: int) -> Driver:
     return await AsapStream.open(f"grpc://{HOST}:{port}", SUBPROTOCOL_PROTO)
 
@@ -573,6 +658,42 @@ SCENARIOS = (
     Scenario("asap-ws-json-send", "ASAP Send, bridge JSON", "asap-ws", _asap_ws_json_send),
     Scenario("asap-grpc-stream", "ASAP Stream, gRPC", "asap-grpc", _asap_grpc_stream),
     Scenario("asap-ws-stream", "ASAP Stream, bridge proto", "asap-ws", _asap_ws_stream),
+    Scenario(
+        "asap-grpc-send-observed",
+        "ASAP Send, gRPC, tracing+metrics",
+        "asap-grpc-obs",
+        _asap_grpc_send_observed,
+    ),
+    Scenario(
+        "asap-ws-proto-send-observed",
+        "ASAP Send, bridge proto, tracing+metrics",
+        "asap-ws-obs",
+        _asap_ws_proto_send_observed,
+    ),
+    Scenario(
+        "asap-grpc-send-sampled",
+        "ASAP Send, gRPC, tracing 10 % sampled+metrics",
+        "asap-grpc-obs",
+        _asap_grpc_send_sampled,
+    ),
+    Scenario(
+        "asap-ws-proto-send-sampled",
+        "ASAP Send, bridge proto, tracing 10 % sampled+metrics",
+        "asap-ws-obs",
+        _asap_ws_proto_send_sampled,
+    ),
+    Scenario(
+        "asap-grpc-send-metrics",
+        "ASAP Send, gRPC, metrics only",
+        "asap-grpc-metrics",
+        _asap_grpc_send_metrics,
+    ),
+    Scenario(
+        "asap-ws-proto-send-metrics",
+        "ASAP Send, bridge proto, metrics only",
+        "asap-ws-metrics",
+        _asap_ws_proto_send_metrics,
+    ),
 )
 
 
@@ -593,6 +714,42 @@ TARGETS = (
     Target("bridge Send JSON / raw websockets", "asap-ws-json-send", "raw-ws", 0.3, None),
     Target("gRPC Stream / raw gRPC bidi", "asap-grpc-stream", "raw-grpc-bidi", 0.8, None),
     Target("bridge Stream proto / raw websockets", "asap-ws-stream", "raw-ws", 0.6, None),
+    Target(
+        "gRPC Send tracing+metrics on / off",
+        "asap-grpc-send-observed",
+        "asap-grpc-send",
+        0.85,
+        None,
+    ),
+    Target(
+        "bridge Send proto tracing+metrics on / off",
+        "asap-ws-proto-send-observed",
+        "asap-ws-proto-send",
+        0.85,
+        None,
+    ),
+    Target(
+        "gRPC Send tracing 10 % sampled+metrics on / off",
+        "asap-grpc-send-sampled",
+        "asap-grpc-send",
+        0.85,
+        None,
+    ),
+    Target(
+        "bridge Send proto tracing 10 % sampled+metrics on / off",
+        "asap-ws-proto-send-sampled",
+        "asap-ws-proto-send",
+        0.85,
+        None,
+    ),
+    Target("gRPC Send metrics on / off", "asap-grpc-send-metrics", "asap-grpc-send", 0.9, None),
+    Target(
+        "bridge Send proto metrics on / off",
+        "asap-ws-proto-send-metrics",
+        "asap-ws-proto-send",
+        0.9,
+        None,
+    ),
 )
 
 
@@ -1144,7 +1301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [
         scenario
         for scenario in SCENARIOS
-        if options.only in scenario.key and (bridge or scenario.server != "asap-ws")
+        if options.only in scenario.key and (bridge or not scenario.server.startswith("asap-ws"))
     ]
     if not bridge:
         print("asap.transports.ws is not importable yet: bridge scenarios skipped")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -21,7 +21,9 @@ import pytest_asyncio
 
 from asap import BearerAuth, Client, Limits, RetryPolicy, Server, connect
 from asap.core.dedupe import DedupeStore
+from asap.interceptors import ClientInterceptor, Interceptor
 from asap.protocol.frames import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
+from asap.server import MetricsExporter
 from asap.stores.redis import RedisDedupeStore
 from tests.conformance._service import (
     AGENT_ID,
@@ -95,8 +97,9 @@ async def make_harness(
 ) -> AsyncIterator[HarnessFactory]:
     """Start harnesses with a given server configuration; everything is closed at teardown.
 
-    The factory takes ``limits``, ``auth`` and ``bind_sender`` (as :class:`~asap.server.Server`)
-    and ``token`` for the harness's own client. Servers use the ``store_kind`` dedupe store.
+    The factory takes ``limits``, ``auth``, ``bind_sender``, ``interceptors``, ``metrics`` and
+    ``access_log`` (as :class:`~asap.server.Server`), and ``token`` and ``client_interceptors`` for
+    the harness's own client. Servers use the ``store_kind`` dedupe store.
     """
     servers: list[Server] = []
     clients: list[Client] = []
@@ -116,6 +119,11 @@ async def make_harness(
         auth: BearerAuth | None = None,
         bind_sender: bool | None = None,
         token: str | None = None,
+        interceptors: Sequence[Interceptor] = (),
+        client_interceptors: Sequence[ClientInterceptor] = (),
+        metrics: MetricsExporter | None = None,
+        metrics_address: str | None = None,
+        access_log: bool = False,
     ) -> Harness:
         probe = Probe()
         server = Server(
@@ -124,6 +132,10 @@ async def make_harness(
             auth=auth,
             bind_sender=bind_sender,
             dedupe=new_store(),
+            interceptors=interceptors,
+            metrics=metrics,
+            metrics_address=metrics_address,
+            access_log=access_log,
         )
         if transport.websocket:
             server.add_websocket("127.0.0.1:0")
@@ -139,6 +151,7 @@ async def make_harness(
             token: str | None = None,
             timeout: float | None = 30.0,
             retries: int | None = None,
+            interceptors: Sequence[ClientInterceptor] = (),
         ) -> Client:
             retry = None if retries is None else RetryPolicy(max_attempts=retries)
             client = connect(
@@ -148,12 +161,13 @@ async def make_harness(
                 timeout=timeout,
                 subprotocol=transport.subprotocol,
                 retry=retry,
+                interceptors=interceptors,
             )
             clients.append(client)
             return client
 
         return Harness(
-            client=connect_client(token=token),
+            client=connect_client(token=token, interceptors=client_interceptors),
             probe=probe,
             server=server,
             agent_id=AGENT_ID,

@@ -62,6 +62,30 @@ def test_client_survives_server_restart_without_duplicates() -> None:
 
 
 @pytest.mark.slow
+def test_observability_prints_one_trace_and_metrics() -> None:
+    """The two-agent call is one trace of four spans, each a child of the one before; metrics show it."""
+    lines = run_example("observability.py").splitlines()
+    assert "answer: tracing has been observed" in lines
+    summary = next(line for line in lines if line.startswith("trace: "))
+    assert summary.startswith("trace: 4 spans in 1 trace ")
+    trace_id = summary.rsplit(" ", 1)[1]
+    assert f"answer envelope trace_id {trace_id}" in lines
+    assert f"front → back envelope trace_id {trace_id}" in lines
+    tree = [line for line in lines if "asap.v1.AgentService/" in line]
+    assert [line.split()[0] for line in tree] == ["CLIENT", "SERVER", "CLIENT", "SERVER"]
+    indents = [len(line) - len(line.lstrip()) for line in tree]
+    assert indents == sorted(indents)
+    assert len(set(indents)) == 4
+    assert any("[grpc]" in line for line in tree)
+    assert any("[ws]" in line for line in tree)
+    access = [line for line in lines if line.startswith("asap.access ")]
+    assert len(access) == 2
+    handled = [line for line in lines if line.strip().startswith("asap_server_handled_total{")]
+    assert any('method="Send"' in line and 'transport="grpc"' in line for line in handled)
+    assert any('method="Send"' in line and 'transport="ws"' in line for line in handled)
+
+
+@pytest.mark.slow
 def test_demo_prints_the_same_outcomes_for_both_transports() -> None:
     """`make demo` (python -m asap.demo) runs every call shape on both transports with equal outcomes."""
     result = subprocess.run(

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from asap.core import probes
 from asap.v1 import envelope_pb2
 
 
@@ -307,3 +308,5 @@ class InMemoryDedupeStore:
                     )
         for key, entry in doomed:
             self._drop(key, entry)
+        if doomed:
+            probes.dedupe_evicted(len(doomed))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from asap import validation
+from asap.core import probes
 from asap.core.agent import Agent, Incoming, Reply
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext, CancelReason
@@ -299,6 +300,7 @@ class Deliverer:
             await asyncio.wait(pending)
 
     async def _replay(self, found: Stored, emit: Emit | None) -> agent_service_pb2.DeliveryResult:
+        probes.dedupe_hit()
         result = agent_service_pb2.DeliveryResult.FromString(found.outcome)
         if emit is not None and result.HasField("envelope"):
             await emit(result.envelope)

@@ -1,8 +1,10 @@
 """The Dispatcher: every call on every transport runs through :meth:`Dispatcher.handle`.
 
-It looks up the RPC, enforces the server-wide concurrency limit and the call's deadline, runs the
-per-call middleware, and turns whatever ends the call into an outcome: None for OK, otherwise an
-:class:`~asap.errors.AsapError`. It is the only place a call's exception becomes a wire status.
+It runs the call through the interceptor chain (:mod:`asap.core.interceptors`, built once here),
+whose end looks up the RPC, enforces the server-wide concurrency limit and the call's deadline and
+runs the RPC, and turns whatever ends the call into an outcome: None for OK, otherwise an
+:class:`~asap.errors.AsapError`. It is the only place a call's exception becomes a wire status;
+interceptors see that AsapError raised from their ``call_next``.
 
 Deadlines and cancellation hold for every handler, also one that never awaits: besides the asyncio
 timeout (or the transport's own enforcement, on gRPC) the Dispatcher checks the deadline and
@@ -20,9 +22,8 @@ from google.protobuf.message import Message
 
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
-from asap.core.middleware import Middleware
+from asap.core.interceptors import Interceptor, build_chain
 from asap.core.service import AgentServiceCore, ServerCall
-from asap.core.tasks import leave_eager
 from asap.errors import (
     AsapError,
     Cancelled,
@@ -88,19 +89,19 @@ class Dispatcher:
 
     Args:
         service: The RPC implementations.
-        middleware: Guards run when each call starts, in order.
+        interceptors: Run around each call, the first outermost (guards, observers).
         max_concurrent_calls: Calls beyond this many in flight fail with RESOURCE_EXHAUSTED.
     """
 
     def __init__(
         self,
         service: AgentServiceCore,
-        middleware: Sequence[Middleware] = (),
+        interceptors: Sequence[Interceptor] = (),
         *,
         max_concurrent_calls: int = 1000,
     ) -> None:
         self._service = service
-        self._middleware = tuple(middleware)
+        self._chain = build_chain(tuple(interceptors), self._serve)
         self._max_calls = max_concurrent_calls
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -123,13 +124,28 @@ class Dispatcher:
         A cancellation of the calling task (the caller went away) marks the context cancelled and
         propagates; everything else is returned as an AsapError, never raised.
         """
+        try:
+            await self._chain(ctx, call)
+        except AsapError as error:
+            return error
+        except asyncio.CancelledError:
+            ctx.mark_cancelled()
+            raise
+        except Exception as exc:  # noqa: BLE001 - an interceptor's own failure becomes INTERNAL
+            return as_asap_error(_first_leaf(exc), where=ctx.method.path)  # type: ignore[arg-type]
+        return None
+
+    async def _serve(self, ctx: CallContext, call: ServerCall) -> None:
+        """The end of the interceptor chain: limits, deadline, the RPC; raises the outcome."""
         if self.draining:
-            return ShuttingDown()
+            raise ShuttingDown
         if self._in_flight >= self._max_calls:
-            return TooManyCalls(f"more than {self._max_calls} calls in flight")
+            text = f"more than {self._max_calls} calls in flight"
+            raise TooManyCalls(text)
         rpc = self._service.rpcs.get(ctx.method.name)
         if rpc is None:
-            return UnknownMethod(f"unknown method {ctx.method.path}")
+            text = f"unknown method {ctx.method.path}"
+            raise UnknownMethod(text)
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -147,15 +163,16 @@ class Dispatcher:
                 and scope.expired()
             ):
                 ctx.mark_cancelled()
-                return DeadlineExceeded()
-            return as_asap_error(exc, where=ctx.method.path)
+                raise DeadlineExceeded from None
+            raise as_asap_error(exc, where=ctx.method.path) from None
+        except AsapError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the call boundary: every failure becomes a status
-            return as_asap_error(_first_leaf(exc), where=ctx.method.path)  # type: ignore[arg-type]
+            raise as_asap_error(_first_leaf(exc), where=ctx.method.path) from None  # type: ignore[arg-type]
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        return None
 
     async def _run(
         self,
@@ -166,10 +183,6 @@ class Dispatcher:
         if ctx.method.server_streaming:
             call = _GuardedCall(ctx, call)
         try:
-            for guard in self._middleware:
-                if ctx.eager and not getattr(guard, "eager_safe", False):
-                    await leave_eager(ctx)
-                await guard.on_call(ctx)
             await rpc(ctx, call)
             # A handler that never awaited may return past its deadline: that is not OK either.
             _check_live(ctx)

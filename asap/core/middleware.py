@@ -1,10 +1,12 @@
-"""Middleware that every transport runs: authentication, sender binding, rate limiting.
+"""The guards every transport runs: authentication, sender binding, rate limiting.
 
-Middleware are guards with two hooks, both called by the core so they behave identically on every
-transport: :meth:`Middleware.on_call` once when a call starts (before any message is read) and
-:meth:`Middleware.on_envelopes` for each group of envelopes the call delivers (one for ``Send`` and
-each stream message, all of them at once for ``SendBatch``). A hook refuses by raising an
-:class:`~asap.errors.AsapError`; it may also enrich the context (authentication sets the identity).
+They are :class:`~asap.core.interceptors.Interceptor` subclasses, so they ride the one extension
+point every call passes through: :meth:`~asap.core.interceptors.Interceptor.on_call` once when a
+call starts (before any message is read) and
+:meth:`~asap.core.interceptors.Interceptor.on_envelopes` for each group of envelopes the call
+delivers (one for ``Send`` and each stream message, all of them at once for ``SendBatch``). A hook
+refuses by raising an :class:`~asap.errors.AsapError`; it may also enrich the context
+(authentication sets the identity).
 """
 
 from __future__ import annotations
@@ -13,24 +15,16 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from asap.core import probes
 from asap.core.context import CallContext, Identity
+from asap.core.interceptors import Interceptor
 from asap.errors import RateLimited, ResourceExhausted, SenderMismatch, Unauthenticated
 from asap.protocol.ratelimit import RateLimiter
 from asap.v1 import envelope_pb2
 
 
-class Middleware(Protocol):
-    """A guard run by the core on every call, whichever transport carries it."""
-
-    async def on_call(self, ctx: CallContext) -> None:
-        """Inspect a call before it runs; raise an AsapError to refuse it."""
-        ...
-
-    async def on_envelopes(
-        self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]
-    ) -> None:
-        """Inspect envelopes before they are processed; raise an AsapError to refuse them all."""
-        ...
+Middleware = Interceptor
+"""The former name of :class:`~asap.core.interceptors.Interceptor` (one extension point)."""
 
 
 TokenVerifier = Callable[[str], Awaitable[Identity | None]]
@@ -40,7 +34,7 @@ AUTHORIZATION = "authorization"
 """The metadata key (and HTTP header) that carries ``Bearer <token>``."""
 
 
-class BearerAuth:
+class BearerAuth(Interceptor):
     """Require ``authorization: Bearer <token>`` and put the verified identity in the context.
 
     Raises UNAUTHENTICATED (reason MISSING_CREDENTIALS or INVALID_TOKEN). A verifier may raise
@@ -77,25 +71,17 @@ class BearerAuth:
             raise Unauthenticated(_INVALID, reason="INVALID_TOKEN")
         ctx.identity = identity
 
-    async def on_envelopes(
-        self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]
-    ) -> None:
-        """Nothing to check per envelope."""
-
 
 _MISSING = "missing authorization metadata"
 _NOT_BEARER = "authorization must be 'Bearer <token>'"
 _INVALID = "the bearer token is not valid"
 
 
-class SenderBinding:
+class SenderBinding(Interceptor):
     """Refuse envelopes whose sender is not the authenticated identity (PERMISSION_DENIED)."""
 
     eager_safe = True
     """Never suspends: calls may run eagerly through it."""
-
-    async def on_call(self, ctx: CallContext) -> None:
-        """Nothing to check per call."""
 
     async def on_envelopes(
         self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]
@@ -121,7 +107,7 @@ class SharedBuckets(Protocol):
         ...
 
 
-class RateLimit:
+class RateLimit(Interceptor):
     """A token bucket per principal (the identity, else the peer's address).
 
     Each envelope costs one token; a call that carries no envelope (GetManifest) costs one.
@@ -178,5 +164,6 @@ class RateLimit:
         else:
             retry_after = self._limiter.try_acquire(ctx.principal, self._clock(), cost)
         if retry_after > 0:
+            probes.rate_limited()
             message = f"rate limit exceeded for {ctx.principal}; retry in {retry_after:.3f}s"
             raise RateLimited(message, retry_after=retry_after)

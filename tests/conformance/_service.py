@@ -26,6 +26,9 @@ Skills (all take their arguments in ``TaskRequest.input``):
 ``blob``
     Returns a result with a string of ``size`` characters; counts its invocations (``runs["blob"]``,
     event ``blob:<n>`` once the n-th has started).
+``relay``
+    Sends ``echo`` with its own input to the agent :attr:`Probe.relay` is connected to (a second
+    harness) and returns that agent's TaskResponse: a two-hop call.
 ``spin``
     Yields ``count`` TaskUpdates (each with a message of ``pad`` characters) without ever awaiting,
     then a TaskResponse; records the steps reached (``runs["spin:<key>"]``) and, in its ``finally``,
@@ -62,6 +65,8 @@ from asap import (
 from asap import errors as asap_errors
 from asap._typing import Metadata
 from asap.errors import NotFound
+from asap.interceptors import ClientInterceptor, Interceptor
+from asap.server import MetricsExporter
 from asap.v1 import envelope_pb2, payload_pb2, task_pb2
 
 
@@ -92,6 +97,7 @@ SKILLS = (
     "count",
     "blob",
     "spin",
+    "relay",
 )
 """The skills the conformance agent registers, in registration order."""
 
@@ -208,6 +214,8 @@ class Probe:
     ``spin`` reached."""
     closed_in_call_task: dict[str, bool] = field(default_factory=dict)
     """For each ``spin`` key: whether its generator's ``finally`` ran in the task that started it."""
+    relay: Client | None = None
+    """The client the ``relay`` skill calls through (set by the test)."""
     _events: dict[str, asyncio.Event] = field(default_factory=dict)
 
     def event(self, name: str) -> asyncio.Event:
@@ -390,6 +398,16 @@ def make_agent(probe: Probe) -> Agent:
             probe.closed_in_call_task[key] = asyncio.current_task() is started_in
             probe.event(f"closed:{key}").set()
 
+    @agent.skill("relay", description="Asks the agent Probe.relay reaches to echo the input.")
+    async def relay(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        client = probe.relay
+        if client is None:
+            message = "no relay client: the test sets Probe.relay"
+            raise asap_errors.FailedPrecondition(message)
+        hop = task_envelope(AGENT_ID, "echo", as_dict(request.payload.input))
+        answer = await client.send(hop)
+        return answer.envelope.task_response
+
     @agent.on(payload_pb2.McpToolCall)
     async def tool(request: Incoming[payload_pb2.McpToolCall]) -> payload_pb2.McpToolResult:
         result = payload_pb2.McpToolResult(request_id=request.payload.request_id, success=True)
@@ -462,6 +480,7 @@ class Harness:
         token: str | None = None,
         timeout: float | None = 30.0,
         retries: int | None = None,
+        interceptors: Sequence[ClientInterceptor] = (),
     ) -> Client:
         """Another client to the same server (closed at teardown).
 
@@ -470,8 +489,15 @@ class Harness:
             token: A bearer token (None: none).
             timeout: The default deadline.
             retries: Attempts in all for UNAVAILABLE (None: the client's default policy).
+            interceptors: The client's interceptors.
         """
-        return self._connect(sender=sender, token=token, timeout=timeout, retries=retries)
+        return self._connect(
+            sender=sender,
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            interceptors=interceptors,
+        )
 
 
 class HarnessFactory(Protocol):
@@ -484,6 +510,11 @@ class HarnessFactory(Protocol):
         auth: BearerAuth | None = None,
         bind_sender: bool | None = None,
         token: str | None = None,
+        interceptors: Sequence[Interceptor] = (),
+        client_interceptors: Sequence[ClientInterceptor] = (),
+        metrics: MetricsExporter | None = None,
+        metrics_address: str | None = None,
+        access_log: bool = False,
     ) -> Harness:
         """Start a server and connect a client."""
         ...
@@ -493,7 +524,13 @@ class ClientFactory(Protocol):
     """Makes clients for a harness; the conftest implements it (it knows the transport)."""
 
     def __call__(
-        self, *, sender: str, token: str | None, timeout: float | None, retries: int | None
+        self,
+        *,
+        sender: str,
+        token: str | None,
+        timeout: float | None,
+        retries: int | None,
+        interceptors: Sequence[ClientInterceptor],
     ) -> Client:
         """Connect a new client."""
         ...

@@ -25,6 +25,7 @@ from websockets.client import ClientProtocol
 from websockets.http11 import Request, Response
 
 from asap._typing import Metadata
+from asap.core import probes
 from asap.core.method import MethodSpec
 from asap.errors import AsapError, ConnectionLost, DeadlineExceeded, from_status
 from asap.protocol.client_session import ClientSession
@@ -139,6 +140,8 @@ class ClientCall:
     async def wait_credit(self) -> None:
         """Wait until a request message may be sent (the server granted credit, or the call ended)."""
         conn = self.conn
+        if not self.over and not conn.session_can_send(self.stream_id):
+            probes.flow_stalled("ws", "client")
         while not self.over and not conn.session_can_send(self.stream_id):
             waiter = self.credit_waiter = asyncio.get_running_loop().create_future()
             try:

@@ -24,3 +24,27 @@ def health_endpoint(health: HealthState) -> Callable[[ServerProtocol, Request], 
         return ws.reject(http.HTTPStatus.SERVICE_UNAVAILABLE, "NOT_SERVING\n")
 
     return answer
+
+
+METRICS_PATH = "/metrics"
+"""Where a server with metrics answers a plain HTTP GET with its exposition (Prometheus text)."""
+
+Exposition = Callable[[], tuple[bytes, str]]
+"""Renders metrics now: the body and its Content-Type (the transport imports no metrics library)."""
+
+
+def metrics_endpoint(render: Exposition) -> Callable[[ServerProtocol, Request], Response]:
+    """``GET /metrics``: 200 with what ``render`` returns, as ``render`` says it is typed."""
+
+    def answer(ws: ServerProtocol, request: Request) -> Response:
+        body, content_type = render()
+        response = ws.reject(http.HTTPStatus.OK, "")
+        # websockets' Headers keep every value set: replace the plain-text ones.
+        del response.headers["Content-Length"]
+        del response.headers["Content-Type"]
+        response.headers["Content-Length"] = str(len(body))
+        response.headers["Content-Type"] = content_type
+        response.body = body
+        return response
+
+    return answer

@@ -29,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from asap.core import probes
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.errors import InvalidState
@@ -41,9 +42,9 @@ from asap.protocol.frames import SUBPROTOCOLS, CloseCode
 from asap.protocol.limits import Limits
 from asap.tls import ServerTLS
 from asap.transports.base import ServerTransport, listener_url
-from asap.transports.ws.handshake import HandshakePolicy, select_subprotocol
+from asap.transports.ws.handshake import HandshakePolicy, HttpEndpoint, select_subprotocol
 from asap.transports.ws.http_endpoints import HEALTH_PATH, health_endpoint
-from asap.transports.ws.server_connection import GOAWAY_REASON, ServerBridgeConnection
+from asap.transports.ws.server_connection import GOAWAY_REASON, TRANSPORT, ServerBridgeConnection
 from asap.v1 import manifest_pb2
 
 
@@ -74,6 +75,8 @@ class WebSocketServerTransport(ServerTransport):
         allowed_origins: Origins a browser may connect from (exact ``scheme://host[:port]``);
             another Origin is refused with HTTP 403. A handshake without an Origin header (not a
             browser, so not a cross-site request) is accepted. None accepts every origin.
+        http_endpoints: Further plain HTTP GET endpoints by path (``/metrics``), beside
+            ``/healthz``.
     """
 
     reuse_port: bool = False
@@ -90,6 +93,7 @@ class WebSocketServerTransport(ServerTransport):
         tls: ServerTLS | None,
         path: str,
         allowed_origins: Sequence[str] | None,
+        http_endpoints: Mapping[str, HttpEndpoint] | None = None,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
@@ -100,7 +104,7 @@ class WebSocketServerTransport(ServerTransport):
         self.policy = HandshakePolicy(
             path=path,
             allowed_origins=None if allowed_origins is None else frozenset(allowed_origins),
-            endpoints={HEALTH_PATH: health_endpoint(health)},
+            endpoints={HEALTH_PATH: health_endpoint(health), **(http_endpoints or {})},
         )
         self._host = host
         self._port = port
@@ -140,12 +144,16 @@ class WebSocketServerTransport(ServerTransport):
         if len(self._open) >= self.limits.max_connections:
             return False
         self._open.add(conn)
+        probes.connection_opened(TRANSPORT)
         return True
 
     def connection_lost(self, conn: ServerBridgeConnection) -> None:
         """A connection ended; handlers of its still finishing are awaited at stop."""
         self._accepted.discard(conn)
+        was_open = conn in self._open
         self._open.discard(conn)
+        if conn.session is not None:  # past the handshake (also one refused with 1013 or 1001)
+            probes.connection_closed(TRANSPORT, conn.close_code, was_open=was_open)
         # Handlers were cancelled and end within a loop turn or two: keep only those still going.
         self._ended = {ended for ended in self._ended if len(ended.tasks)}
         if len(conn.tasks):

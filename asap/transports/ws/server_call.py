@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
+from asap.core import probes
 from asap.core.context import CallContext
 from asap.core.method import MethodSpec
 from asap.v1 import bridge_pb2
@@ -122,6 +123,9 @@ class BridgeServerCall:
     async def wait_credit(self) -> None:
         """Wait until the session lets this stream send a call message."""
         can_send = self.conn.session_can_send
+        if can_send(self.stream_id):
+            return
+        probes.flow_stalled("ws", "server")
         while not can_send(self.stream_id):
             waiter = self.credit_waiter = asyncio.get_running_loop().create_future()
             try:

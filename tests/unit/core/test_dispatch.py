@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from asap import errors
 from asap.core.agent import Agent, Incoming
 from asap.core.context import CallContext
+from asap.core.interceptors import Interceptor
 from asap.core.method import SERVICE_NAME, Arity, MethodSpec
 from asap.core.service import ServerCall
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
@@ -285,7 +286,7 @@ async def test_call_middleware_runs_in_order_and_can_refuse(kit: Kit) -> None:
     """on_call guards run in order before the RPC; a refusal stops the call."""
     order: list[str] = []
 
-    class Guard:
+    class Guard(Interceptor):
         def __init__(self, name: str, refuse: bool) -> None:
             self.name = name
             self.refuse = refuse
@@ -296,7 +297,9 @@ async def test_call_middleware_runs_in_order_and_can_refuse(kit: Kit) -> None:
                 message = f"{self.name} says no"
                 raise errors.PermissionDenied(message)
 
-        async def on_envelopes(self, ctx: CallContext, envelopes: object) -> None:
+        async def on_envelopes(
+            self, ctx: CallContext, envelopes: Sequence[envelope_pb2.Envelope]
+        ) -> None:
             order.append(f"{self.name}-envelopes")
 
     harness = kit.Harness(
