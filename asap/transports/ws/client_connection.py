@@ -29,7 +29,6 @@ from asap.core import probes
 from asap.core.method import MethodSpec
 from asap.errors import AsapError, ConnectionLost, DeadlineExceeded, from_status
 from asap.protocol.client_session import ClientSession
-from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.events import (
     CallEnded,
     CreditAvailable,
@@ -45,9 +44,6 @@ from asap.v1 import bridge_pb2, status_pb2
 
 
 _log = logging.getLogger("asap.client")
-
-INBOX_HIGH_WATER = 64
-"""Revision 1 only: unread response messages of one call before the connection stops reading."""
 
 
 class ClientCall:
@@ -178,12 +174,8 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         self.opened: asyncio.Future[None] = self.loop.create_future()
         """Resolves when the handshake succeeds; fails with its error otherwise."""
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        self._paused_by: ClientCall | None = None
         self.on_lost: Callable[[ClientBridgeConnection], None] | None = None
         """Called once when the connection has ended (the channel forgets it)."""
-        self.deadlines: DeadlineQueue[ClientCall] = DeadlineQueue()
-        """Deadlines of the unary calls waiting for their answer: one timer for all of them."""
-        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- handshake and lifecycle ------------------------------------------------------
 
@@ -227,8 +219,6 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         calls, self.calls = self.calls, {}
         for call in calls.values():
             call.fail(ConnectionLost("the connection closed", close_code=code))
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
         self._wake_slots()
         if self.on_lost is not None:
             self.on_lost(self)
@@ -260,7 +250,7 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
             call = self.calls.get(event.stream_id)
             if call is not None:
                 call.push(event.message_frame, event.size)
-                self._legacy_backpressure(call)
+                self.hold_reading(call, len(call.frames))
         elif isinstance(event, CallEnded):
             call = self.calls.pop(event.stream_id, None)
             if call is not None:
@@ -292,14 +282,6 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
             if not self.calls:
                 self.close(1000, "")
 
-    def _legacy_backpressure(self, call: ClientCall) -> None:
-        session = self.session
-        if session is None or session.flow_controlled or len(call.frames) < INBOX_HIGH_WATER:
-            return
-        if self._paused_by is None and self.transport is not None:
-            self._paused_by = call
-            self.transport.pause_reading()
-
     def consumed(self, call: ClientCall, size: int) -> None:
         """The caller took a response: grant the server credit back (or resume reading)."""
         session = self.session
@@ -309,14 +291,8 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
             session.consume(call.stream_id, size)
             if session.outgoing:
                 self.flush()
-        elif self._paused_by is call and len(call.frames) < INBOX_HIGH_WATER // 2:
-            self._resume(call)
-
-    def _resume(self, call: ClientCall) -> None:
-        if self._paused_by is call:
-            self._paused_by = None
-            if self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+        else:
+            self.release_reading(call, len(call.frames))
 
     def session_can_send(self, stream_id: int) -> bool:
         """Whether the stream has credit (``True`` once it ended: sends are then dropped)."""
@@ -343,31 +319,16 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         session = self.session
         return session is None or len(session.streams) >= session.peer_max_streams
 
-    def watch_deadline(self, call: ClientCall, deadline: float) -> None:
-        """Fail ``call`` with DeadlineExceeded (and Cancel it) at ``deadline`` unless it ends first."""
-        if self.deadlines.add(call, deadline):
-            self._arm_deadlines()
-
-    def _arm_deadlines(self) -> None:
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        deadline = self.deadlines.next_deadline()
-        if deadline is not None and not self.closed:
-            self._deadline_timer = self.loop.call_at(deadline, self._deadlines_due)
-
-    def _deadlines_due(self) -> None:
-        self._deadline_timer = None
-        for call in self.deadlines.expired(self.loop.time()):
-            if not call.over:
-                self.abandon(call, "deadline exceeded")
-                call.fail(DeadlineExceeded())
-        self._arm_deadlines()
+    def on_deadline(self, call: object) -> None:
+        """A unary call's deadline passed: fail it with DeadlineExceeded and Cancel it."""
+        if isinstance(call, ClientCall) and not call.over:
+            self.abandon(call, "deadline exceeded")
+            call.fail(DeadlineExceeded())
 
     def call_ended(self, call: ClientCall) -> None:
         """A call ended: its stream is free for the next waiting call."""
-        self.deadlines.discard(call)
-        self._resume(call)
+        self.forget_deadline(call)
+        self.release_reading(call)
         if self._slot_waiters:
             self._wake_slots(1)
         session = self.session

@@ -36,12 +36,16 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, SEND_EOF
 from websockets.server import ServerProtocol
 
+from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.frames import CloseCode
 from asap.protocol.heartbeat import Beat, Heartbeat
 from asap.protocol.session import Session
 
 
 S = TypeVar("S", bound=Session)
+
+LEGACY_INBOX_HIGH_WATER = 64
+"""Revision 1 only: unread messages of one call before its connection stops reading (no credit)."""
 
 _log = logging.getLogger("asap.ws")
 
@@ -101,6 +105,10 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         """The close code received or sent (received first), once the connection is closing."""
         self.close_reason: str | None = None
         """The close reason that goes with :attr:`close_code`."""
+        self.deadlines: DeadlineQueue[object] = DeadlineQueue()
+        """Deadlines of this connection's calls, served by one timer (see :meth:`watch_deadline`)."""
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._held_by: object | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -128,7 +136,12 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: stop timers, wake waiting writers, report the end once."""
-        for timer in (self._heartbeat_timer, self._close_timer, self._flush_handle):
+        for timer in (
+            self._heartbeat_timer,
+            self._close_timer,
+            self._flush_handle,
+            self._deadline_timer,
+        ):
             if timer is not None:
                 timer.cancel()
         self.ws.receive_eof()  # idempotent; settles websockets' state as CLOSED
@@ -158,6 +171,55 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def on_closed(self) -> None:
         """The connection has ended (called once, from ``connection_lost``)."""
+
+    def on_deadline(self, call: object) -> None:
+        """A call's deadline (from :meth:`watch_deadline`) has passed."""
+
+    # -- deadlines: one timer for every call of the connection -------------------------
+
+    def watch_deadline(self, call: object, deadline: float) -> None:
+        """Call :meth:`on_deadline` for ``call`` at ``deadline`` unless :meth:`forget_deadline` first.
+
+        Calls that finish before their deadline (nearly all) cost a heap entry, not a loop timer.
+        """
+        if self.deadlines.add(call, deadline):
+            self._arm_deadlines()
+
+    def forget_deadline(self, call: object) -> None:
+        """The call ended: stop watching its deadline."""
+        self.deadlines.discard(call)
+
+    def _arm_deadlines(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        deadline = self.deadlines.next_deadline()
+        if deadline is not None and not self._lost.done():
+            self._deadline_timer = self.loop.call_at(deadline, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        for call in self.deadlines.expired(self.loop.time()):
+            self.on_deadline(call)
+        self._arm_deadlines()
+
+    # -- revision 1 backpressure: no credit, so stop reading ---------------------------
+
+    def hold_reading(self, call: object, unread: int) -> None:
+        """On revision 1, stop reading while ``call`` has :data:`LEGACY_INBOX_HIGH_WATER` unread."""
+        session = self.session
+        if session is None or session.flow_controlled or unread < LEGACY_INBOX_HIGH_WATER:
+            return
+        if self._held_by is None and self.transport is not None:
+            self._held_by = call
+            self.transport.pause_reading()
+
+    def release_reading(self, call: object, unread: int = 0) -> None:
+        """Read again once the call that held reading is down to half the high-water mark."""
+        if self._held_by is call and unread < LEGACY_INBOX_HIGH_WATER // 2:
+            self._held_by = None
+            if self.transport is not None and not self._lost.done():
+                self.transport.resume_reading()
 
     # -- reading -------------------------------------------------------------------------
 

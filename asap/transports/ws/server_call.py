@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from asap.transports.ws.server_connection import ServerBridgeConnection
 
 
-INBOX_HIGH_WATER = 64
-"""Revision 1 only: unread request messages of one call before the connection stops reading."""
-
-
 class BridgeServerCall:
     """One bridge call as the core sees it (:class:`~asap.core.service.ServerCall`).
 

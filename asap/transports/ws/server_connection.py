@@ -37,7 +37,6 @@ from asap.errors import (
     UnknownMethod,
     to_status,
 )
-from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.events import (
     CallCancelled,
     CallStarted,
@@ -52,7 +51,7 @@ from asap.protocol.metadata import Metadata
 from asap.protocol.session import ServerSession
 from asap.transports.ws.handshake import credentials
 from asap.transports.ws.pump import BridgePump
-from asap.transports.ws.server_call import INBOX_HIGH_WATER, BridgeServerCall
+from asap.transports.ws.server_call import BridgeServerCall
 from asap.v1 import status_pb2
 
 
@@ -101,11 +100,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         """Set while no handler runs (graceful stop waits for it)."""
         self.idle.set()
         self._running = 0
-        self._paused_by: BridgeServerCall | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self.deadlines: DeadlineQueue[BridgeServerCall] = DeadlineQueue()
-        """Deadlines of the calls running on this connection: one timer for all of them."""
-        self._deadline_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -163,8 +158,6 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
                 call.task.cancel()
             elif call.ctx is not None:
                 self._forget(call)
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
         self.listener.connection_lost(self)
 
     async def finish(self) -> None:
@@ -191,7 +184,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call = self.calls.get(event.stream_id)
             if call is not None:
                 call.feed(event.message_frame, event.size)
-                self._legacy_backpressure(call)
+                self.hold_reading(call, len(call.inbox))
         elif isinstance(event, CallStarted):
             self._start(event)
         elif isinstance(event, CreditAvailable):
@@ -218,21 +211,6 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             _log.info("closing %s: %s", self.peer, event.reason)
             self.close(event.close_code, event.reason)
 
-    def _legacy_backpressure(self, call: BridgeServerCall) -> None:
-        """Revision 1 has no credit: stop reading while one call's unread requests pile up."""
-        session = self.session
-        if session is None or session.flow_controlled or len(call.inbox) < INBOX_HIGH_WATER:
-            return
-        if self._paused_by is None and self.transport is not None:
-            self._paused_by = call
-            self.transport.pause_reading()
-
-    def _resume_reading(self, call: BridgeServerCall) -> None:
-        if self._paused_by is call and self.transport is not None:
-            self._paused_by = None
-            if not self.closed:
-                self.transport.resume_reading()
-
     def consumed(self, call: BridgeServerCall, size: int) -> None:
         """A handler took a request message: grant the client credit back (or resume reading)."""
         session = self._session()
@@ -240,8 +218,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             session.consume(call.stream_id, size)
             if session.outgoing:
                 self.flush_soon()
-        elif self._paused_by is call and len(call.inbox) < INBOX_HIGH_WATER // 2:
-            self._resume_reading(call)
+        else:
+            self.release_reading(call, len(call.inbox))
 
     def session_can_send(self, stream_id: int) -> bool:
         """Whether the stream has credit (``True`` once it ended: the send is dropped)."""
@@ -278,15 +256,15 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             peer=self.peer,
             transport=TRANSPORT,
             timeout=event.timeout,
-            deadline_enforced_by_transport=True,  # one timer per connection: _arm_deadlines
+            deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
         )
         call = BridgeServerCall(self, stream_id, spec)
         call.ctx = ctx
         self.calls[stream_id] = call
         self._running += 1
         self.idle.clear()
-        if ctx.deadline is not None and self.deadlines.add(call, ctx.deadline):
-            self._arm_deadlines()
+        if ctx.deadline is not None:
+            self.watch_deadline(call, ctx.deadline)
         if spec.client_streaming:
             self._launch(call)
         # A unary request starts when it is complete (at its HalfClose, usually in this same
@@ -308,7 +286,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
     def _forget(self, call: BridgeServerCall) -> None:
         """A call that ended before its handler started (its stream failed or timed out)."""
         self.calls.pop(call.stream_id, None)
-        self.deadlines.discard(call)
+        self.forget_deadline(call)
         call.ctx = None
         self._call_done()
 
@@ -317,26 +295,17 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if self._running == 0:
             self.idle.set()
 
-    def _arm_deadlines(self) -> None:
-        """Point the connection's one deadline timer at the earliest deadline of its calls."""
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        deadline = self.deadlines.next_deadline()
-        if deadline is not None and not self.closed:
-            self._deadline_timer = self.loop.call_at(deadline, self._deadlines_due)
-
-    def _deadlines_due(self) -> None:
-        self._deadline_timer = None
-        for call in self.deadlines.expired(self.loop.time()):
-            call.deadline_hit = True
-            if call.task is not None:
-                call.task.cancel()
-            elif call.ctx is not None:  # its request never completed
-                self._forget(call)
-                self._session().send_error(call.stream_id, DeadlineExceeded())
-                self.flush_soon()
-        self._arm_deadlines()
+    def on_deadline(self, call: object) -> None:
+        """A call's deadline passed: cancel its handler (DEADLINE_EXCEEDED), or answer it."""
+        if not isinstance(call, BridgeServerCall):  # pragma: no cover - only calls are watched
+            return
+        call.deadline_hit = True
+        if call.task is not None:
+            call.task.cancel()
+        elif call.ctx is not None:  # its request never completed
+            self._forget(call)
+            self._session().send_error(call.stream_id, DeadlineExceeded())
+            self.flush_soon()
 
     async def _run_call(self, ctx: CallContext, call: BridgeServerCall) -> None:
         try:
@@ -354,8 +323,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
                     error = DeadlineExceeded()
             finally:
                 self.calls.pop(call.stream_id, None)
-                self.deadlines.discard(call)
-                self._resume_reading(call)
+                self.forget_deadline(call)
+                self.release_reading(call)
             await self._finish(ctx, call, error)
         finally:
             call.ctx = None

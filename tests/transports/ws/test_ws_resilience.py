@@ -23,7 +23,7 @@ from asap.protocol.frames import LEGACY_SUBPROTOCOL_PROTO
 from asap.server import Server
 from asap.transports.base import CallOptions
 from asap.transports.ws.client import ReconnectPolicy
-from asap.transports.ws.server_call import INBOX_HIGH_WATER
+from asap.transports.ws.pump import LEGACY_INBOX_HIGH_WATER as INBOX_HIGH_WATER
 from asap.v1 import agent_service_pb2, bridge_pb2, manifest_pb2, payload_pb2, status_pb2
 
 
