@@ -123,9 +123,6 @@ class RateLimit(Interceptor):
         shared: Buckets shared by replicas; None keeps them in this process.
     """
 
-    eager_safe = True
-    """Never suspends (its buckets are in memory): calls may run eagerly through it."""
-
     def __init__(
         self,
         rate: float,
@@ -137,6 +134,9 @@ class RateLimit(Interceptor):
         self._limiter = RateLimiter(rate, burst)
         self._clock = clock
         self._shared = shared
+        self.eager_safe = shared is None
+        """In-memory buckets never suspend, so calls may run eagerly through this guard; shared
+        ones do I/O (see :func:`asap.core.tasks.start_eagerly`)."""
 
     async def on_call(self, ctx: CallContext) -> None:
         """Charge calls that carry no envelopes."""

@@ -340,3 +340,14 @@ async def test_empty_batch_costs_one_token(kit: Kit, clock: FakeClock) -> None:
         assert result.error is None
     refused = await harness.call("SendBatch", agent_service_pb2.SendBatchRequest())
     assert isinstance(refused.error, errors.RateLimited)
+
+
+def test_only_in_memory_rate_limits_are_eager_safe() -> None:
+    """Shared buckets do I/O, so a call must be in a task before it reaches them."""
+
+    class Buckets:
+        async def acquire(self, principal: str, rate: float, burst: float, cost: int) -> float:
+            return 0.0
+
+    assert RateLimit(rate=1.0, burst=1).eager_safe
+    assert not RateLimit(rate=1.0, burst=1, shared=Buckets()).eager_safe
