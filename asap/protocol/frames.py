@@ -529,6 +529,7 @@ _JSON_ERRORS = (
     IndexError,
     AttributeError,
     RecursionError,
+    ArithmeticError,  # OverflowError: an integer like 10**400 where protobuf wants a double
 )
 
 

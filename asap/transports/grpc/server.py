@@ -19,6 +19,7 @@ reflection. Every method decodes its own request bytes, so bad bytes are INVALID
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, cast
 
@@ -154,7 +155,37 @@ class _UnaryCall:
         self.response = message
 
 
-async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -> None:
+class _Writes:
+    """The streamed writes of one call, so the final status is sent only once none is in flight.
+
+    grpc core allows one send operation at a time per call. When a Stream's reader fails (a bad
+    request after valid ones) its task group cancels the writer while ``context.write`` is still in
+    core; aborting then would fail with ``GRPC_CALL_ERROR_TOO_MANY_OPERATIONS`` and the caller
+    would get no status at all. Each write therefore runs shielded, and :func:`_fail` waits for it.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait until no write is in flight (its own outcome does not matter any more)."""
+        pending = self.pending
+        if pending is not None and not pending.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(pending)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shielded write's outcome as seen (its caller may have been cancelled meanwhile)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _write_streamed(
+    context: Servicer, message: Message, max_bytes: int, writes: _Writes
+) -> None:
     """Write one streamed response, refusing one over ``max_bytes`` with the call still open.
 
     grpc core would fail the whole call (and ``write`` with an error of its own) for it; the core
@@ -164,8 +195,12 @@ async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -
     if size > max_bytes:
         text = f"message larger than max ({size} vs. {max_bytes})"
         raise MessageTooLarge(text)
+    # A task of its own (not the TaskOwner's: it ends with the call, and _retrieve sees its end).
+    pending = asyncio.get_running_loop().create_task(context.write(message))
+    pending.add_done_callback(_retrieve)
+    writes.pending = pending
     try:
-        await context.write(message)
+        await asyncio.shield(pending)
     except grpc.aio.BaseError:
         # grpc core refuses the write of a call that has ended (the caller cancelled it, its deadline
         # passed, the server is stopping) before grpc.aio cancels the handler: no bug, the call is
@@ -177,19 +212,20 @@ async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -
 class _ServerStreamCall:
     """ServerCall of a unary-request, streaming-response call."""
 
-    __slots__ = ("context", "max_bytes", "request")
+    __slots__ = ("context", "max_bytes", "request", "writes")
 
     def __init__(self, request: Message, context: Servicer, max_bytes: int) -> None:
         self.request: Message | None = request
         self.context = context
         self.max_bytes = max_bytes
+        self.writes = _Writes()
 
     async def read(self) -> Message | None:
         request, self.request = self.request, None
         return _checked(request)
 
     async def write(self, message: Message) -> None:
-        await _write_streamed(self.context, message, self.max_bytes)
+        await _write_streamed(self.context, message, self.max_bytes, self.writes)
 
 
 class _ClientStreamCall:
@@ -211,17 +247,18 @@ class _ClientStreamCall:
 class _BidiCall:
     """ServerCall of a call that streams both ways."""
 
-    __slots__ = ("context", "max_bytes")
+    __slots__ = ("context", "max_bytes", "writes")
 
     def __init__(self, context: Servicer, max_bytes: int) -> None:
         self.context = context
         self.max_bytes = max_bytes
+        self.writes = _Writes()
 
     async def read(self) -> Message | None:
         return _checked(await self.context.read())
 
     async def write(self, message: Message) -> None:
-        await _write_streamed(self.context, message, self.max_bytes)
+        await _write_streamed(self.context, message, self.max_bytes, self.writes)
 
 
 async def _fail(context: Servicer, error: AsapError, ctx: CallContext) -> NoReturn:
@@ -284,10 +321,13 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int) -> Beha
 
     async def streaming(request: Message, context: Servicer) -> None:
         ctx = _context(spec, context)
+        call: _ServerStreamCall | _BidiCall
         if spec.arity is Arity.UNARY_STREAM:
-            error = await handle(ctx, _ServerStreamCall(request, context, max_bytes))
+            call = _ServerStreamCall(request, context, max_bytes)
         else:
-            error = await handle(ctx, _BidiCall(context, max_bytes))
+            call = _BidiCall(context, max_bytes)
+        error = await handle(ctx, call)
+        await call.writes.settle()
         if error is None:
             if trailing := ctx.trailing_metadata:
                 context.set_trailing_metadata(trailing)
