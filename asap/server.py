@@ -112,8 +112,14 @@ class Server:
         tls: ServerTLS | None = None,
         path: str = DEFAULT_PATH,
         allowed_origins: Sequence[str] | None = None,
+        subprotocols: Sequence[str] | None = None,
     ) -> ServerTransport:
-        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``."""
+        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``.
+
+        ``subprotocols`` restricts the subprotocols accepted (default: all of them), for example
+        ``("asap.v1.1.proto",)`` to turn JSON off.
+        """
+        from asap.protocol.frames import SUBPROTOCOLS
         from asap.transports.ws.server import WebSocketServerTransport
 
         host, port = _split_address(address)
@@ -126,6 +132,7 @@ class Server:
             tls=tls,
             path=path,
             allowed_origins=allowed_origins,
+            subprotocols=SUBPROTOCOLS if subprotocols is None else subprotocols,
         )
         return self._add(transport)
 

@@ -122,6 +122,8 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
     - Keepalive from clients: pings are permitted without calls and every
       :data:`MIN_PING_INTERVAL_MS` (see there); three early pings in a row still get GOAWAY.
     - ``grpc.so_reuseport`` off: binding a port another server holds fails instead of sharing it.
+    - Metadata: at most ``limits.max_metadata_bytes`` (soft and hard limit alike), RESOURCE_EXHAUSTED
+      beyond, the bridge's rule.
     - ``maximum_concurrent_rpcs`` is deliberately unset: the Dispatcher enforces
       ``max_concurrent_calls`` with an ErrorInfo, so both transports report the same error.
     """
@@ -135,6 +137,10 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.so_reuseport", 0),
+        # Metadata: refused over limits.max_metadata_bytes, as on the bridge. Soft = hard removes
+        # grpc core's band in which it refuses calls at random.
+        ("grpc.max_metadata_size", limits.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
     ]
 
 

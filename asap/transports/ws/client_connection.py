@@ -23,6 +23,7 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 from websockets.client import ClientProtocol
 from websockets.http11 import Request, Response
+from websockets.version import version as websockets_version
 
 from asap._typing import Metadata
 from asap.core.method import MethodSpec
@@ -42,6 +43,9 @@ from asap.protocol.limits import Limits
 from asap.transports.ws.pump import BridgePump
 from asap.v1 import bridge_pb2, status_pb2
 
+
+USER_AGENT = f"asap-python websockets/{websockets_version}"
+"""The User-Agent header of the bridge client's handshake."""
 
 _log = logging.getLogger("asap.client")
 
@@ -191,6 +195,8 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         request = ws.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
+        if "User-Agent" not in request.headers:  # handlers see it as user-agent, as on gRPC
+            request.headers["User-Agent"] = USER_AGENT
         ws.send_request(request)
         self.flush()
 

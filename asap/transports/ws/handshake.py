@@ -22,11 +22,16 @@ from asap.protocol.frames import SUBPROTOCOLS
 
 
 def select_subprotocol(ws: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Pick the first of :data:`SUBPROTOCOLS` the client offers; refuse the handshake otherwise."""
-    for name in SUBPROTOCOLS:
+    """Pick the first of the server's subprotocols the client offers; refuse the handshake otherwise.
+
+    The server's subprotocols are ``ws.available_subprotocols``: :data:`SUBPROTOCOLS`, or the ones
+    the listener was restricted to (``add_websocket(subprotocols=...)``).
+    """
+    available = ws.available_subprotocols or [Subprotocol(name) for name in SUBPROTOCOLS]
+    for name in available:
         if name in offered:
             return Subprotocol(name)
-    wanted = " or ".join(SUBPROTOCOLS)
+    wanted = " or ".join(available)
     if not offered:
         message = f"no subprotocol offered; offer {wanted} in Sec-WebSocket-Protocol"
         raise NegotiationError(message)

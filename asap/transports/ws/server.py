@@ -74,6 +74,9 @@ class WebSocketServerTransport(ServerTransport):
         allowed_origins: Origins a browser may connect from (exact ``scheme://host[:port]``);
             another Origin is refused with HTTP 403. A handshake without an Origin header (not a
             browser, so not a cross-site request) is accepted. None accepts every origin.
+        subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
+            handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
+            turns off the costlier decoder for peers that do not need it.
     """
 
     def __init__(
@@ -87,10 +90,17 @@ class WebSocketServerTransport(ServerTransport):
         tls: ServerTLS | None,
         path: str,
         allowed_origins: Sequence[str] | None,
+        subprotocols: Sequence[str] = SUBPROTOCOLS,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
             raise ValueError(message)
+        unknown = [name for name in subprotocols if name not in SUBPROTOCOLS]
+        if unknown or not subprotocols:
+            message = f"subprotocols must be a non-empty subset of {SUBPROTOCOLS}, got {unknown}"
+            raise ValueError(message)
+        self.subprotocols = tuple(name for name in SUBPROTOCOLS if name in subprotocols)
+        """The subprotocols this listener accepts, most preferred first."""
         self.dispatcher = dispatcher
         self.health = health
         self.limits = limits
@@ -179,7 +189,7 @@ class WebSocketServerTransport(ServerTransport):
 
     def _new_connection(self) -> ServerBridgeConnection:
         ws = ServerProtocol(
-            subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
+            subprotocols=[Subprotocol(name) for name in self.subprotocols],
             select_subprotocol=select_subprotocol,
             max_size=self.limits.max_frame_bytes,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -69,6 +70,10 @@ GOAWAY_REASON = "server shutting down"
 """The GoAway and close reason of a graceful stop."""
 
 _OK = status_pb2.Status()
+USER_AGENT = "user-agent"
+"""The metadata key of the client's user agent (gRPC's header; the bridge's handshake header)."""
+_MAX_USER_AGENT = 512
+_TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
 _NO_RESPONSE = "the method produced no response"
 
 
@@ -94,6 +99,10 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.calls: dict[int, BridgeServerCall] = {}
         """Calls whose handler runs, by stream id."""
         self.authorization: str | None = None
+        self.user_agent: str | None = None
+        """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
+        self._decode_paused = False
+        self._decode_timer: asyncio.TimerHandle | None = None
         self.idle = asyncio.Event()
         """Set while no handler runs (graceful stop waits for it)."""
         self.idle.set()
@@ -113,6 +122,36 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._handshake_timer = self.loop.call_later(
             self.listener.limits.handshake_timeout, self._handshake_expired
         )
+
+    def data_received(self, data: bytes) -> None:
+        """Decode what arrived, then stop reading for a while if that took over the decode slice.
+
+        The per-connection decode budget (:attr:`Limits.decode_slice`): a connection whose bytes
+        took more than the slice of loop time is not read for ``decode_pause_factor`` times what
+        it used, so a peer sending expensive frames gets a bounded share of the event loop and the
+        other connections, gRPC's included, keep theirs.
+        """
+        clock = time.perf_counter
+        started = clock()
+        super().data_received(data)
+        used = clock() - started
+        limits = self.listener.limits
+        if used > limits.decode_slice and self.transport is not None and not self.closed:
+            if not self._decode_paused:
+                self._decode_paused = True
+                self.transport.pause_reading()
+            if self._decode_timer is not None:
+                self._decode_timer.cancel()
+            self._decode_timer = self.loop.call_later(
+                used * limits.decode_pause_factor, self._decode_resume
+            )
+
+    def _decode_resume(self) -> None:
+        self._decode_timer = None
+        if self._decode_paused and self.transport is not None and not self.closed:
+            self._decode_paused = False
+            if self._paused_by is None:  # revision 1 backpressure keeps its own pause
+                self.transport.resume_reading()
 
     def _handshake_expired(self) -> None:
         if self.session is None:
@@ -137,7 +176,14 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         # accept() chose one of SUBPROTOCOLS (select_subprotocol refuses the rest).
         session = ServerSession.for_subprotocol(ws.subprotocol or "", limits)
         self.session = session
+        # websockets reads max_message_size for every frame: JSON messages are refused (1009) as soon as
+        # they pass their own, smaller cap, not after buffering max_frame_bytes of them.
+        ws.max_message_size = session.codec.max_frame_bytes
         self.authorization = credentials(event)
+        user_agent = event.headers.get("User-Agent")
+        if user_agent and set(user_agent) <= _TEXT_CHARS:
+            # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
+            self.user_agent = user_agent[:_MAX_USER_AGENT]
         if listener.closing:
             self.close(CloseCode.GOING_AWAY, GOAWAY_REASON)
             return
@@ -160,6 +206,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
                 call.task.cancel()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
+        if self._decode_timer is not None:
+            self._decode_timer.cancel()
         self.listener.connection_lost(self)
 
     async def finish(self) -> None:
@@ -220,7 +268,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
     def _resume_reading(self, call: BridgeServerCall) -> None:
         if self._paused_by is call and self.transport is not None:
             self._paused_by = None
-            if not self.closed:
+            if not self.closed and not self._decode_paused:
                 self.transport.resume_reading()
 
     def consumed(self, call: BridgeServerCall, size: int) -> None:
@@ -262,6 +310,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         metadata = event.metadata
         if self.authorization is not None and not _has_authorization(metadata):
             metadata = ((AUTHORIZATION, self.authorization), *metadata)
+        if self.user_agent is not None and not any(key == USER_AGENT for key, _ in metadata):
+            metadata = (*metadata, (USER_AGENT, self.user_agent))
         ctx = CallContext(
             method=spec,
             metadata=metadata,
