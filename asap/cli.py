@@ -14,6 +14,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from asap.client import Client, task_envelope
 from asap.connect import connect
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
+from asap.protocol.frames import SUBPROTOCOLS
 from asap.server import Server
 from asap.tls import ClientTLS, ServerTLS
 
@@ -60,6 +62,24 @@ def _server_tls(cert: str, key: str) -> ServerTLS:
     return ServerTLS(Path(cert).read_bytes(), Path(key).read_bytes())
 
 
+TOKEN_ENV = "ASAP_TOKEN"  # noqa: S105 - the variable's name, not a token
+"""The environment variable a token is read from when neither --token nor --token-file is given."""
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token``, else ``--token-file`` (first line), else ``$ASAP_TOKEN``.
+
+    ``--token`` shows in ``ps`` and shell history; prefer the file or the environment variable.
+    """
+    if args.token:
+        token: str = args.token
+        return token
+    if args.token_file:
+        lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines and lines[0].strip() else None
+    return os.environ.get(TOKEN_ENV) or None
+
+
 async def _serve(args: argparse.Namespace) -> int:
     if not args.grpc and not args.ws:
         args.grpc = "127.0.0.1:50051"
@@ -70,15 +90,21 @@ async def _serve(args: argparse.Namespace) -> int:
             raise SystemExit(message)
         tls = _server_tls(args.tls_cert, args.tls_key)
     auth = None
-    if args.token:
+    token = _token(args)
+    if token:
         from asap.core.middleware import BearerAuth
 
-        auth = BearerAuth.static({args.token: CLI_SENDER})
+        auth = BearerAuth.static({token: CLI_SENDER})
     server = Server(_load_agent(args.agent), auth=auth)
     if args.grpc:
         server.add_grpc(args.grpc, tls=tls)
     if args.ws:
-        server.add_websocket(args.ws, tls=tls)
+        server.add_websocket(
+            args.ws,
+            tls=tls,
+            allowed_origins=args.allow_origin or None,
+            subprotocols=args.ws_subprotocol or None,
+        )
     await server.start()
     for endpoint in server.endpoints():
         print(f"listening {endpoint.url}", flush=True)  # noqa: T201
@@ -110,7 +136,7 @@ def _client(args: argparse.Namespace) -> Client:
     return connect(
         args.url,
         sender=CLI_SENDER,
-        token=args.token,
+        token=_token(args),
         timeout=args.timeout,
         tls=tls,
         allow_insecure=args.allow_insecure,
@@ -163,14 +189,33 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--agent", metavar="MODULE:ATTR", default=DEFAULT_AGENT, help="the agent to serve"
     )
-    serve.add_argument("--token", help="require this bearer token")
+    serve.add_argument("--token", help="require this bearer token (visible in ps: prefer the next)")
+    serve.add_argument(
+        "--token-file", metavar="FILE", help=f"read the token from FILE (or ${TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (scheme://host[:port]) use the bridge; repeatable. "
+        "Without it every handshake carrying an Origin header is refused (403)",
+    )
+    serve.add_argument(
+        "--ws-subprotocol",
+        action="append",
+        choices=SUBPROTOCOLS,
+        help="accept only these bridge subprotocols (repeatable; default: all)",
+    )
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to drain on shutdown")
     serve.set_defaults(run=_serve)
 
     def client_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("url", help="grpc://, grpcs://, ws:// or wss:// URL of the agent")
         command.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
-        command.add_argument("--token", help="bearer token")
+        command.add_argument("--token", help="bearer token (visible in ps: prefer the next)")
+        command.add_argument(
+            "--token-file", metavar="FILE", help=f"read the token from FILE (or ${TOKEN_ENV})"
+        )
         command.add_argument("--ca", metavar="FILE", help="PEM CA bundle to trust (TLS)")
         command.add_argument("--cert", metavar="FILE", help="PEM client certificate (mTLS)")
         command.add_argument("--key", metavar="FILE", help="PEM client private key (mTLS)")

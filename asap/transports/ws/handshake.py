@@ -1,7 +1,8 @@
 """The bridge's opening-handshake policy: path, Origin, credentials and subprotocol, before any frame.
 
 Each rule answers with a plain HTTP response and the connection never upgrades: another path gets
-404, a second ``Authorization`` header 400, an Origin outside the allow-list 403, and a handshake
+404, a second ``Authorization`` header 400, an Origin outside the allow-list (or any Origin when
+there is none) 403, and a handshake
 that offers no supported subprotocol 400 (from :func:`select_subprotocol`, through websockets'
 ``accept``). HTTP requests that are not upgrades go to :mod:`asap.transports.ws.http_endpoints`.
 """
@@ -61,7 +62,8 @@ class HandshakePolicy:
 
     Args:
         path: The bridge's URL path.
-        allowed_origins: Origins a browser may connect from; None accepts every origin.
+        allowed_origins: Origins a browser may connect from; None refuses every handshake that
+            carries an Origin (browsers always send one; other clients send none).
         endpoints: Plain HTTP endpoints by path (``/healthz``), served without an upgrade.
     """
 
@@ -80,8 +82,11 @@ class HandshakePolicy:
             return ws.reject(http.HTTPStatus.NOT_FOUND, text)
         if len(request.headers.get_all("Authorization")) > 1:
             return ws.reject(http.HTTPStatus.BAD_REQUEST, "more than one Authorization header\n")
-        if self.allowed_origins is not None:
-            origins = request.headers.get_all("Origin")
-            if len(origins) > 1 or (origins and origins[0] not in self.allowed_origins):
-                return ws.reject(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        origins = request.headers.get_all("Origin")
+        if origins and (
+            self.allowed_origins is None  # secure by default: no browser page may drive the bridge
+            or len(origins) > 1
+            or origins[0] not in self.allowed_origins
+        ):
+            return ws.reject(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None

@@ -73,7 +73,8 @@ class WebSocketServerTransport(ServerTransport):
         path: The URL path of the bridge; other paths are answered with HTTP 404.
         allowed_origins: Origins a browser may connect from (exact ``scheme://host[:port]``);
             another Origin is refused with HTTP 403. A handshake without an Origin header (not a
-            browser, so not a cross-site request) is accepted. None accepts every origin.
+            browser, so not a cross-site request) is accepted. None (the default) refuses every
+            handshake that carries an Origin: serve browser clients with their origins listed.
         subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
             handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
             turns off the costlier decoder for peers that do not need it.

@@ -405,7 +405,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if not sent:
             return
         self.flush_soon()
-        if error is None:
+        if error is None and call.spec is not HEALTH_CHECK:
+            # A free call (health) does not wipe the strikes: one Check after every 19 refused
+            # calls would otherwise keep a peer calling past its rate limit forever.
             session.record_call_ok()
         elif isinstance(error, RateLimited) and session.record_rate_limited():
             for event in session.events_received():
