@@ -38,7 +38,9 @@ async def test_free_health_checks_do_not_reset_rate_limit_strikes(
                 await ws.send(_call(stream_id, path))
                 stream_id += 2
                 while True:
-                    frame = bridge_pb2.Frame.FromString(await ws.recv())
+                    data = await ws.recv()
+                    assert isinstance(data, bytes)
+                    frame = bridge_pb2.Frame.FromString(data)
                     if frame.WhichOneof("kind") == "status":
                         break
     assert ws.protocol.close_rcvd is not None
