@@ -16,6 +16,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from asap.connect import connect
 from asap.core.access_log import ACCESS_LOGGER
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
+from asap.protocol.frames import SUBPROTOCOLS
 from asap.protocol.limits import Limits
 from asap.server import MetricsExporter, Server
 from asap.tls import ClientTLS, ServerTLS
@@ -88,6 +90,24 @@ def _store_options(args: argparse.Namespace) -> None:
                 raise SystemExit(message)
 
 
+TOKEN_ENV = "ASAP_TOKEN"  # noqa: S105 - the variable's name, not a token
+"""The environment variable a token is read from when neither --token nor --token-file is given."""
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token``, else ``--token-file`` (first line), else ``$ASAP_TOKEN``.
+
+    ``--token`` shows in ``ps`` and shell history; prefer the file or the environment variable.
+    """
+    if args.token:
+        token: str = args.token
+        return token
+    if args.token_file:
+        lines = Path(args.token_file).read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines and lines[0].strip() else None
+    return os.environ.get(TOKEN_ENV) or None
+
+
 async def _serve(args: argparse.Namespace) -> int:
     if not args.grpc and not args.ws:
         args.grpc = "127.0.0.1:50051"
@@ -101,10 +121,11 @@ async def _serve(args: argparse.Namespace) -> int:
             raise SystemExit(message)
         tls = _server_tls(args.tls_cert, args.tls_key)
     auth = None
-    if args.token:
+    token = _token(args)
+    if token:
         from asap.core.middleware import BearerAuth
 
-        auth = BearerAuth.static({args.token: CLI_SENDER})
+        auth = BearerAuth.static({token: CLI_SENDER})
     store = None
     buckets = None
     if args.store:
@@ -129,7 +150,13 @@ async def _serve(args: argparse.Namespace) -> int:
     if args.grpc:
         server.add_grpc(args.grpc, tls=tls, reuse_port=args.reuse_port)
     if args.ws:
-        server.add_websocket(args.ws, tls=tls, reuse_port=args.reuse_port)
+        server.add_websocket(
+            args.ws,
+            tls=tls,
+            reuse_port=args.reuse_port,
+            allowed_origins=args.allow_origin or None,
+            subprotocols=args.ws_subprotocol or None,
+        )
     if args.advertise:
         server.advertise([_endpoint(url) for url in args.advertise])
     await server.start()
@@ -273,7 +300,7 @@ def _client(args: argparse.Namespace) -> Client:
     return connect(
         args.url,
         sender=CLI_SENDER,
-        token=args.token,
+        token=_token(args),
         timeout=args.timeout,
         tls=tls,
         allow_insecure=args.allow_insecure,
@@ -326,7 +353,23 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--agent", metavar="MODULE:ATTR", default=DEFAULT_AGENT, help="the agent to serve"
     )
-    serve.add_argument("--token", help="require this bearer token")
+    serve.add_argument("--token", help="require this bearer token (visible in ps: prefer the next)")
+    serve.add_argument(
+        "--token-file", metavar="FILE", help=f"read the token from FILE (or ${TOKEN_ENV})"
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN (scheme://host[:port]) use the bridge; repeatable. "
+        "Without it every handshake carrying an Origin header is refused (403)",
+    )
+    serve.add_argument(
+        "--ws-subprotocol",
+        action="append",
+        choices=SUBPROTOCOLS,
+        help="accept only these bridge subprotocols (repeatable; default: all)",
+    )
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to drain on shutdown")
     serve.add_argument(
         "--store",
@@ -372,7 +415,10 @@ def _parser() -> argparse.ArgumentParser:
     def client_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("url", help="grpc://, grpcs://, ws:// or wss:// URL of the agent")
         command.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
-        command.add_argument("--token", help="bearer token")
+        command.add_argument("--token", help="bearer token (visible in ps: prefer the next)")
+        command.add_argument(
+            "--token-file", metavar="FILE", help=f"read the token from FILE (or ${TOKEN_ENV})"
+        )
         command.add_argument("--ca", metavar="FILE", help="PEM CA bundle to trust (TLS)")
         command.add_argument("--cert", metavar="FILE", help="PEM client certificate (mTLS)")
         command.add_argument("--key", metavar="FILE", help="PEM client private key (mTLS)")

@@ -207,8 +207,15 @@ class Server:
         path: str = DEFAULT_PATH,
         allowed_origins: Sequence[str] | None = None,
         reuse_port: bool = False,
+        subprotocols: Sequence[str] | None = None,
     ) -> ServerTransport:
-        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path`` (``reuse_port``: SO_REUSEPORT)."""
+        """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``.
+
+        ``reuse_port`` sets SO_REUSEPORT (``asap serve --workers``). ``subprotocols`` restricts
+        the subprotocols accepted (default: all of them), for example ``("asap.v1.1.proto",)`` to
+        turn JSON off.
+        """
+        from asap.protocol.frames import SUBPROTOCOLS
         from asap.transports.ws.http_endpoints import METRICS_PATH, metrics_endpoint
         from asap.transports.ws.server import WebSocketServerTransport
 
@@ -226,6 +233,7 @@ class Server:
             path=path,
             allowed_origins=allowed_origins,
             http_endpoints=endpoints,
+            subprotocols=SUBPROTOCOLS if subprotocols is None else subprotocols,
         )
         transport.reuse_port = reuse_port
         return self._add(transport)

@@ -154,6 +154,16 @@ class CallContext:
         """
         self._cancel_reason = CancelReason.CALLER
 
+    def deadline_reached(self) -> None:
+        """Record that the call is over because its deadline passed (the caller's copy of it).
+
+        The bridge calls this for a Cancel that says so (``Cancel.deadline_exceeded``): the
+        caller's clock may run ahead of the server's copy of the deadline. Ignored for a call
+        without a deadline.
+        """
+        if self.deadline is not None:
+            self._cancel_reason = CancelReason.DEADLINE
+
     def cancel_reason(self) -> CancelReason:
         """Why the call's task is being cancelled: CALLER, DEADLINE (past it), else TRANSPORT."""
         if self._cancel_reason is not None:

@@ -11,6 +11,7 @@ refuses by raising an :class:`~asap.errors.AsapError`; it may also enrich the co
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
@@ -49,12 +50,21 @@ class BearerAuth(Interceptor):
 
     @classmethod
     def static(cls, tokens: Mapping[str, str]) -> BearerAuth:
-        """Accept a fixed set of tokens, each mapped to the subject it authenticates."""
-        known = dict(tokens)
+        """Accept a fixed set of tokens, each mapped to the subject it authenticates.
+
+        Tokens are compared with :func:`hmac.compare_digest` (constant time).
+        """
+        # Compared in constant time, each against every known token: neither a match's position nor
+        # a prefix leaks through timing (a dict lookup hashes and compares as soon as it can).
+        known = [(token.encode(), subject) for token, subject in tokens.items()]
 
         async def verify(token: str) -> Identity | None:
-            subject = known.get(token)
-            return None if subject is None else Identity(subject)
+            offered = token.encode()
+            found: str | None = None
+            for candidate, subject in known:
+                if hmac.compare_digest(candidate, offered) and found is None:
+                    found = subject
+            return None if found is None else Identity(found)
 
         return cls(verify, eager_safe=True)
 

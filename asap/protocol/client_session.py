@@ -177,7 +177,9 @@ class ClientSession(Session):
         self._queue(bridge_pb2.Frame(stream_id=stream_id, half_close=bridge_pb2.HalfClose()))
         return True
 
-    def send_cancel(self, stream_id: int, reason: str = "") -> bool:
+    def send_cancel(
+        self, stream_id: int, reason: str = "", *, deadline_exceeded: bool = False
+    ) -> bool:
         """Queue Cancel and end the call locally; later frames for it are ignored.
 
         Returns:
@@ -189,7 +191,7 @@ class ClientSession(Session):
         stream = self._sendable(stream_id)
         if stream is None:
             return False
-        self._cancel(stream_id, reason)
+        self._cancel(stream_id, reason, deadline_exceeded=deadline_exceeded)
         return True
 
     def _on_goaway(self, reason: str) -> None:
@@ -243,8 +245,8 @@ class ClientSession(Session):
         error = ConnectionLost("the connection closed", close_code=close_code)
         self.events.append(StreamError(stream_id, error))
 
-    def _cancel(self, stream_id: int, reason: str) -> None:
+    def _cancel(self, stream_id: int, reason: str, *, deadline_exceeded: bool = False) -> None:
         self.streams[stream_id].handle(StreamEvent.CANCEL)
         del self.streams[stream_id]
-        cancel = bridge_pb2.Cancel(reason=reason)
+        cancel = bridge_pb2.Cancel(reason=reason, deadline_exceeded=deadline_exceeded)
         self._queue(bridge_pb2.Frame(stream_id=stream_id, cancel=cancel))

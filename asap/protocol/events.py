@@ -70,6 +70,8 @@ class CallCancelled:
     """The call's stream."""
     reason: str
     """The client's reason, for logs; or why the connection ended."""
+    deadline_exceeded: bool = False
+    """The client cancelled because the call's deadline passed (``Cancel.deadline_exceeded``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,8 @@ SUBPROTOCOLS = (
 """Supported subprotocols, most preferred first."""
 FLOW_CONTROLLED = frozenset({SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON})
 """The subprotocols of bridge revision 2, which have Settings, WindowUpdate and per-stream credit."""
+JSON_SUBPROTOCOLS = frozenset({SUBPROTOCOL_JSON, LEGACY_SUBPROTOCOL_JSON})
+"""The subprotocols whose frames are JSON text (capped at ``Limits.max_json_frame_bytes``)."""
 DEFAULT_PATH = "/asap/v1/ws"
 """The bridge's default URL path."""
 
@@ -529,6 +531,7 @@ _JSON_ERRORS = (
     IndexError,
     AttributeError,
     RecursionError,
+    ArithmeticError,  # OverflowError: an integer like 10**400 where protobuf wants a double
 )
 
 

@@ -69,8 +69,8 @@ def parse_frame(
     Raises:
         json_format.ParseError: The JSON is not a Frame (:class:`UnknownEnumName` for an enum
             value name the schema lacks).
-        ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError: As
-            ``json_format.ParseDict`` raises them for malformed values.
+        ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError,
+            OverflowError: As ``json_format.ParseDict`` raises them for malformed values.
     """
     frame = bridge_pb2.Frame()
     _Reader(pool).merge(document, frame)

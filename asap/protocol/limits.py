@@ -85,6 +85,26 @@ class Limits:
     RESOURCE_EXHAUSTED (reason ``TOO_MANY_ENVELOPES``): a SendBatch before any envelope is
     delivered, a Publish when the envelope after the cap arrives (nothing after the cap runs)."""
 
+    max_metadata_bytes: int = 16 * 1024
+    """Request metadata a call may carry, counted as HTTP/2 does (RFC 7541 §4.1: key + value + 32
+    per entry, ``-bin`` values base64-encoded); more fails the call with RESOURCE_EXHAUSTED on every
+    transport. gRPC's own default hard limit; the gRPC listener sets its soft limit to the same
+    value so neither transport refuses at random below it. The per-entry overhead also bounds the
+    count: at most ``max_metadata_bytes // 33`` entries."""
+
+    max_json_frame_bytes: int = 256 * 1024
+    """Hard cap on one WebSocket message under a JSON subprotocol (1009 beyond it). Decoding JSON
+    costs the event loop far more per byte than binary frames, so its default is smaller than
+    ``max_frame_bytes``; raise it to carry larger messages over JSON (browsers), or use binary."""
+
+    decode_slice: float = 0.002
+    """Seconds of event-loop time one bridge connection may spend decoding before it stops being
+    read for a while (``decode_pause_factor`` times what it used): one peer sending expensive
+    frames cannot take more than about ``1 / (1 + decode_pause_factor)`` of the loop."""
+
+    decode_pause_factor: float = 4.0
+    """How long a connection over its ``decode_slice`` is not read, as a multiple of the time it used."""
+
     def __post_init__(self) -> None:
         for name in (
             "max_message_bytes",
@@ -95,9 +115,17 @@ class Limits:
             "rate_limit_max_principals",
             "stream_window_bytes",
             "max_batch_envelopes",
+            "max_metadata_bytes",
+            "max_json_frame_bytes",
         ):
             _require(getattr(self, name) >= 1, f"{name} must be at least 1")
-        for name in ("handshake_timeout", "heartbeat_interval", "heartbeat_timeout"):
+        for name in (
+            "handshake_timeout",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "decode_slice",
+            "decode_pause_factor",
+        ):
             value: float = getattr(self, name)
             _require(math.isfinite(value) and value > 0, f"{name} must be positive and finite")
         rate = self.rate_limit_per_second

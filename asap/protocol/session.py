@@ -43,6 +43,7 @@ from asap.errors import (
     InvalidState,
     MalformedFrame,
     MessageTooLarge,
+    ResourceExhausted,
     ShuttingDown,
     TooManyCalls,
     to_status,
@@ -62,6 +63,7 @@ from asap.protocol.events import (
 )
 from asap.protocol.flow import DEFAULT_WINDOW_BYTES, StreamCredit, wire_size
 from asap.protocol.frames import (
+    JSON_SUBPROTOCOLS,
     CloseCode,
     Codec,
     FrameError,
@@ -134,10 +136,19 @@ class Session(ABC):
     def for_subprotocol(cls, subprotocol: str, limits: Limits = _DEFAULT_LIMITS) -> Self:
         """Build a session for a negotiated subprotocol, capped at ``limits.max_frame_bytes``.
 
+        A server also caps JSON subprotocols at ``limits.max_json_frame_bytes``.
+
         Raises:
             ValueError: The subprotocol is not supported.
         """
-        return cls(codec_for(subprotocol, max_frame_bytes=limits.max_frame_bytes), limits)
+        return cls(
+            codec_for(subprotocol, max_frame_bytes=cls._frame_cap(subprotocol, limits)), limits
+        )
+
+    @classmethod
+    def _frame_cap(cls, subprotocol: str, limits: Limits) -> int:
+        """The largest WebSocket message this side accepts under ``subprotocol``."""
+        return limits.max_frame_bytes
 
     def receive_data(self, data: bytes | str, now: float) -> None:
         """Process one received WebSocket message; then read the events and the data to send.
@@ -422,6 +433,13 @@ class ServerSession(Session):
             start=self._on_start, half_close=self._on_half_close, cancel=self._on_cancel
         )
 
+    @classmethod
+    def _frame_cap(cls, subprotocol: str, limits: Limits) -> int:
+        """JSON frames from clients have their own, smaller cap: they cost far more to decode."""
+        if subprotocol in JSON_SUBPROTOCOLS:
+            return min(limits.max_frame_bytes, limits.max_json_frame_bytes)
+        return limits.max_frame_bytes
+
     def _settings(self) -> bridge_pb2.Settings:
         settings = super()._settings()
         settings.max_concurrent_streams = self.limits.max_concurrent_streams
@@ -566,9 +584,11 @@ class ServerSession(Session):
                 self._violation(CloseCode.PROTOCOL_ERROR, "stream ids must strictly increase")
             return
         try:
-            metadata = metadata_from_entries(start.metadata)
+            metadata = metadata_from_entries(
+                start.metadata, max_bytes=self.limits.max_metadata_bytes
+            )
             timeout = _timeout(start)
-        except MalformedFrame as exc:
+        except (MalformedFrame, ResourceExhausted) as exc:
             self._fail(stream_id, exc)
             return
         if self.draining:
@@ -614,7 +634,8 @@ class ServerSession(Session):
         del self.streams[stream_id]
         error = Cancelled("the client cancelled the call")
         self.outgoing.append(self._status_data(stream_id, to_status(error), []))
-        self.events.append(CallCancelled(stream_id, frame.cancel.reason))
+        cancel = frame.cancel
+        self.events.append(CallCancelled(stream_id, cancel.reason, cancel.deadline_exceeded))
 
     def _fail(self, stream_id: int, error: AsapError) -> None:
         self.streams.pop(stream_id, None)

@@ -306,6 +306,8 @@ def make_agent(probe: Probe) -> Agent:
                 "binary": binary,
                 "remaining": -1.0 if remaining is None else remaining,
                 "sender": request.envelope.sender,
+                "user_agent": str(call.metadata_value("user-agent") or ""),
+                "keys": sorted({key for key, _ in call.metadata}),
             },
         )
 

@@ -19,6 +19,7 @@ reflection. Every method decodes its own request bytes, so bad bytes are INVALID
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, cast
 
@@ -122,6 +123,8 @@ def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[st
       :data:`MIN_PING_INTERVAL_MS` (see there); three early pings in a row still get GOAWAY.
     - ``grpc.so_reuseport`` off unless ``reuse_port`` (``asap serve --workers``): binding a port
       another server holds fails instead of sharing it.
+    - Metadata: at most ``limits.max_metadata_bytes`` (soft and hard limit alike), RESOURCE_EXHAUSTED
+      beyond, the bridge's rule.
     - ``maximum_concurrent_rpcs`` is deliberately unset: the Dispatcher enforces
       ``max_concurrent_calls`` with an ErrorInfo, so both transports report the same error.
     """
@@ -135,6 +138,10 @@ def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[st
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
+        # Metadata: refused over limits.max_metadata_bytes, as on the bridge. Soft = hard removes
+        # grpc core's band in which it refuses calls at random.
+        ("grpc.max_metadata_size", limits.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
     ]
 
 
@@ -155,7 +162,37 @@ class _UnaryCall:
         self.response = message
 
 
-async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -> None:
+class _Writes:
+    """The streamed writes of one call, so the final status is sent only once none is in flight.
+
+    grpc core allows one send operation at a time per call. When a Stream's reader fails (a bad
+    request after valid ones) its task group cancels the writer while ``context.write`` is still in
+    core; aborting then would fail with ``GRPC_CALL_ERROR_TOO_MANY_OPERATIONS`` and the caller
+    would get no status at all. Each write therefore runs shielded, and :func:`_fail` waits for it.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[None] | None = None
+
+    async def settle(self) -> None:
+        """Wait until no write is in flight (its own outcome does not matter any more)."""
+        pending = self.pending
+        if pending is not None and not pending.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(pending)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shielded write's outcome as seen (its caller may have been cancelled meanwhile)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _write_streamed(
+    context: Servicer, message: Message, max_bytes: int, writes: _Writes
+) -> None:
     """Write one streamed response, refusing one over ``max_bytes`` with the call still open.
 
     grpc core would fail the whole call (and ``write`` with an error of its own) for it; the core
@@ -165,8 +202,12 @@ async def _write_streamed(context: Servicer, message: Message, max_bytes: int) -
     if size > max_bytes:
         text = f"message larger than max ({size} vs. {max_bytes})"
         raise MessageTooLarge(text)
+    # A task of its own (not the TaskOwner's: it ends with the call, and _retrieve sees its end).
+    pending = asyncio.get_running_loop().create_task(context.write(message))
+    pending.add_done_callback(_retrieve)
+    writes.pending = pending
     try:
-        await context.write(message)
+        await asyncio.shield(pending)
     except grpc.aio.BaseError:
         # grpc core refuses the write of a call that has ended (the caller cancelled it, its deadline
         # passed, the server is stopping) before grpc.aio cancels the handler: no bug, the call is
@@ -194,17 +235,18 @@ class _ClientStreamCall:
 class _BidiCall:
     """ServerCall of a streaming-response call (unary or streaming request)."""
 
-    __slots__ = ("context", "max_bytes")
+    __slots__ = ("context", "max_bytes", "writes")
 
     def __init__(self, context: Servicer, max_bytes: int) -> None:
         self.context = context
         self.max_bytes = max_bytes
+        self.writes = _Writes()
 
     async def read(self) -> Message | None:
         return _checked(await self.context.read())
 
     async def write(self, message: Message) -> None:
-        await _write_streamed(self.context, message, self.max_bytes)
+        await _write_streamed(self.context, message, self.max_bytes, self.writes)
 
 
 async def _fail(context: Servicer, error: AsapError, ctx: CallContext) -> NoReturn:
@@ -255,7 +297,9 @@ def _behaviour(dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int) -> Beha
 
     async def streaming(_requests: object, context: Servicer) -> None:
         ctx = _context(spec, context)
-        error = await handle(ctx, _BidiCall(context, max_bytes))
+        call = _BidiCall(context, max_bytes)
+        error = await handle(ctx, call)
+        await call.writes.settle()
         if error is None:
             if trailing := ctx.trailing_metadata:
                 context.set_trailing_metadata(trailing)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from google.protobuf.message import Message
 from websockets.client import ClientProtocol
 from websockets.http11 import Request, Response
+from websockets.version import version as websockets_version
 
 from asap._typing import Metadata
 from asap.core import probes
@@ -42,6 +43,9 @@ from asap.protocol.limits import Limits
 from asap.transports.ws.pump import BridgePump
 from asap.v1 import bridge_pb2, status_pb2
 
+
+USER_AGENT = f"asap-python websockets/{websockets_version}"
+"""The User-Agent header of the bridge client's handshake."""
 
 _log = logging.getLogger("asap.client")
 
@@ -186,6 +190,8 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         request = ws.connect()
         for name, value in self._headers.items():
             request.headers[name] = value
+        if "User-Agent" not in request.headers:  # handlers see it as user-agent, as on gRPC
+            request.headers["User-Agent"] = USER_AGENT
         ws.send_request(request)
         self.flush()
 
@@ -322,7 +328,7 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
     def on_deadline(self, call: object) -> None:
         """A unary call's deadline passed: fail it with DeadlineExceeded and Cancel it."""
         if isinstance(call, ClientCall) and not call.over:
-            self.abandon(call, "deadline exceeded")
+            self.abandon(call, "deadline exceeded", deadline_exceeded=True)
             call.fail(DeadlineExceeded())
 
     def call_ended(self, call: ClientCall) -> None:
@@ -369,11 +375,19 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         self.flush()
         return call
 
-    def abandon(self, call: ClientCall, reason: str) -> None:
-        """Send Cancel for a call that is still open and forget it."""
+    def abandon(self, call: ClientCall, reason: str, *, deadline_exceeded: bool = False) -> None:
+        """Send Cancel for a call that is still open and forget it.
+
+        ``deadline_exceeded`` says the call's deadline passed (``Cancel.deadline_exceeded``), so
+        the server treats it as such even if its own copy of the deadline has not passed yet.
+        """
         self.calls.pop(call.stream_id, None)
         session = self.session
-        if session is not None and self.is_open and session.send_cancel(call.stream_id, reason):
+        if (
+            session is not None
+            and self.is_open
+            and session.send_cancel(call.stream_id, reason, deadline_exceeded=deadline_exceeded)
+        ):
             self.flush()
         self.call_ended(call)
 

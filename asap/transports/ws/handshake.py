@@ -1,7 +1,8 @@
 """The bridge's opening-handshake policy: path, Origin, credentials and subprotocol, before any frame.
 
 Each rule answers with a plain HTTP response and the connection never upgrades: another path gets
-404, a second ``Authorization`` header 400, an Origin outside the allow-list 403, and a handshake
+404, a second ``Authorization`` header 400, an Origin outside the allow-list (or any Origin when
+there is none) 403, and a handshake
 that offers no supported subprotocol 400 (from :func:`select_subprotocol`, through websockets'
 ``accept``). HTTP requests that are not upgrades go to :mod:`asap.transports.ws.http_endpoints`.
 """
@@ -22,11 +23,16 @@ from asap.protocol.frames import SUBPROTOCOLS
 
 
 def select_subprotocol(ws: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    """Pick the first of :data:`SUBPROTOCOLS` the client offers; refuse the handshake otherwise."""
-    for name in SUBPROTOCOLS:
+    """Pick the first of the server's subprotocols the client offers; refuse the handshake otherwise.
+
+    The server's subprotocols are ``ws.available_subprotocols``: :data:`SUBPROTOCOLS`, or the ones
+    the listener was restricted to (``add_websocket(subprotocols=...)``).
+    """
+    available = ws.available_subprotocols or [Subprotocol(name) for name in SUBPROTOCOLS]
+    for name in available:
         if name in offered:
             return Subprotocol(name)
-    wanted = " or ".join(SUBPROTOCOLS)
+    wanted = " or ".join(available)
     if not offered:
         message = f"no subprotocol offered; offer {wanted} in Sec-WebSocket-Protocol"
         raise NegotiationError(message)
@@ -56,7 +62,8 @@ class HandshakePolicy:
 
     Args:
         path: The bridge's URL path.
-        allowed_origins: Origins a browser may connect from; None accepts every origin.
+        allowed_origins: Origins a browser may connect from; None refuses every handshake that
+            carries an Origin (browsers always send one; other clients send none).
         endpoints: Plain HTTP endpoints by path (``/healthz``), served without an upgrade.
     """
 
@@ -75,8 +82,11 @@ class HandshakePolicy:
             return ws.reject(http.HTTPStatus.NOT_FOUND, text)
         if len(request.headers.get_all("Authorization")) > 1:
             return ws.reject(http.HTTPStatus.BAD_REQUEST, "more than one Authorization header\n")
-        if self.allowed_origins is not None:
-            origins = request.headers.get_all("Origin")
-            if len(origins) > 1 or (origins and origins[0] not in self.allowed_origins):
-                return ws.reject(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        origins = request.headers.get_all("Origin")
+        if origins and (
+            self.allowed_origins is None  # secure by default: no browser page may drive the bridge
+            or len(origins) > 1
+            or origins[0] not in self.allowed_origins
+        ):
+            return ws.reject(http.HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None

@@ -47,6 +47,9 @@ S = TypeVar("S", bound=Session)
 LEGACY_INBOX_HIGH_WATER = 64
 """Revision 1 only: unread messages of one call before its connection stops reading (no credit)."""
 
+_PAUSED = object()
+"""The read hold of :meth:`BridgePump.pause_reading_for`."""
+
 _log = logging.getLogger("asap.ws")
 
 MAX_CLOSE_REASON_BYTES = 123
@@ -109,6 +112,9 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         """Deadlines of this connection's calls, served by one timer (see :meth:`watch_deadline`)."""
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._held_by: object | None = None
+        self._read_holds: set[object] = set()
+        """Why reading is paused (a revision 1 call's full inbox, the decode budget); read when empty."""
+        self._pause_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -141,6 +147,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
             self._close_timer,
             self._flush_handle,
             self._deadline_timer,
+            self._pause_timer,
         ):
             if timer is not None:
                 timer.cancel()
@@ -210,16 +217,38 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         session = self.session
         if session is None or session.flow_controlled or unread < LEGACY_INBOX_HIGH_WATER:
             return
-        if self._held_by is None and self.transport is not None:
+        if self._held_by is None:
             self._held_by = call
-            self.transport.pause_reading()
+            self._hold(call)
 
     def release_reading(self, call: object, unread: int = 0) -> None:
         """Read again once the call that held reading is down to half the high-water mark."""
         if self._held_by is call and unread < LEGACY_INBOX_HIGH_WATER // 2:
             self._held_by = None
-            if self.transport is not None and not self._lost.done():
-                self.transport.resume_reading()
+            self._release(call)
+
+    def pause_reading_for(self, seconds: float) -> None:
+        """Stop reading for ``seconds`` (the decode budget), whatever else holds reading."""
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+        self._hold(_PAUSED)
+        self._pause_timer = self.loop.call_later(seconds, self._pause_over)
+
+    def _pause_over(self) -> None:
+        self._pause_timer = None
+        self._release(_PAUSED)
+
+    def _hold(self, reason: object) -> None:
+        if not self._read_holds and self.transport is not None and not self._lost.done():
+            self.transport.pause_reading()
+        self._read_holds.add(reason)
+
+    def _release(self, reason: object) -> None:
+        if reason not in self._read_holds:
+            return
+        self._read_holds.discard(reason)
+        if not self._read_holds and self.transport is not None and not self._lost.done():
+            self.transport.resume_reading()
 
     # -- reading -------------------------------------------------------------------------
 

@@ -74,9 +74,13 @@ class WebSocketServerTransport(ServerTransport):
         path: The URL path of the bridge; other paths are answered with HTTP 404.
         allowed_origins: Origins a browser may connect from (exact ``scheme://host[:port]``);
             another Origin is refused with HTTP 403. A handshake without an Origin header (not a
-            browser, so not a cross-site request) is accepted. None accepts every origin.
+            browser, so not a cross-site request) is accepted. None (the default) refuses every
+            handshake that carries an Origin: serve browser clients with their origins listed.
         http_endpoints: Further plain HTTP GET endpoints by path (``/metrics``), beside
             ``/healthz``.
+        subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
+            handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
+            turns off the costlier decoder for peers that do not need it.
     """
 
     reuse_port: bool = False
@@ -94,10 +98,17 @@ class WebSocketServerTransport(ServerTransport):
         path: str,
         allowed_origins: Sequence[str] | None,
         http_endpoints: Mapping[str, HttpEndpoint] | None = None,
+        subprotocols: Sequence[str] = SUBPROTOCOLS,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
             raise ValueError(message)
+        unknown = [name for name in subprotocols if name not in SUBPROTOCOLS]
+        if unknown or not subprotocols:
+            message = f"subprotocols must be a non-empty subset of {SUBPROTOCOLS}, got {unknown}"
+            raise ValueError(message)
+        self.subprotocols = tuple(name for name in SUBPROTOCOLS if name in subprotocols)
+        """The subprotocols this listener accepts, most preferred first."""
         self.dispatcher = dispatcher
         self.health = health
         self.limits = limits
@@ -191,7 +202,7 @@ class WebSocketServerTransport(ServerTransport):
 
     def _new_connection(self) -> ServerBridgeConnection:
         ws = ServerProtocol(
-            subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
+            subprotocols=[Subprotocol(name) for name in self.subprotocols],
             select_subprotocol=select_subprotocol,
             max_size=self.limits.max_frame_bytes,
         )

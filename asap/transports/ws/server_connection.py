@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
@@ -71,6 +72,10 @@ CALL_TASK = "asap.ws.server.call"
 """The name of a call's task."""
 
 _OK = status_pb2.Status()
+USER_AGENT = "user-agent"
+"""The metadata key of the client's user agent (gRPC's header; the bridge's handshake header)."""
+_MAX_USER_AGENT = 512
+_TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
 _NO_RESPONSE = "the method produced no response"
 
 
@@ -96,6 +101,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.calls: dict[int, BridgeServerCall] = {}
         """Calls whose handler runs, by stream id."""
         self.authorization: str | None = None
+        self.user_agent: str | None = None
+        """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
         self.idle = asyncio.Event()
         """Set while no handler runs (graceful stop waits for it)."""
         self.idle.set()
@@ -111,6 +118,21 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._handshake_timer = self.loop.call_later(
             self.listener.limits.handshake_timeout, self._handshake_expired
         )
+
+    def data_received(self, data: bytes) -> None:
+        """Decode what arrived, then stop reading for a while if that took over the decode slice.
+
+        The per-connection decode budget (:attr:`Limits.decode_slice`): a connection whose bytes
+        took more than the slice of loop time is not read for ``decode_pause_factor`` times what
+        it used, so a peer sending expensive frames gets a bounded share of the event loop and the
+        other connections, gRPC's included, keep theirs.
+        """
+        started = time.perf_counter()
+        super().data_received(data)
+        used = time.perf_counter() - started
+        limits = self.listener.limits
+        if used > limits.decode_slice and not self.closed:
+            self.pause_reading_for(used * limits.decode_pause_factor)
 
     def _handshake_expired(self) -> None:
         if self.session is None:
@@ -135,7 +157,14 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         # accept() chose one of SUBPROTOCOLS (select_subprotocol refuses the rest).
         session = ServerSession.for_subprotocol(ws.subprotocol or "", limits)
         self.session = session
+        # websockets reads max_message_size for every frame: JSON messages are refused (1009) as
+        # soon as they pass their own, smaller cap, not after buffering max_frame_bytes of them.
+        ws.max_message_size = session.codec.max_frame_bytes
         self.authorization = credentials(event)
+        user_agent = event.headers.get("User-Agent")
+        if user_agent and set(user_agent) <= _TEXT_CHARS:
+            # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
+            self.user_agent = user_agent[:_MAX_USER_AGENT]
         if listener.closing:
             self.close(CloseCode.GOING_AWAY, GOAWAY_REASON)
             return
@@ -201,6 +230,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             # The session has queued the CallStatus (CANCELLED, or the stream's error).
             call = self.calls.pop(event.stream_id, None)
             if call is not None:
+                if isinstance(event, CallCancelled) and event.deadline_exceeded and call.ctx:
+                    call.ctx.deadline_reached()
                 if call.task is not None:
                     call.task.cancel()
                 elif call.ctx is not None:
@@ -250,6 +281,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         metadata = event.metadata
         if self.authorization is not None and not _has_authorization(metadata):
             metadata = ((AUTHORIZATION, self.authorization), *metadata)
+        if self.user_agent is not None and not any(key == USER_AGENT for key, _ in metadata):
+            metadata = (*metadata, (USER_AGENT, self.user_agent))
         ctx = CallContext(
             method=spec,
             metadata=metadata,
@@ -366,7 +399,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if not sent:
             return
         self.flush_soon()
-        if error is None:
+        if error is None and call.spec is not HEALTH_CHECK:
+            # A free call (health) does not wipe the strikes: one Check after every 19 refused
+            # calls would otherwise keep a peer calling past its rate limit forever.
             session.record_call_ok()
         elif isinstance(error, RateLimited) and session.record_rate_limited():
             for event in session.events_received():

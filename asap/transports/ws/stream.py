@@ -146,7 +146,7 @@ class WebSocketResponseStream(ResponseStream):
         """End the call here with ``error`` and tell the server (Cancel)."""
         call, conn = self._call, self._conn
         if call is not None and conn is not None and not call.over:
-            conn.abandon(call, error.message)
+            conn.abandon(call, error.message, deadline_exceeded=isinstance(error, DeadlineExceeded))
             call.fail(error)
 
     async def __anext__(self) -> Message:

@@ -136,7 +136,9 @@ export class BridgeCall {
   /** End the call here with `error` and tell the server (Cancel); no-op once over. */
   abandon(error: AsapError): void {
     if (this.over) return;
-    this.conn.send(create(FrameSchema, { streamId: this.id, kind: { case: "cancel", value: { reason: error.message.slice(0, 200) } } }));
+    // deadlineExceeded tells the server the caller's deadline passed (its own copy may not have yet).
+    const deadlineExceeded = error.code === Code.DEADLINE_EXCEEDED;
+    this.conn.send(create(FrameSchema, { streamId: this.id, kind: { case: "cancel", value: { reason: error.message.slice(0, 200), deadlineExceeded } } }));
     this.fail(error);
   }
 

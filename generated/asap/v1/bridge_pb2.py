@@ -27,7 +27,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61sap/v1/bridge.proto\x12\x07\x61sap.v1\x1a\x14\x61sap/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc7\x03\n\x05\x46rame\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12#\n\x05start\x18\x02 \x01(\x0b\x32\x12.asap.v1.CallStartH\x00\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x15.asap.v1.MessageFrameH\x00\x12(\n\nhalf_close\x18\x04 \x01(\x0b\x32\x12.asap.v1.HalfCloseH\x00\x12!\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x0f.asap.v1.CancelH\x00\x12(\n\x07headers\x18\x06 \x01(\x0b\x32\x15.asap.v1.HeadersFrameH\x00\x12%\n\x06status\x18\x07 \x01(\x0b\x32\x13.asap.v1.CallStatusH\x00\x12\x1d\n\x04ping\x18\x08 \x01(\x0b\x32\r.asap.v1.PingH\x00\x12\x1d\n\x04pong\x18\t \x01(\x0b\x32\r.asap.v1.PongH\x00\x12!\n\x06goaway\x18\n \x01(\x0b\x32\x0f.asap.v1.GoAwayH\x00\x12%\n\x08settings\x18\x0b \x01(\x0b\x32\x11.asap.v1.SettingsH\x00\x12.\n\rwindow_update\x18\x0c \x01(\x0b\x32\x15.asap.v1.WindowUpdateH\x00\x42\x06\n\x04kind\"G\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x10\n\x06\x62inary\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05value\"\xad\x01\n\tCallStart\x12\x0e\n\x06method\x18\x01 \x01(\t\x12(\n\x08metadata\x18\x02 \x03(\x0b\x32\x16.asap.v1.MetadataEntry\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.asap.v1.MessageFrame\x12\x12\n\nhalf_close\x18\x05 \x01(\x08\"O\n\x0cMessageFrame\x12\x10\n\x06\x62inary\x18\x01 \x01(\x0cH\x00\x12%\n\x05typed\x18\x02 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x06\n\x04\x62ody\"\x0b\n\tHalfClose\"\x18\n\x06\x43\x61ncel\x12\x0e\n\x06reason\x18\x01 \x01(\t\"8\n\x0cHeadersFrame\x12(\n\x08metadata\x18\x01 \x03(\x0b\x32\x16.asap.v1.MetadataEntry\"\x7f\n\nCallStatus\x12\x1f\n\x06status\x18\x01 \x01(\x0b\x32\x0f.asap.v1.Status\x12(\n\x08trailers\x18\x02 \x03(\x0b\x32\x16.asap.v1.MetadataEntry\x12&\n\x07message\x18\x03 \x01(\x0b\x32\x15.asap.v1.MessageFrame\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x18\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\"c\n\x08Settings\x12\x1c\n\x14initial_window_bytes\x18\x01 \x01(\r\x12\x1e\n\x16max_concurrent_streams\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\"\'\n\x0cWindowUpdate\x12\x17\n\x0fincrement_bytes\x18\x01 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61sap/v1/bridge.proto\x12\x07\x61sap.v1\x1a\x14\x61sap/v1/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\"\xc7\x03\n\x05\x46rame\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12#\n\x05start\x18\x02 \x01(\x0b\x32\x12.asap.v1.CallStartH\x00\x12(\n\x07message\x18\x03 \x01(\x0b\x32\x15.asap.v1.MessageFrameH\x00\x12(\n\nhalf_close\x18\x04 \x01(\x0b\x32\x12.asap.v1.HalfCloseH\x00\x12!\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x0f.asap.v1.CancelH\x00\x12(\n\x07headers\x18\x06 \x01(\x0b\x32\x15.asap.v1.HeadersFrameH\x00\x12%\n\x06status\x18\x07 \x01(\x0b\x32\x13.asap.v1.CallStatusH\x00\x12\x1d\n\x04ping\x18\x08 \x01(\x0b\x32\r.asap.v1.PingH\x00\x12\x1d\n\x04pong\x18\t \x01(\x0b\x32\r.asap.v1.PongH\x00\x12!\n\x06goaway\x18\n \x01(\x0b\x32\x0f.asap.v1.GoAwayH\x00\x12%\n\x08settings\x18\x0b \x01(\x0b\x32\x11.asap.v1.SettingsH\x00\x12.\n\rwindow_update\x18\x0c \x01(\x0b\x32\x15.asap.v1.WindowUpdateH\x00\x42\x06\n\x04kind\"G\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12\x10\n\x06\x62inary\x18\x03 \x01(\x0cH\x00\x42\x07\n\x05value\"\xad\x01\n\tCallStart\x12\x0e\n\x06method\x18\x01 \x01(\t\x12(\n\x08metadata\x18\x02 \x03(\x0b\x32\x16.asap.v1.MetadataEntry\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x07message\x18\x04 \x01(\x0b\x32\x15.asap.v1.MessageFrame\x12\x12\n\nhalf_close\x18\x05 \x01(\x08\"O\n\x0cMessageFrame\x12\x10\n\x06\x62inary\x18\x01 \x01(\x0cH\x00\x12%\n\x05typed\x18\x02 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x06\n\x04\x62ody\"\x0b\n\tHalfClose\"3\n\x06\x43\x61ncel\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x19\n\x11\x64\x65\x61\x64line_exceeded\x18\x02 \x01(\x08\"8\n\x0cHeadersFrame\x12(\n\x08metadata\x18\x01 \x03(\x0b\x32\x16.asap.v1.MetadataEntry\"\x7f\n\nCallStatus\x12\x1f\n\x06status\x18\x01 \x01(\x0b\x32\x0f.asap.v1.Status\x12(\n\x08trailers\x18\x02 \x03(\x0b\x32\x16.asap.v1.MetadataEntry\x12&\n\x07message\x18\x03 \x01(\x0b\x32\x15.asap.v1.MessageFrame\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x18\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\"c\n\x08Settings\x12\x1c\n\x14initial_window_bytes\x18\x01 \x01(\r\x12\x1e\n\x16max_concurrent_streams\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\r\"\'\n\x0cWindowUpdate\x12\x17\n\x0fincrement_bytes\x18\x01 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,19 +45,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HALFCLOSE']._serialized_start=902
   _globals['_HALFCLOSE']._serialized_end=913
   _globals['_CANCEL']._serialized_start=915
-  _globals['_CANCEL']._serialized_end=939
-  _globals['_HEADERSFRAME']._serialized_start=941
-  _globals['_HEADERSFRAME']._serialized_end=997
-  _globals['_CALLSTATUS']._serialized_start=999
-  _globals['_CALLSTATUS']._serialized_end=1126
-  _globals['_PING']._serialized_start=1128
-  _globals['_PING']._serialized_end=1149
-  _globals['_PONG']._serialized_start=1151
-  _globals['_PONG']._serialized_end=1172
-  _globals['_GOAWAY']._serialized_start=1174
-  _globals['_GOAWAY']._serialized_end=1198
-  _globals['_SETTINGS']._serialized_start=1200
-  _globals['_SETTINGS']._serialized_end=1299
-  _globals['_WINDOWUPDATE']._serialized_start=1301
-  _globals['_WINDOWUPDATE']._serialized_end=1340
+  _globals['_CANCEL']._serialized_end=966
+  _globals['_HEADERSFRAME']._serialized_start=968
+  _globals['_HEADERSFRAME']._serialized_end=1024
+  _globals['_CALLSTATUS']._serialized_start=1026
+  _globals['_CALLSTATUS']._serialized_end=1153
+  _globals['_PING']._serialized_start=1155
+  _globals['_PING']._serialized_end=1176
+  _globals['_PONG']._serialized_start=1178
+  _globals['_PONG']._serialized_end=1199
+  _globals['_GOAWAY']._serialized_start=1201
+  _globals['_GOAWAY']._serialized_end=1225
+  _globals['_SETTINGS']._serialized_start=1227
+  _globals['_SETTINGS']._serialized_end=1326
+  _globals['_WINDOWUPDATE']._serialized_start=1328
+  _globals['_WINDOWUPDATE']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

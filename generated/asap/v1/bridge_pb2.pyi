@@ -441,16 +441,24 @@ class Cancel(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REASON_FIELD_NUMBER: _builtins.int
+    DEADLINE_EXCEEDED_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
     """Why, for the server's logs."""
+    deadline_exceeded: _builtins.bool
+    """The caller cancels because the call's deadline passed. The server then treats the call as
+    past its deadline (its envelope handlers are cancelled, as at the server's own copy of the
+    deadline, which may not have passed yet when this arrives); an explicit cancel without it is
+    handled like a lost connection (the handlers run to completion and their outcomes are stored).
+    """
     def __init__(
         self,
         *,
         reason: _builtins.str = ...,
+        deadline_exceeded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_exceeded", b"deadline_exceeded", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

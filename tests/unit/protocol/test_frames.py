@@ -558,3 +558,15 @@ def test_json_decode_raises_only_frame_error(data: str) -> None:
     """Arbitrary text or JSON either decodes or raises FrameError."""
     with contextlib.suppress(FrameError):
         JsonCodec().decode(data)
+
+
+def test_json_integer_too_large_for_a_double_is_a_stream_error() -> None:
+    """``10**400`` where protobuf wants a double (a Struct value) fails the frame's stream only."""
+    text = (
+        '{"streamId":5,"start":{"method":"/asap.v1.AgentService/Send","message":{"typed":'
+        '{"@type":"type.googleapis.com/asap.v1.SendRequest","envelope":{"taskRequest":'
+        '{"input":{"n":' + str(10**400) + "}}}}}}}"
+    )
+    with pytest.raises(FrameError) as caught:
+        JsonCodec().decode(text)
+    assert (caught.value.code, caught.value.stream_id) == (CloseCode.PROTOCOL_ERROR, 5)

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file asap/v1/bridge.proto.
  */
 export const file_asap_v1_bridge: GenFile = /*@__PURE__*/
-  fileDesc("ChRhc2FwL3YxL2JyaWRnZS5wcm90bxIHYXNhcC52MSLHAwoFRnJhbWUSEQoJc3RyZWFtX2lkGAEgASgNEiMKBXN0YXJ0GAIgASgLMhIuYXNhcC52MS5DYWxsU3RhcnRIABIoCgdtZXNzYWdlGAMgASgLMhUuYXNhcC52MS5NZXNzYWdlRnJhbWVIABIoCgpoYWxmX2Nsb3NlGAQgASgLMhIuYXNhcC52MS5IYWxmQ2xvc2VIABIhCgZjYW5jZWwYBSABKAsyDy5hc2FwLnYxLkNhbmNlbEgAEigKB2hlYWRlcnMYBiABKAsyFS5hc2FwLnYxLkhlYWRlcnNGcmFtZUgAEiUKBnN0YXR1cxgHIAEoCzITLmFzYXAudjEuQ2FsbFN0YXR1c0gAEh0KBHBpbmcYCCABKAsyDS5hc2FwLnYxLlBpbmdIABIdCgRwb25nGAkgASgLMg0uYXNhcC52MS5Qb25nSAASIQoGZ29hd2F5GAogASgLMg8uYXNhcC52MS5Hb0F3YXlIABIlCghzZXR0aW5ncxgLIAEoCzIRLmFzYXAudjEuU2V0dGluZ3NIABIuCg13aW5kb3dfdXBkYXRlGAwgASgLMhUuYXNhcC52MS5XaW5kb3dVcGRhdGVIAEIGCgRraW5kIkcKDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg4KBHRleHQYAiABKAlIABIQCgZiaW5hcnkYAyABKAxIAEIHCgV2YWx1ZSKtAQoJQ2FsbFN0YXJ0Eg4KBm1ldGhvZBgBIAEoCRIoCghtZXRhZGF0YRgCIAMoCzIWLmFzYXAudjEuTWV0YWRhdGFFbnRyeRIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKB21lc3NhZ2UYBCABKAsyFS5hc2FwLnYxLk1lc3NhZ2VGcmFtZRISCgpoYWxmX2Nsb3NlGAUgASgIIk8KDE1lc3NhZ2VGcmFtZRIQCgZiaW5hcnkYASABKAxIABIlCgV0eXBlZBgCIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnlIAEIGCgRib2R5IgsKCUhhbGZDbG9zZSIYCgZDYW5jZWwSDgoGcmVhc29uGAEgASgJIjgKDEhlYWRlcnNGcmFtZRIoCghtZXRhZGF0YRgBIAMoCzIWLmFzYXAudjEuTWV0YWRhdGFFbnRyeSJ/CgpDYWxsU3RhdHVzEh8KBnN0YXR1cxgBIAEoCzIPLmFzYXAudjEuU3RhdHVzEigKCHRyYWlsZXJzGAIgAygLMhYuYXNhcC52MS5NZXRhZGF0YUVudHJ5EiYKB21lc3NhZ2UYAyABKAsyFS5hc2FwLnYxLk1lc3NhZ2VGcmFtZSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhUKBFBvbmcSDQoFbm9uY2UYASABKAQiGAoGR29Bd2F5Eg4KBnJlYXNvbhgBIAEoCSJjCghTZXR0aW5ncxIcChRpbml0aWFsX3dpbmRvd19ieXRlcxgBIAEoDRIeChZtYXhfY29uY3VycmVudF9zdHJlYW1zGAIgASgNEhkKEW1heF9tZXNzYWdlX2J5dGVzGAMgASgNIicKDFdpbmRvd1VwZGF0ZRIXCg9pbmNyZW1lbnRfYnl0ZXMYASABKA1iBnByb3RvMw", [file_asap_v1_status, file_google_protobuf_any, file_google_protobuf_duration]);
+  fileDesc("ChRhc2FwL3YxL2JyaWRnZS5wcm90bxIHYXNhcC52MSLHAwoFRnJhbWUSEQoJc3RyZWFtX2lkGAEgASgNEiMKBXN0YXJ0GAIgASgLMhIuYXNhcC52MS5DYWxsU3RhcnRIABIoCgdtZXNzYWdlGAMgASgLMhUuYXNhcC52MS5NZXNzYWdlRnJhbWVIABIoCgpoYWxmX2Nsb3NlGAQgASgLMhIuYXNhcC52MS5IYWxmQ2xvc2VIABIhCgZjYW5jZWwYBSABKAsyDy5hc2FwLnYxLkNhbmNlbEgAEigKB2hlYWRlcnMYBiABKAsyFS5hc2FwLnYxLkhlYWRlcnNGcmFtZUgAEiUKBnN0YXR1cxgHIAEoCzITLmFzYXAudjEuQ2FsbFN0YXR1c0gAEh0KBHBpbmcYCCABKAsyDS5hc2FwLnYxLlBpbmdIABIdCgRwb25nGAkgASgLMg0uYXNhcC52MS5Qb25nSAASIQoGZ29hd2F5GAogASgLMg8uYXNhcC52MS5Hb0F3YXlIABIlCghzZXR0aW5ncxgLIAEoCzIRLmFzYXAudjEuU2V0dGluZ3NIABIuCg13aW5kb3dfdXBkYXRlGAwgASgLMhUuYXNhcC52MS5XaW5kb3dVcGRhdGVIAEIGCgRraW5kIkcKDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg4KBHRleHQYAiABKAlIABIQCgZiaW5hcnkYAyABKAxIAEIHCgV2YWx1ZSKtAQoJQ2FsbFN0YXJ0Eg4KBm1ldGhvZBgBIAEoCRIoCghtZXRhZGF0YRgCIAMoCzIWLmFzYXAudjEuTWV0YWRhdGFFbnRyeRIqCgd0aW1lb3V0GAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKB21lc3NhZ2UYBCABKAsyFS5hc2FwLnYxLk1lc3NhZ2VGcmFtZRISCgpoYWxmX2Nsb3NlGAUgASgIIk8KDE1lc3NhZ2VGcmFtZRIQCgZiaW5hcnkYASABKAxIABIlCgV0eXBlZBgCIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnlIAEIGCgRib2R5IgsKCUhhbGZDbG9zZSIzCgZDYW5jZWwSDgoGcmVhc29uGAEgASgJEhkKEWRlYWRsaW5lX2V4Y2VlZGVkGAIgASgIIjgKDEhlYWRlcnNGcmFtZRIoCghtZXRhZGF0YRgBIAMoCzIWLmFzYXAudjEuTWV0YWRhdGFFbnRyeSJ/CgpDYWxsU3RhdHVzEh8KBnN0YXR1cxgBIAEoCzIPLmFzYXAudjEuU3RhdHVzEigKCHRyYWlsZXJzGAIgAygLMhYuYXNhcC52MS5NZXRhZGF0YUVudHJ5EiYKB21lc3NhZ2UYAyABKAsyFS5hc2FwLnYxLk1lc3NhZ2VGcmFtZSIVCgRQaW5nEg0KBW5vbmNlGAEgASgEIhUKBFBvbmcSDQoFbm9uY2UYASABKAQiGAoGR29Bd2F5Eg4KBnJlYXNvbhgBIAEoCSJjCghTZXR0aW5ncxIcChRpbml0aWFsX3dpbmRvd19ieXRlcxgBIAEoDRIeChZtYXhfY29uY3VycmVudF9zdHJlYW1zGAIgASgNEhkKEW1heF9tZXNzYWdlX2J5dGVzGAMgASgNIicKDFdpbmRvd1VwZGF0ZRIXCg9pbmNyZW1lbnRfYnl0ZXMYASABKA1iBnByb3RvMw", [file_asap_v1_status, file_google_protobuf_any, file_google_protobuf_duration]);
 
 /**
  * Frame is one unit of the bridge: one WebSocket message carries exactly one Frame.
@@ -491,6 +491,16 @@ export type Cancel = Message<"asap.v1.Cancel"> & {
    * @generated from field: string reason = 1;
    */
   reason: string;
+
+  /**
+   * The caller cancels because the call's deadline passed. The server then treats the call as
+   * past its deadline (its envelope handlers are cancelled, as at the server's own copy of the
+   * deadline, which may not have passed yet when this arrives); an explicit cancel without it is
+   * handled like a lost connection (the handlers run to completion and their outcomes are stored).
+   *
+   * @generated from field: bool deadline_exceeded = 2;
+   */
+  deadlineExceeded: boolean;
 };
 
 /**
@@ -505,6 +515,16 @@ export type CancelJson = {
    * @generated from field: string reason = 1;
    */
   reason?: string;
+
+  /**
+   * The caller cancels because the call's deadline passed. The server then treats the call as
+   * past its deadline (its envelope handlers are cancelled, as at the server's own copy of the
+   * deadline, which may not have passed yet when this arrives); an explicit cancel without it is
+   * handled like a lost connection (the handlers run to completion and their outcomes are stored).
+   *
+   * @generated from field: bool deadline_exceeded = 2;
+   */
+  deadlineExceeded?: boolean;
 };
 
 /**
