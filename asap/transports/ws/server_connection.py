@@ -103,6 +103,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.authorization: str | None = None
         self.user_agent: str | None = None
         """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
+        self._handler_time = 0.0
+        """Seconds the current read spent running calls eagerly (not charged to the decode budget)."""
         self.idle = asyncio.Event()
         """Set while no handler runs (graceful stop waits for it)."""
         self.idle.set()
@@ -128,8 +130,11 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         other connections, gRPC's included, keep theirs.
         """
         started = time.perf_counter()
+        self._handler_time = 0.0
         super().data_received(data)
-        used = time.perf_counter() - started
+        # Only decoding counts: calls that ran eagerly inside this read did the peer's legitimate
+        # (rate-limited) work, and charging it would throttle a busy, honest connection.
+        used = time.perf_counter() - started - self._handler_time
         limits = self.listener.limits
         if used > limits.decode_slice and not self.closed:
             self.pause_reading_for(used * limits.decode_pause_factor)
@@ -313,7 +318,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call.task = self.tasks.spawn(coro, name=CALL_TASK)
             return
         ctx.eager = True
+        started = time.perf_counter()
         call.task = start_eagerly(self.tasks, coro, name=CALL_TASK)
+        self._handler_time += time.perf_counter() - started
         ctx.eager = False  # finished, or suspended and now continuing in call.task
 
     def _forget(self, call: BridgeServerCall) -> None:
