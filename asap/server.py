@@ -107,6 +107,8 @@ class Server:
             them at ``GET /metrics`` on every bridge listener (``asap-protocol[prometheus]``).
         metrics_address: Also serve ``GET /metrics`` on this ``HOST:PORT`` (for gRPC-only servers).
         access_log: Log one line per call to the ``asap.access`` logger (never credentials).
+        reflection: Serve grpc server reflection on gRPC listeners. None (the default) serves it
+            only when ``auth`` is not set, since reflection itself takes no credentials.
     """
 
     def __init__(
@@ -125,8 +127,12 @@ class Server:
         metrics: MetricsExporter | None = None,
         metrics_address: str | None = None,
         access_log: bool = False,
+        reflection: bool | None = None,
     ) -> None:
         self.agent = agent
+        # Reflection lists every service and type; it takes no credentials, so a server that
+        # requires them does not offer it unless asked to.
+        self.reflection = auth is None if reflection is None else reflection
         self.limits = limits or Limits()
         if metrics_address is not None and metrics is None:
             message = "metrics_address needs metrics="
@@ -195,6 +201,7 @@ class Server:
             limits=self.limits,
             tls=tls,
             reuse_port=reuse_port,
+            reflection=self.reflection,
         )
         self._goaway_at_start.append(transport)
         return self._add(transport)

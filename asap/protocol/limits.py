@@ -97,6 +97,18 @@ class Limits:
     costs the event loop far more per byte than binary frames, so its default is smaller than
     ``max_frame_bytes``; raise it to carry larger messages over JSON (browsers), or use binary."""
 
+    connection_idle_timeout: float = 300.0
+    """gRPC: seconds a connection may stay open with no call before the server closes it (GOAWAY,
+    ``grpc.max_connection_idle_ms``); clients reconnect when they next call. 0 disables it."""
+
+    connection_max_age: float = 0.0
+    """gRPC: seconds after which the server asks a connection to go away (GOAWAY; calls in flight
+    then get ``connection_max_age_grace``), so clients rebalance over replicas. 0 (the default)
+    never ages connections out, since long-lived streams would be cut."""
+
+    connection_max_age_grace: float = 300.0
+    """gRPC: seconds calls may still run on a connection past ``connection_max_age``."""
+
     decode_slice: float = 0.002
     """Seconds of event-loop time one bridge connection may spend decoding before it stops being
     read for a while (``decode_pause_factor`` times what it used): one peer sending expensive
@@ -135,6 +147,9 @@ class Limits:
             "rate_limit_strikes_before_close must be 0 or more",
         )
         _require(self.stream_window_bytes <= 2**31 - 1, "stream_window_bytes must be below 2^31")
+        for name in ("connection_idle_timeout", "connection_max_age", "connection_max_age_grace"):
+            value = getattr(self, name)
+            _require(math.isfinite(value) and value >= 0, f"{name} must be 0 or more and finite")
         if self.max_frame_bytes == 0:
             # The dataclass is frozen; filling in a derived default is the one write it allows.
             object.__setattr__(

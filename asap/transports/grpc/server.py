@@ -125,6 +125,8 @@ def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[st
       another server holds fails instead of sharing it.
     - Metadata: at most ``limits.max_metadata_bytes`` (soft and hard limit alike), RESOURCE_EXHAUSTED
       beyond, the bridge's rule.
+    - Connections: closed after ``connection_idle_timeout`` without calls, and (when set) asked
+      to go away after ``connection_max_age``, with ``connection_max_age_grace`` for their calls.
     - ``maximum_concurrent_rpcs`` is deliberately unset: the Dispatcher enforces
       ``max_concurrent_calls`` with an ErrorInfo, so both transports report the same error.
     """
@@ -142,7 +144,22 @@ def server_options(limits: Limits, *, reuse_port: bool = False) -> list[tuple[st
         # grpc core's band in which it refuses calls at random.
         ("grpc.max_metadata_size", limits.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", limits.max_metadata_bytes),
+        *_connection_lifetime(limits),
     ]
+
+
+def _connection_lifetime(limits: Limits) -> list[tuple[str, int]]:
+    """Grpc's connection idle and age limits (absent when 0: grpc's own default, none)."""
+    options = []
+    if limits.connection_idle_timeout:
+        options.append(
+            ("grpc.max_connection_idle_ms", round(limits.connection_idle_timeout * 1000))
+        )
+    if limits.connection_max_age:
+        options.append(("grpc.max_connection_age_ms", round(limits.connection_max_age * 1000)))
+        grace = round(limits.connection_max_age_grace * 1000)
+        options.append(("grpc.max_connection_age_grace_ms", grace))
+    return options
 
 
 class _UnaryCall:
@@ -411,6 +428,7 @@ class GrpcServerTransport(ServerTransport):
         tls: Certificate and key; with ``client_ca`` clients must present certificates (mTLS).
             None serves plaintext.
         reuse_port: Bind with SO_REUSEPORT so several processes share the port.
+        reflection: Serve grpc server reflection (it lists every service and message type).
     """
 
     def __init__(
@@ -423,8 +441,10 @@ class GrpcServerTransport(ServerTransport):
         limits: Limits,
         tls: ServerTLS | None,
         reuse_port: bool = False,
+        reflection: bool = True,
     ) -> None:
         self._reuse_port = reuse_port
+        self._reflection = reflection
         self._dispatcher = dispatcher
         self._health = health
         self._host = host
@@ -460,9 +480,10 @@ class GrpcServerTransport(ServerTransport):
             (grpc.method_handlers_generic_handler(HEALTH_SERVICE_NAME, health),)
         )
         server.add_registered_method_handlers(HEALTH_SERVICE_NAME, health)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        if self._reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
         # Last, so it only sees paths that nothing above serves.
         server.add_generic_rpc_handlers((_UnknownMethods(),))
         address = (
