@@ -22,7 +22,7 @@ from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext, CancelReason
 from asap.core.dedupe import DedupeStore, Owned, Reused, Stored, dedupe_key, fingerprint
 from asap.core.middleware import Middleware
-from asap.core.tasks import leave_eager, start_eagerly_for_result
+from asap.core.tasks import YIELD_INTERVAL, leave_eager, start_eagerly_for_result
 from asap.errors import (
     AsapError,
     Code,
@@ -64,7 +64,7 @@ class _Sink:
     handler, also one that never awaits (the core checks both at every streamed write).
     """
 
-    __slots__ = ("_ctx", "_emit", "detached", "error")
+    __slots__ = ("_ctx", "_emit", "_yielded_at", "detached", "error")
 
     def __init__(self, emit: Emit | None, ctx: CallContext) -> None:
         self._emit = emit
@@ -72,6 +72,7 @@ class _Sink:
         self.error: Exception | None = None
         self.detached = False
         """True once the call went away (its task was cancelled) while the delivery ran."""
+        self._yielded_at = time.monotonic()
 
     @property
     def attached(self) -> bool:
@@ -93,6 +94,12 @@ class _Sink:
                 raise asyncio.CancelledError
             if self._ctx.cancel_reason() is CancelReason.DEADLINE:
                 raise DeadlineExceeded
+            # Nothing is written, so nothing suspends: give the loop a turn once per
+            # YIELD_INTERVAL, or a handler that never awaits would hold every other call up.
+            now = time.monotonic()
+            if now - self._yielded_at >= YIELD_INTERVAL:
+                self._yielded_at = now
+                await asyncio.sleep(0)
             return
         try:
             await emit(item)

@@ -24,6 +24,7 @@ from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.interceptors import Interceptor, build_chain
 from asap.core.service import AgentServiceCore, ServerCall
+from asap.core.tasks import YIELD_INTERVAL
 from asap.errors import (
     AsapError,
     Cancelled,
@@ -48,10 +49,6 @@ def _check_live(ctx: CallContext) -> None:
     if ctx.deadline is not None and asyncio.get_running_loop().time() >= ctx.deadline:
         ctx.mark_cancelled()
         raise DeadlineExceeded
-
-
-YIELD_INTERVAL = 0.001
-"""Seconds of handler time between the loop turns a streaming write gives (see _GuardedCall)."""
 
 
 class _GuardedCall:

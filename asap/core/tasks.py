@@ -96,15 +96,36 @@ def start_eagerly(
     Returns:
         ``None`` if ``coro`` finished; else the task continuing it.
     """
+    step = _first_step(coro)
+    if isinstance(step, asyncio.Future):
+        if step.exception() is not None:  # as TaskOwner logs a failed task
+            _log.error("%s failed", name, exc_info=step.exception())
+        return None
+    resumed, context = step
+    return owner.spawn(resumed, name=name, context=context)
+
+
+def _first_step(
+    coro: Coroutine[object, object, T],
+) -> asyncio.Future[T] | tuple[_Resumed[T], contextvars.Context]:
+    """Run ``coro`` in a fresh context until it suspends or ends.
+
+    Returns:
+        A done future with its result (or exception) if it ended; else the continuation to hand
+        to a task and the context that task must run in.
+    """
     context = contextvars.copy_context()
     try:
         pending = context.run(coro.send, None)
-    except StopIteration:
-        return None
-    except Exception:  # noqa: BLE001 - as TaskOwner logs a failed task
-        _log.exception("%s failed", name)
-        return None
-    return owner.spawn(_Resumed(coro, pending), name=name, context=context)
+    except StopIteration as stop:
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        done.set_result(stop.value)
+        return done
+    except Exception as exc:  # noqa: BLE001 - handed on, as a task would
+        failed: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        failed.set_exception(exc)
+        return failed
+    return _Resumed(coro, pending), context
 
 
 class Eager(Protocol):
@@ -115,6 +136,10 @@ class Eager(Protocol):
 
 T = TypeVar("T")
 
+YIELD_INTERVAL = 0.001
+"""Seconds of handler time between the loop turns the core gives a handler that never awaits
+(at its streamed writes), so it cannot hold the loop from every other call."""
+
 
 def start_eagerly_for_result(coro: Coroutine[object, object, T], *, name: str) -> asyncio.Future[T]:
     """Like :func:`start_eagerly`, for a coroutine whose result is wanted (not owned by a TaskOwner).
@@ -123,19 +148,11 @@ def start_eagerly_for_result(coro: Coroutine[object, object, T], *, name: str) -
         A future already done with the coroutine's result (or exception) if it finished without
         suspending; else the task continuing it.
     """
-    loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
-    try:
-        pending = context.run(coro.send, None)
-    except StopIteration as stop:
-        done: asyncio.Future[T] = loop.create_future()
-        done.set_result(stop.value)
-        return done
-    except Exception as exc:  # noqa: BLE001 - handed to the caller, as a task would
-        failed: asyncio.Future[T] = loop.create_future()
-        failed.set_exception(exc)
-        return failed
-    return loop.create_task(_Resumed(coro, pending), name=name, context=context)
+    step = _first_step(coro)
+    if isinstance(step, asyncio.Future):
+        return step
+    resumed, context = step
+    return asyncio.get_running_loop().create_task(resumed, name=name, context=context)
 
 
 async def leave_eager(call: Eager) -> None:

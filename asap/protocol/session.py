@@ -261,13 +261,17 @@ class Session(ABC):
         Raises:
             asap.errors.InvalidState: The stream has no credit (wait for :meth:`can_send`).
         """
+        self._check_credit(stream)
+        if stream.credit is not None:
+            stream.credit.sent(wire_size(data))
+
+    @staticmethod
+    def _check_credit(stream: Stream) -> None:
+        """Raise InvalidState if the stream has no credit left (wait for :meth:`can_send`)."""
         credit = stream.credit
-        if credit is None:
-            return
-        if credit.send <= 0:
+        if credit is not None and credit.send <= 0:
             msg = f"no flow-control credit on stream {stream.stream_id}; wait for can_send()"
             raise InvalidState(msg)
-        credit.sent(wire_size(data))
 
     # Receiving.
 
@@ -487,12 +491,11 @@ class ServerSession(Session):
         data = self.codec.encode_message(
             stream_id, message, max_message_bytes=self.limits.max_message_bytes
         )
-        credit = stream.credit
-        if credit is not None and credit.send <= 0:
-            self._charge(stream, data)  # raises InvalidState: wait for can_send()
+        # Credit is checked before the state changes, so a refused send leaves the stream as it was.
+        self._check_credit(stream)
         stream.handle(StreamEvent.SERVER_MESSAGE)
-        if credit is not None:
-            credit.sent(wire_size(data))
+        if stream.credit is not None:
+            stream.credit.sent(wire_size(data))
         self.outgoing.append(data)
         return True
 
