@@ -25,6 +25,7 @@ Exception tree::
     │   ├── RateLimited            (carries retry_after, sent as google.rpc.RetryInfo)
     │   ├── MessageTooLarge
     │   ├── TooManyCalls
+    │   ├── PrincipalQuotaExceeded (one principal's calls in flight, over every connection)
     │   ├── FlowControlViolation   (a bridge peer sent beyond its credit)
     │   └── TooManyEnvelopes
     ├── FailedPrecondition
@@ -305,6 +306,13 @@ class TooManyCalls(ResourceExhausted):
 
     default_reason = "TOO_MANY_CALLS"
     default_message = "too many concurrent calls"
+
+
+class PrincipalQuotaExceeded(ResourceExhausted):
+    """One principal has ``Limits.max_calls_per_principal`` calls in flight already."""
+
+    default_reason = "PRINCIPAL_QUOTA_EXCEEDED"
+    default_message = "too many calls in flight for this principal"
 
 
 class FlowControlViolation(ResourceExhausted):

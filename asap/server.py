@@ -147,19 +147,30 @@ class Server:
         if access_log:
             chain.append(AccessLog())
         guards: list[Interceptor] = []
+        rate_limit = None
+        if self.limits.rate_limit_per_second > 0:
+            rate_limit = RateLimit(
+                self.limits.rate_limit_per_second,
+                self.limits.rate_limit_burst,
+                shared=rate_buckets,
+                max_principals=self.limits.rate_limit_max_principals,
+                max_anonymous=self.limits.rate_limit_max_anonymous,
+            )
+        self.auth: BearerAuth | None = None
+        """The authentication guard (also checks bridge handshakes), or None."""
         if auth is not None:
-            guards.append(auth if isinstance(auth, BearerAuth) else BearerAuth(auth))
+            guard = auth if isinstance(auth, BearerAuth) else BearerAuth(auth)
+            if rate_limit is not None:
+                # Failed attempts cost a token too, so tokens cannot be guessed at line rate.
+                guard = guard.charging(rate_limit.charge_failure)
+                guard.eager_safe = guard.eager_safe and rate_limit.eager_safe
+            self.auth = guard
+            guards.append(guard)
             agent.auth_schemes = [
                 manifest_pb2.AuthScheme(type=manifest_pb2.AUTH_SCHEME_TYPE_BEARER)
             ]
-        if self.limits.rate_limit_per_second > 0:
-            guards.append(
-                RateLimit(
-                    self.limits.rate_limit_per_second,
-                    self.limits.rate_limit_burst,
-                    shared=rate_buckets,
-                )
-            )
+        if rate_limit is not None:
+            guards.append(rate_limit)
         if bind_sender if bind_sender is not None else auth is not None:
             guards.append(SenderBinding())
         guards.extend(middleware)
@@ -173,7 +184,10 @@ class Server:
         )
         self.service = AgentServiceCore(deliverer, self.endpoints, limits=self.limits)
         self.dispatcher = Dispatcher(
-            self.service, chain, max_concurrent_calls=self.limits.max_concurrent_calls
+            self.service,
+            chain,
+            max_concurrent_calls=self.limits.max_concurrent_calls,
+            max_calls_per_principal=self.limits.max_calls_per_principal,
         )
         self._advertised = list(advertised_urls)
         self._transports: list[ServerTransport] = []

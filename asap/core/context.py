@@ -12,6 +12,7 @@ from typing import NoReturn
 from asap._typing import Metadata, MetadataValue
 from asap.core.method import MethodSpec
 from asap.errors import AsapError
+from asap.protocol.admission import peer_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,10 @@ class Identity:
     """Who the caller is, for example an agent URN ``urn:asap:agent:coordinator``."""
     claims: Mapping[str, str] = field(default_factory=dict)
     """Further facts the verifier established (scopes, tenant, …)."""
+
+
+ANONYMOUS_PREFIX = "peer:"
+"""How :attr:`CallContext.principal` starts for a caller with no identity."""
 
 
 DEADLINE_TOLERANCE = 0.005
@@ -101,8 +106,14 @@ class CallContext:
 
     @property
     def principal(self) -> str:
-        """The key rate limits and quotas are kept under: the identity's subject, else the peer."""
-        return self.identity.subject if self.identity is not None else f"peer:{self.peer_host}"
+        """The key rate limits and quotas are kept under: the identity's subject, else the peer.
+
+        An anonymous peer is its IPv4 address or its IPv6 /64 (``peer:2001:db8:1:2::/64``): an
+        IPv6 host usually owns a whole /64, and every address in it is the same caller.
+        """
+        if self.identity is not None:
+            return self.identity.subject
+        return f"{ANONYMOUS_PREFIX}{peer_key(self.peer_host)}"
 
     @property
     def peer_host(self) -> str:

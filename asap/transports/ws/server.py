@@ -18,9 +18,10 @@ Close codes (bridge.proto "Close codes"; each has a test in ``tests/transports/w
 1008  :attr:`Limits.rate_limit_strikes_before_close` rate-limited calls in a row
 1009  a WebSocket message over :attr:`Limits.max_frame_bytes` (websockets' ``max_size``)
 1011  no pong within :attr:`Limits.heartbeat_timeout` of a ping
-1013  :attr:`Limits.max_connections` connections already open: the handshake completes and the
-      connection is closed at once with 1013, so clients see the bridge's code rather than an
-      HTTP error and retry later
+1013  :attr:`Limits.max_connections` connections already open, or
+      :attr:`Limits.max_connections_per_peer` from the peer's address (IPv6: its /64): the
+      handshake completes and the connection is closed at once with 1013, so clients see the
+      bridge's code rather than an HTTP error and retry later
 ====  ===============================================================================
 """
 
@@ -38,6 +39,7 @@ from asap.core import probes
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.errors import InvalidState
+from asap.protocol.admission import Counts
 from asap.protocol.frames import SUBPROTOCOLS, CloseCode
 from asap.protocol.limits import Limits
 from asap.tls import ServerTLS
@@ -126,6 +128,8 @@ class WebSocketServerTransport(ServerTransport):
         """Every connection whose transport is up (handshaking or open)."""
         self._open: set[ServerBridgeConnection] = set()
         """Connections past the handshake that hold a slot of ``max_connections``."""
+        self._per_peer = Counts(limits.max_connections_per_peer)
+        """Slots of ``_open`` by peer (:func:`~asap.protocol.admission.peer_key`)."""
         self._ended: set[ServerBridgeConnection] = set()
         """Connections that ended while handlers of theirs were still finishing."""
         self._served = False
@@ -140,6 +144,15 @@ class WebSocketServerTransport(ServerTransport):
         """How many bridge connections are open."""
         return len(self._open)
 
+    def connections_from(self, key: str) -> int:
+        """How many bridge connections are open from one peer (a ``peer_key``)."""
+        return self._per_peer.held(key)
+
+    @property
+    def peers(self) -> int:
+        """How many peers have a bridge connection open (the per-peer map's size)."""
+        return len(self._per_peer)
+
     def open_connections(self) -> list[ServerBridgeConnection]:
         """The bridge connections now open (for tests and diagnostics)."""
         return list(self._open)
@@ -150,19 +163,23 @@ class WebSocketServerTransport(ServerTransport):
         """A TCP connection arrived (its handshake has not run yet)."""
         self._accepted.add(conn)
 
-    def bridge_opened(self, conn: ServerBridgeConnection) -> bool:
-        """A handshake completed; ``False`` when the connection limit leaves it no slot."""
+    def bridge_opened(self, conn: ServerBridgeConnection) -> str | None:
+        """A handshake completed: take a slot, or say why there is none (the 1013 reason)."""
         if len(self._open) >= self.limits.max_connections:
-            return False
+            return "connection limit reached"
+        if not self._per_peer.try_acquire(conn.peer_key):
+            return "too many connections from this address"
         self._open.add(conn)
         probes.connection_opened(TRANSPORT)
-        return True
+        return None
 
     def connection_lost(self, conn: ServerBridgeConnection) -> None:
         """A connection ended; handlers of its still finishing are awaited at stop."""
         self._accepted.discard(conn)
         was_open = conn in self._open
-        self._open.discard(conn)
+        if was_open:
+            self._open.discard(conn)
+            self._per_peer.release(conn.peer_key)
         if conn.session is not None:  # past the handshake (also one refused with 1013 or 1001)
             probes.connection_closed(TRANSPORT, conn.close_code, was_open=was_open)
         # Handlers were cancelled and end within a loop turn or two: keep only those still going.

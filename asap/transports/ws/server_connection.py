@@ -35,9 +35,11 @@ from asap.errors import (
     MessageTooLarge,
     RateLimited,
     ShuttingDown,
+    Unauthenticated,
     UnknownMethod,
     to_status,
 )
+from asap.protocol.admission import peer_key
 from asap.protocol.events import (
     CallCancelled,
     CallStarted,
@@ -77,6 +79,8 @@ USER_AGENT = "user-agent"
 _MAX_USER_AGENT = 512
 _TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
 _NO_RESPONSE = "the method produced no response"
+IDLE_REASON = "idle timeout"
+"""The GoAway and close (1001) reason of a connection closed for carrying no call."""
 
 
 def _has_authorization(metadata: Metadata) -> bool:
@@ -110,12 +114,19 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.idle.set()
         self._running = 0
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.peer_key = "unknown"
+        """The peer for per-peer limits: its IPv4 address or IPv6 /64."""
+        self._idle_since = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake deadline and join the listener's registry."""
         super().connection_made(transport)
+        address: object = transport.get_extra_info("peername")
+        if isinstance(address, tuple) and address:
+            self.peer_key = peer_key(str(address[0]))
         self.listener.connection_made(self)
         self._handshake_timer = self.loop.call_later(
             self.listener.limits.handshake_timeout, self._handshake_expired
@@ -173,15 +184,20 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if listener.closing:
             self.close(CloseCode.GOING_AWAY, GOAWAY_REASON)
             return
-        if not listener.bridge_opened(self):
-            self.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
+        refused = listener.bridge_opened(self)
+        if refused is not None:
+            self.close(CloseCode.TRY_AGAIN_LATER, refused)
             return
         self.start_heartbeat(listener.heartbeat_period(), limits.heartbeat_timeout)
+        self._became_idle()
         if listener.draining:  # calls on it are refused with SHUTTING_DOWN, as on gRPC
             session.send_goaway(GOAWAY_REASON)
 
     def on_closed(self) -> None:
         """The connection ended: every call still running is cancelled."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         session = self.session
         if session is not None:
             session.receive_eof(self.close_code)
@@ -334,6 +350,34 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._running -= 1
         if self._running == 0:
             self.idle.set()
+            self._became_idle()
+
+    # -- idle timeout: Limits.connection_idle_timeout, as gRPC's max_connection_idle -------
+
+    def _became_idle(self) -> None:
+        """No call is open from now: close the connection if it stays so for the idle timeout.
+
+        One timer at most per connection: a busy connection only moves ``_idle_since``, and the
+        timer, when it fires early, re-arms itself for the remaining time.
+        """
+        timeout = self.listener.limits.connection_idle_timeout
+        self._idle_since = self.loop.time()
+        if timeout and self._idle_timer is None and not self.closed:
+            self._idle_timer = self.loop.call_at(self._idle_since + timeout, self._idle_due)
+
+    def _idle_due(self) -> None:
+        self._idle_timer = None
+        if self._running or not self.is_open:
+            return  # a call is open: the next _call_done re-arms the timer
+        due = self._idle_since + self.listener.limits.connection_idle_timeout
+        if self.loop.time() < due:
+            self._idle_timer = self.loop.call_at(due, self._idle_due)
+            return
+        _log.debug("closing %s: no call for the idle timeout", self.peer)
+        # GoAway first, as gRPC's GOAWAY: a client stops starting calls here and reconnects for
+        # its next one; a CallStart already on its way is refused with SHUTTING_DOWN (retried).
+        self._session().send_goaway(IDLE_REASON)
+        self.close(CloseCode.GOING_AWAY, IDLE_REASON)
 
     def on_deadline(self, call: object) -> None:
         """A call's deadline passed: cancel its handler (DEADLINE_EXCEEDED), or answer it."""
@@ -410,7 +454,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             # A free call (health) does not wipe the strikes: one Check after every 19 refused
             # calls would otherwise keep a peer calling past its rate limit forever.
             session.record_call_ok()
-        elif isinstance(error, RateLimited) and session.record_rate_limited():
+        elif isinstance(error, RateLimited | Unauthenticated) and session.record_rate_limited():
+            # A refused credential is a strike too: guessing tokens ends the connection (1008).
             for event in session.events_received():
                 self.on_event(event)
 

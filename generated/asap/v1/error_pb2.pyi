@@ -109,6 +109,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_TOO_MANY_ENVELOPES: _ErrorReason.ValueType  # 404
     """A SendBatch or Publish carried more envelopes than the server takes in one call."""
+    ERROR_REASON_PRINCIPAL_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 405
+    """One principal (an identity, or an anonymous peer address) already has as many calls in flight
+    as the server allows each principal (Limits.max_calls_per_principal), over every connection.
+    """
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 500
     """The server is shutting down and accepts no new calls."""
     ERROR_REASON_CONNECTION_LOST: _ErrorReason.ValueType  # 501
@@ -210,6 +214,10 @@ ERROR_REASON_FLOW_CONTROL_VIOLATION: ErrorReason.ValueType  # 403
 """
 ERROR_REASON_TOO_MANY_ENVELOPES: ErrorReason.ValueType  # 404
 """A SendBatch or Publish carried more envelopes than the server takes in one call."""
+ERROR_REASON_PRINCIPAL_QUOTA_EXCEEDED: ErrorReason.ValueType  # 405
+"""One principal (an identity, or an anonymous peer address) already has as many calls in flight
+as the server allows each principal (Limits.max_calls_per_principal), over every connection.
+"""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 500
 """The server is shutting down and accepts no new calls."""
 ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
