@@ -135,7 +135,11 @@ async def _serve(args: argparse.Namespace) -> int:
         store = RedisDedupeStore.from_url(args.store)
         await store.ping()  # fail at start, with a clear error, when Redis is not there
         buckets = RedisRateLimiter(redis_connect(args.store))  # limits shared by every worker
-    limits = Limits(rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst)
+    limits = Limits(
+        rate_limit_per_second=args.rate_limit,
+        rate_limit_burst=args.rate_burst,
+        max_connections_per_peer=args.max_connections_per_peer,
+    )
     metrics = _metrics(args.metrics)
     server = Server(
         _load_agent(args.agent),
@@ -156,6 +160,7 @@ async def _serve(args: argparse.Namespace) -> int:
             reuse_port=args.reuse_port,
             allowed_origins=args.allow_origin or None,
             subprotocols=args.ws_subprotocol or None,
+            authenticate_handshake=args.ws_authenticate_handshake,
         )
     if args.advertise:
         server.advertise([_endpoint(url) for url in args.advertise])
@@ -395,6 +400,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--rate-burst", type=int, default=_DEFAULT_LIMITS.rate_limit_burst, help="rate-limit burst"
+    )
+    serve.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        default=_DEFAULT_LIMITS.max_connections_per_peer,
+        metavar="N",
+        help="bridge connections one IPv4 address or IPv6 /64 may hold (0: no cap; raise it "
+        "behind a reverse proxy)",
+    )
+    serve.add_argument(
+        "--ws-authenticate-handshake",
+        action="store_true",
+        help="refuse bridge handshakes whose Authorization header (or access_token) does not "
+        "verify with HTTP 401 (needs a token)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(

@@ -175,7 +175,7 @@ class Server:
             guards.append(SenderBinding())
         guards.extend(middleware)
         chain.extend(guards)
-        self.health = HealthState()
+        self.health = HealthState(max_watchers=self.limits.max_health_watchers)
         self.deliverer = deliverer = Deliverer(
             agent,
             dedupe if dedupe is not None else InMemoryDedupeStore(),
@@ -229,17 +229,27 @@ class Server:
         allowed_origins: Sequence[str] | None = None,
         reuse_port: bool = False,
         subprotocols: Sequence[str] | None = None,
+        authenticate_handshake: bool = False,
     ) -> ServerTransport:
         """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``.
 
         ``reuse_port`` sets SO_REUSEPORT (``asap serve --workers``). ``subprotocols`` restricts
         the subprotocols accepted (default: all of them), for example ``("asap.v1.1.proto",)`` to
-        turn JSON off.
+        turn JSON off. ``authenticate_handshake`` (needs ``auth``) refuses a handshake whose
+        ``Authorization`` header (or ``access_token``) does not verify with HTTP 401 before the
+        upgrade; off by default, since clients may send credentials per call instead (as
+        :func:`asap.connect` does).
+
+        Raises:
+            ValueError: ``authenticate_handshake`` without ``auth``.
         """
         from asap.protocol.frames import SUBPROTOCOLS
         from asap.transports.ws.http_endpoints import METRICS_PATH, metrics_endpoint
         from asap.transports.ws.server import WebSocketServerTransport
 
+        if authenticate_handshake and self.auth is None:
+            message = "authenticate_handshake needs auth="
+            raise ValueError(message)
         host, port = _split_address(address)
         endpoints = {}
         if self.metrics is not None:
@@ -255,6 +265,7 @@ class Server:
             allowed_origins=allowed_origins,
             http_endpoints=endpoints,
             subprotocols=SUBPROTOCOLS if subprotocols is None else subprotocols,
+            handshake_auth=self.auth if authenticate_handshake else None,
         )
         transport.reuse_port = reuse_port
         return self._add(transport)

@@ -41,6 +41,7 @@ from asap.errors import (
     InvalidState,
     MalformedFrame,
     MessageTooLarge,
+    TooManyCalls,
     UnknownMethod,
 )
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, Limits
@@ -383,7 +384,13 @@ def health_handlers(
             await _abort(context, request.error())
         if not isinstance(request, health_pb2.HealthCheckRequest):
             await _abort(context, Internal())
-        await servicer.Watch(request, cast("HealthServicer", context))
+        # Watch takes no credentials (load balancers use it) and lasts: bounded per server.
+        if not health.try_watch():
+            await _abort(context, TooManyCalls(f"more than {health.max_watchers} health watchers"))
+        try:
+            await servicer.Watch(request, cast("HealthServicer", context))
+        finally:
+            health.unwatch()
 
     return {
         "Check": grpc.unary_unary_rpc_method_handler(

@@ -38,6 +38,7 @@ from websockets.typing import Subprotocol
 from asap.core import probes
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
+from asap.core.middleware import BearerAuth
 from asap.errors import InvalidState
 from asap.protocol.admission import Counts
 from asap.protocol.frames import SUBPROTOCOLS, CloseCode
@@ -83,6 +84,9 @@ class WebSocketServerTransport(ServerTransport):
         subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
             handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
             turns off the costlier decoder for peers that do not need it.
+        handshake_auth: Verify the handshake's credentials with this guard before the upgrade
+            (HTTP 401 when they do not verify; :mod:`asap.transports.ws.handshake_auth`). None
+            lets every handshake through and leaves authentication to each call.
     """
 
     reuse_port: bool = False
@@ -101,6 +105,7 @@ class WebSocketServerTransport(ServerTransport):
         allowed_origins: Sequence[str] | None,
         http_endpoints: Mapping[str, HttpEndpoint] | None = None,
         subprotocols: Sequence[str] = SUBPROTOCOLS,
+        handshake_auth: BearerAuth | None = None,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
@@ -114,6 +119,8 @@ class WebSocketServerTransport(ServerTransport):
         self.dispatcher = dispatcher
         self.health = health
         self.limits = limits
+        self.handshake_auth = handshake_auth
+        """Checks every handshake's credentials before the upgrade, when set."""
         self.policy = HandshakePolicy(
             path=path,
             allowed_origins=None if allowed_origins is None else frozenset(allowed_origins),

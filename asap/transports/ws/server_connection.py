@@ -53,6 +53,7 @@ from asap.protocol.frames import CloseCode, Codec
 from asap.protocol.metadata import Metadata
 from asap.protocol.session import ServerSession
 from asap.transports.ws.handshake import credentials
+from asap.transports.ws.handshake_auth import check_credentials
 from asap.transports.ws.pump import BridgePump
 from asap.transports.ws.server_call import BridgeServerCall
 from asap.v1 import status_pb2
@@ -72,6 +73,12 @@ GOAWAY_REASON = "server shutting down"
 
 CALL_TASK = "asap.ws.server.call"
 """The name of a call's task."""
+
+HANDSHAKE_TASK = "asap.ws.server.handshake"
+"""The name of the task that verifies a handshake's credentials."""
+
+_VERIFYING = object()
+"""The read hold while a handshake's credentials are verified."""
 
 _OK = status_pb2.Status()
 USER_AGENT = "user-agent"
@@ -118,6 +125,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         """The peer for per-peer limits: its IPv4 address or IPv6 /64."""
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._verifying: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -156,12 +164,34 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             self.abort()
 
     def on_handshake(self, event: Request | Response) -> None:
-        """Check the request against the policy, then accept or refuse it."""
+        """Check the request against the policy (and its credentials), then accept or refuse it."""
         if not isinstance(event, Request):  # pragma: no cover - a server receives requests only
             return
+        response = self.listener.policy.check(self.server_ws, event)
+        if response is None and self.listener.handshake_auth is not None:
+            # The verifier is async: answer when it returns. Nothing is read meanwhile (a client
+            # sends no frame before the 101), and the handshake deadline still runs.
+            self._hold(_VERIFYING)
+            self._verifying = self.tasks.spawn(self._verify(event), name=HANDSHAKE_TASK)
+            return
+        self._answer(event, response)
+
+    async def _verify(self, request: Request) -> None:
+        auth = self.listener.handshake_auth
+        if auth is None:  # pragma: no cover - only started with one
+            return
+        response = await check_credentials(auth, self.server_ws, request)
+        self._verifying = None
+        if self.closed:
+            return
+        self._release(_VERIFYING)
+        self._answer(request, response)
+        self.flush()
+
+    def _answer(self, event: Request, response: Response | None) -> None:
+        """Send the handshake's response: the refusal, or the upgrade and the session's start."""
         ws = self.server_ws
         listener = self.listener
-        response = listener.policy.check(ws, event)
         if response is None:
             response = ws.accept(event)
         ws.send_response(response)
@@ -198,6 +228,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._verifying is not None:
+            self._verifying.cancel()  # the handshake deadline passed, or the peer left
         session = self.session
         if session is not None:
             session.receive_eof(self.close_code)
