@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from asap import Limits, Server, connect
+from asap.cli import _parser
 from asap.core.context import Identity
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import method
@@ -346,3 +347,12 @@ async def test_static_tokens_are_compared_in_constant_time(monkeypatch: pytest.M
     assert (await verify("tok-a")) is not None
     assert (await verify("tok-x")) is None
     assert len(calls) == 4
+
+
+async def test_cli_takes_the_admission_knobs() -> None:
+    """``asap serve --max-connections-per-peer`` and ``--ws-authenticate-handshake`` parse."""
+    knobs = ["--max-connections-per-peer", "7", "--ws-authenticate-handshake"]
+    args = _parser().parse_args(["serve", "--ws", "127.0.0.1:0", *knobs])
+    assert args.max_connections_per_peer == 7
+    assert args.ws_authenticate_handshake
+    assert not _parser().parse_args(["serve", "--ws", "127.0.0.1:0"]).ws_authenticate_handshake
