@@ -156,6 +156,7 @@ class Server:
                 max_principals=self.limits.rate_limit_max_principals,
                 max_anonymous=self.limits.rate_limit_max_anonymous,
             )
+        self._rate_limit = rate_limit
         self.auth: BearerAuth | None = None
         """The authentication guard (also checks bridge handshakes), or None."""
         if auth is not None:
@@ -266,6 +267,9 @@ class Server:
             http_endpoints=endpoints,
             subprotocols=SUBPROTOCOLS if subprotocols is None else subprotocols,
             handshake_auth=self.auth if authenticate_handshake else None,
+            handshake_charge=None
+            if self._rate_limit is None
+            else self._rate_limit.charge_anonymous,
         )
         transport.reuse_port = reuse_port
         return self._add(transport)

@@ -122,7 +122,7 @@ class Dispatcher:
 
     @property
     def principals(self) -> int:
-        """How many principals have a call in flight (the quota map's size)."""
+        """How many principals have a call in flight (the quota map's size; 0 with no quota)."""
         return len(self._per_principal)
 
     async def wait_idle(self) -> None:
@@ -157,9 +157,10 @@ class Dispatcher:
         if rpc is None:
             text = f"unknown method {ctx.method.path}"
             raise UnknownMethod(text)
-        principal = ctx.principal
-        if not self._per_principal.try_acquire(principal):
-            text = f"more than {self._per_principal.limit} calls in flight for {principal}"
+        quota = self._per_principal
+        principal = ctx.principal if quota.limit else None  # not worked out when there is no quota
+        if principal is not None and not quota.try_acquire(principal):
+            text = f"more than {quota.limit} calls in flight for {principal}"
             raise PrincipalQuotaExceeded(text)
         self._in_flight += 1
         self._idle.clear()
@@ -185,7 +186,8 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - the call boundary: every failure becomes a status
             raise as_asap_error(_first_leaf(exc), where=ctx.method.path) from None  # type: ignore[arg-type]
         finally:
-            self._per_principal.release(principal)
+            if principal is not None:
+                quota.release(principal)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()

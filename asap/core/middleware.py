@@ -204,6 +204,23 @@ class RateLimit(Interceptor):
         """
         await self._charge(ctx, 1)
 
+    async def charge_anonymous(self, principal: str) -> float:
+        """Charge an anonymous ``principal`` one token outside any call (a refused bridge handshake).
+
+        Returns:
+            0.0, or the seconds until it may try again (nothing was taken).
+        """
+        return await self._acquire(principal, 1, anonymous=True)
+
+    async def _acquire(self, principal: str, cost: int, *, anonymous: bool) -> float:
+        if not self._limiter.enabled:
+            return 0.0
+        if self._shared is not None:
+            return await self._shared.acquire(
+                principal, self._limiter.rate, self._limiter.burst, cost
+            )
+        return self._limiter.try_acquire(principal, self._clock(), cost, anonymous=anonymous)
+
     async def _charge(self, ctx: CallContext, cost: int) -> None:
         if self._limiter.enabled and cost > self._limiter.burst:
             # The bucket can never hold this many tokens: retrying would not help (and the
@@ -212,14 +229,7 @@ class RateLimit(Interceptor):
             raise ResourceExhausted(message)
         if not self._limiter.enabled:
             return
-        if self._shared is not None:
-            retry_after = await self._shared.acquire(
-                ctx.principal, self._limiter.rate, self._limiter.burst, cost
-            )
-        else:
-            retry_after = self._limiter.try_acquire(
-                ctx.principal, self._clock(), cost, anonymous=ctx.identity is None
-            )
+        retry_after = await self._acquire(ctx.principal, cost, anonymous=ctx.identity is None)
         if retry_after > 0:
             probes.rate_limited()
             message = f"rate limit exceeded for {ctx.principal}; retry in {retry_after:.3f}s"

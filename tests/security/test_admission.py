@@ -111,6 +111,23 @@ async def test_handshake_with_a_valid_token_upgrades_and_its_calls_keep_the_iden
     assert (await _status(query, 1, MANIFEST)).code == 0
 
 
+async def test_refused_handshakes_are_charged_to_the_rate_limit(
+    serve: ServeFactory, raw_ws: RawWs
+) -> None:
+    """Guessing tokens with handshakes costs tokens too: past the burst, HTTP 429 + Retry-After."""
+    limits = Limits(rate_limit_per_second=0.01, rate_limit_burst=2)
+    served = await serve(auth=True, limits=limits, websocket={"authenticate_handshake": True})
+    statuses = []
+    for guess in range(3):
+        with pytest.raises(InvalidStatus) as caught:
+            await raw_ws(served.ws_url, additional_headers={"Authorization": f"Bearer {guess}"})
+        statuses.append(caught.value.response.status_code)
+    assert statuses == [401, 401, 429]
+    assert int(caught.value.response.headers["Retry-After"]) > 0
+    ws = await raw_ws(served.ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ws.subprotocol  # a valid token is not refused for the guesses made before it
+
+
 async def test_handshake_auth_is_off_by_default_and_calls_are_checked(
     serve: ServeFactory, raw_ws: RawWs
 ) -> None:

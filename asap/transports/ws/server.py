@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
@@ -87,6 +87,8 @@ class WebSocketServerTransport(ServerTransport):
         handshake_auth: Verify the handshake's credentials with this guard before the upgrade
             (HTTP 401 when they do not verify; :mod:`asap.transports.ws.handshake_auth`). None
             lets every handshake through and leaves authentication to each call.
+        handshake_charge: Charges an anonymous principal (``peer:<address>``) one rate-limit
+            token for each refused handshake; past its limit the refusal is HTTP 429.
     """
 
     reuse_port: bool = False
@@ -106,6 +108,7 @@ class WebSocketServerTransport(ServerTransport):
         http_endpoints: Mapping[str, HttpEndpoint] | None = None,
         subprotocols: Sequence[str] = SUBPROTOCOLS,
         handshake_auth: BearerAuth | None = None,
+        handshake_charge: Callable[[str], Awaitable[float]] | None = None,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
@@ -121,6 +124,8 @@ class WebSocketServerTransport(ServerTransport):
         self.limits = limits
         self.handshake_auth = handshake_auth
         """Checks every handshake's credentials before the upgrade, when set."""
+        self.handshake_charge = handshake_charge
+        """Charges a refused handshake to the peer's rate limit, when set."""
         self.policy = HandshakePolicy(
             path=path,
             allowed_origins=None if allowed_origins is None else frozenset(allowed_origins),

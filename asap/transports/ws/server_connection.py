@@ -15,6 +15,7 @@ call on the connection whose own CallStart metadata carries none, so the core's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from google.protobuf.message import Message
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from asap.core.context import CallContext
+from asap.core.context import ANONYMOUS_PREFIX, CallContext
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS
 from asap.core.middleware import AUTHORIZATION
@@ -180,7 +181,13 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         auth = self.listener.handshake_auth
         if auth is None:  # pragma: no cover - only started with one
             return
-        response = await check_credentials(auth, self.server_ws, request)
+        charge = self.listener.handshake_charge
+        response = await check_credentials(
+            auth,
+            self.server_ws,
+            request,
+            None if charge is None else functools.partial(charge, ANONYMOUS_PREFIX + self.peer_key),
+        )
         self._verifying = None
         if self.closed:
             return
