@@ -12,10 +12,12 @@ Close codes (bridge.proto "Close codes"; each has a test in ``tests/transports/w
 ====  ===============================================================================
 1000  the client closed the connection
 1001  the server stopped: GoAway when the server starts draining (its health turns to not
-      serving), in-flight calls finish (up to the grace period), then the close
+      serving), in-flight calls finish (up to the grace period), then the close; or the
+      connection had no call open for :attr:`Limits.connection_idle_timeout` (GoAway first)
 1002  a frame that cannot be attributed to a stream, or a text message on a binary subprotocol
 1007  text that is not JSON on a JSON subprotocol, or not UTF-8
-1008  :attr:`Limits.rate_limit_strikes_before_close` rate-limited calls in a row
+1008  :attr:`Limits.rate_limit_strikes_before_close` calls in a row refused for the rate limit
+      or for their credentials
 1009  a WebSocket message over :attr:`Limits.max_frame_bytes` (websockets' ``max_size``)
 1011  no pong within :attr:`Limits.heartbeat_timeout` of a ping
 1013  :attr:`Limits.max_connections` connections already open, or

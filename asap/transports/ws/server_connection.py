@@ -9,7 +9,13 @@ over gRPC. This module only turns session events into calls and calls' outcomes 
 Credentials. The handshake's ``Authorization`` header, or for browsers (which cannot set headers)
 the ``access_token`` query parameter, is added as ``authorization: Bearer <token>`` metadata to every
 call on the connection whose own CallStart metadata carries none, so the core's
-:class:`~asap.core.middleware.BearerAuth` checks it exactly as it checks gRPC metadata.
+:class:`~asap.core.middleware.BearerAuth` checks it exactly as it checks gRPC metadata. With
+handshake authentication (:mod:`asap.transports.ws.handshake_auth`) they are verified before the
+upgrade as well, in a task, while the connection is not read.
+
+Admission. A connection takes a slot of the listener's global and per-peer caps once its handshake
+completes (1013 when there is none), and is closed (GoAway, then 1001) once it has carried no call
+for :attr:`~asap.protocol.limits.Limits.connection_idle_timeout`.
 """
 
 from __future__ import annotations
