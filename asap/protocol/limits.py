@@ -58,10 +58,12 @@ class Limits:
     max_concurrent_calls: int = 1000
     """Calls in flight on the whole server, over every connection and transport."""
 
-    max_calls_per_principal: int = 100
+    max_calls_per_principal: int = 250
     """Calls one principal (an identity, else an anonymous peer: IPv4 address or IPv6 /64) may
     have in flight on the whole server, over every connection and transport; beyond it a call
-    fails with RESOURCE_EXHAUSTED (reason ``PRINCIPAL_QUOTA_EXCEEDED``). 0 disables it."""
+    fails with RESOURCE_EXHAUSTED (reason ``PRINCIPAL_QUOTA_EXCEEDED``). 0 disables it. The
+    default is a quarter of ``max_concurrent_calls``: no principal can take every slot, and one
+    busy client with several connections (more than one connection's 100 streams) still fits."""
 
     max_health_watchers: int = 100
     """Health ``Watch`` streams open at once on one server (they take no credentials, for load

@@ -27,7 +27,7 @@ def test_defaults() -> None:
     assert limits.rate_limit_strikes_before_close == 20
     assert limits.rate_limit_enabled
     assert limits.max_connections_per_peer == 100
-    assert limits.max_calls_per_principal == 100
+    assert limits.max_calls_per_principal == 250
     assert limits.max_health_watchers == 100
     assert limits.rate_limit_max_anonymous == 10_000
     assert limits.connection_idle_timeout == 300.0
