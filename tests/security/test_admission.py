@@ -18,13 +18,14 @@ from grpc_health.v1 import health_pb2
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from asap import Limits, Server, connect
+from asap import Client, Limits, RetryPolicy, Server, connect
 from asap.cli import _parser
 from asap.core.context import Identity
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import method
 from asap.core.middleware import BearerAuth
 from asap.errors import Unauthenticated, from_status
+from asap.transports.ws.client import WebSocketChannel
 from asap.transports.ws.server import WebSocketServerTransport
 from asap.v1 import bridge_pb2, status_pb2
 from tests.security.conftest import (
@@ -97,6 +98,22 @@ async def test_handshake_without_valid_credentials_is_refused_with_401(
     assert wrong.value.response.status_code == 401
     assert wrong.value.response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
     assert _listener(served.server).connections == 0
+
+
+async def test_the_bridge_client_sees_the_same_reasons_as_a_refused_call(
+    serve: ServeFactory,
+) -> None:
+    """A refused handshake raises Unauthenticated with MISSING_CREDENTIALS or INVALID_TOKEN."""
+    served = await serve(auth=True, websocket={"authenticate_handshake": True})
+    for token, reason in ((None, "MISSING_CREDENTIALS"), ("nope", "INVALID_TOKEN")):
+        channel = WebSocketChannel(served.ws_url, token=token)
+        client = Client(channel, sender=CALLER_ID, retry=RetryPolicy(max_attempts=1))
+        try:
+            with pytest.raises(Unauthenticated) as caught:
+                await client.send(echo_envelope())
+            assert caught.value.reason == reason
+        finally:
+            await client.close()
 
 
 async def test_handshake_with_a_valid_token_upgrades_and_its_calls_keep_the_identity(

@@ -7,7 +7,8 @@ never holds a connection slot. The refusals are plain HTTP, as RFC 6750 §3 has 
 
 ===  ==================================================================================
 401  no credentials (``WWW-Authenticate: Bearer``) or a token the verifier refuses
-     (``WWW-Authenticate: Bearer error="invalid_token"``); the client raises Unauthenticated
+     (``WWW-Authenticate: Bearer error="invalid_token"``); the ASAP client raises Unauthenticated
+     with reason MISSING_CREDENTIALS or INVALID_TOKEN, as for a call refused for them
 403  the verifier raised PermissionDenied (a valid token that may not call this agent)
 429  a refused handshake past the peer's rate limit (each refusal costs the peer's anonymous
      principal a token, as a refused call does), with ``Retry-After``
