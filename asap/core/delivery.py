@@ -223,8 +223,14 @@ class Deliverer:
             await self._store.abandon(key, claim)
             return self.refused(envelope, ShuttingDown())
         process = self._process(ctx, envelope, key, claim, sink, ack_received)
+        synchronous = store_is_local and self._synchronous(envelope)
+        if synchronous and emit is None:
+            # Nothing in it can suspend (a plain handler, the in-memory store, nothing to
+            # stream), so nothing can cancel it half-way either: no task is needed to outlive
+            # the call, and running it in place saves a context, a future and a task.
+            return await process
         name = f"asap.delivery {envelope.id}"
-        if store_is_local and self._synchronous(envelope):
+        if synchronous:
             # No user code can suspend in it: run it at once, in a task only if a write waits.
             started = start_eagerly_for_result(process, name=name)
             if started.done():
