@@ -160,6 +160,9 @@ class AsapError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.trailing_metadata: Metadata = ()
         """Trailing metadata of the failed call (set on the client side)."""
+        self.from_peer = False
+        """True when decoded from a status carrying ASAP's ErrorInfo: an ASAP server answered.
+        False for errors raised locally, by a transport library or by a proxy."""
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -526,22 +529,27 @@ def from_status(status: status_pb2.Status, *, close_code: int | None = None) -> 
             retry_after = retry.retry_delay.ToNanoseconds() / 1e9
             continue
         details.append(_unpack(packed))
+    from_peer = reason is not None
     cls = error_class_for(code, reason)
     if reason is None or REASON_CODES.get(reason, cls.code) != cls.code:
         reason = cls.default_reason
+    error: AsapError
     if cls is RateLimited:
-        return RateLimited(
+        error = RateLimited(
             status.message,
             retry_after=retry_after if retry_after is not None else 1.0,
             reason=reason,
             details=details,
             metadata=metadata,
         )
-    if cls is ConnectionLost:
-        return ConnectionLost(
+    elif cls is ConnectionLost:
+        error = ConnectionLost(
             status.message, close_code=close_code, reason=reason, details=details, metadata=metadata
         )
-    return cls(status.message, reason=reason, details=details, metadata=metadata)
+    else:
+        error = cls(status.message, reason=reason, details=details, metadata=metadata)
+    error.from_peer = from_peer
+    return error
 
 
 def _unpack(packed: any_pb2.Any) -> Message:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from asap.core import probes
+from asap.core.context import AUTHORIZATION as AUTHORIZATION  # re-exported, its former home
 from asap.core.context import CallContext, Identity
 from asap.core.interceptors import Interceptor
 from asap.errors import RateLimited, ResourceExhausted, SenderMismatch, Unauthenticated
@@ -31,12 +32,11 @@ Middleware = Interceptor
 TokenVerifier = Callable[[str], Awaitable[Identity | None]]
 """Checks a bearer token; returns the identity, or None when the token is not valid."""
 
-AUTHORIZATION = "authorization"
-"""The metadata key (and HTTP header) that carries ``Bearer <token>``."""
-
 
 class BearerAuth(Interceptor):
     """Require ``authorization: Bearer <token>`` and put the verified identity in the context.
+
+    The token is read from :attr:`CallContext.credentials` (``ctx.metadata`` holds it redacted).
 
     Raises UNAUTHENTICATED (reason MISSING_CREDENTIALS or INVALID_TOKEN). A verifier may raise
     :class:`~asap.errors.PermissionDenied` itself for a valid token that may not call this agent.
@@ -70,7 +70,7 @@ class BearerAuth(Interceptor):
 
     async def on_call(self, ctx: CallContext) -> None:
         """Verify the bearer token."""
-        value = ctx.metadata_value(AUTHORIZATION)
+        value = ctx.credentials
         if not isinstance(value, str) or not value.strip():
             raise Unauthenticated(_MISSING, reason="MISSING_CREDENTIALS")
         scheme, _, token = value.strip().partition(" ")
