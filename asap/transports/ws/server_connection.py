@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from asap.core.context import CallContext
+from asap.core.context import CallContext, Identity
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS
 from asap.core.middleware import AUTHORIZATION
@@ -103,6 +103,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.authorization: str | None = None
         self.user_agent: str | None = None
         """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
+        self.tls_identity: Identity | None = None
+        """The identity of the verified client certificate (mTLS), given to every call."""
         self._handler_time = 0.0
         """Seconds the current read spent running calls eagerly (not charged to the decode budget)."""
         self.idle = asyncio.Event()
@@ -166,6 +168,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         # soon as they pass their own, smaller cap, not after buffering max_frame_bytes of them.
         ws.max_message_size = session.codec.max_frame_bytes
         self.authorization = credentials(event)
+        if self.transport is not None:
+            self.tls_identity = listener.client_identity(self.transport)
         user_agent = event.headers.get("User-Agent")
         if user_agent and set(user_agent) <= _TEXT_CHARS:
             # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
@@ -296,6 +300,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             timeout=event.timeout,
             deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
         )
+        if self.tls_identity is not None:
+            ctx.identity = ctx.tls_identity = self.tls_identity
         call = BridgeServerCall(self, stream_id, spec)
         call.ctx = ctx
         self.calls[stream_id] = call

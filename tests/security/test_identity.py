@@ -1,0 +1,341 @@
+"""Identities from TLS, the same on every transport (issue 11 item 4): client certificates become
+``ctx.identity``, ``grpcs://`` and ``wss://`` trust the same roots, certificates reload without a
+restart.
+
+Every test runs on each transport (``transport`` parametrizes the fixtures) with the same
+assertions; the certificates are made here, by a throwaway CA.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from google.protobuf import json_format
+
+from asap import Agent, BearerAuth, Client, Incoming, Limits, Server, errors
+from asap import connect as asap_connect
+from asap.client import task_envelope
+from asap.tls import ClientTLS, PeerCertificate, ServerTLS
+from asap.v1 import payload_pb2, task_pb2
+from tests.conftest import Transport
+
+
+pytestmark = pytest.mark.asyncio
+
+AGENT_ID = "urn:asap:agent:identity-test"
+ALICE = "urn:asap:agent:alice"
+BOB = "urn:asap:agent:bob"
+TOKENS = {"alice-token": ALICE, "bob-token": BOB}
+
+
+def make_agent() -> Agent:
+    """One skill, ``whoami``: what the handler sees of the caller."""
+    agent = Agent(AGENT_ID)
+
+    @agent.skill("whoami")
+    async def whoami(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        identity = request.call.identity
+        response = payload_pb2.TaskResponse(task_id="t", status=task_pb2.TASK_STATUS_COMPLETED)
+        json_format.ParseDict(
+            {
+                "subject": identity.subject if identity else None,
+                "claims": dict(identity.claims) if identity else {},
+                "principal": request.call.principal,
+            },
+            response.result,
+        )
+        return response
+
+    return agent
+
+
+# -- certificates -----------------------------------------------------------------------------
+
+
+def issue(
+    ca: trustme.CA, *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = (), cn: str = ""
+) -> tuple[bytes, bytes]:
+    """A client certificate signed by ``ca`` with exactly these names: (PEM chain, PEM key).
+
+    trustme cannot put URI SANs in a certificate, so this builds it with ``cryptography``.
+    """
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+    )
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in uris]
+    names += [x509.DNSName(name) for name in dns]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    certificate = builder.sign(ca_key, hashes.SHA256())
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def server_tls(
+    ca: trustme.CA, *, client_ca: trustme.CA | None = None, **options: object
+) -> ServerTLS:
+    """A certificate for 127.0.0.1 from ``ca``; with ``client_ca``, client certificates required."""
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    return ServerTLS(
+        cert_chain=b"".join(pem.bytes() for pem in cert.cert_chain_pems),
+        private_key=cert.private_key_pem.bytes(),
+        client_ca=None if client_ca is None else client_ca.cert_pem.bytes(),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def client_tls(ca: trustme.CA | None, client: tuple[bytes, bytes] | None = None) -> ClientTLS:
+    """Trust ``ca`` only (None: the system store); present ``client`` (chain, key) if given."""
+    return ClientTLS(
+        root_certificates=None if ca is None else ca.cert_pem.bytes(),
+        cert_chain=None if client is None else client[0],
+        private_key=None if client is None else client[1],
+    )
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    server: Server
+    url: str
+
+
+Serve = Callable[..., Awaitable[Served]]
+Dial = Callable[..., Client]
+
+
+@pytest_asyncio.fixture
+async def serve(transport: Transport) -> AsyncIterator[Serve]:
+    """Start a server with one TLS listener of the transport under test."""
+    servers: list[Server] = []
+
+    async def start(
+        tls: ServerTLS, *, auth: BearerAuth | None = None, bind_sender: bool | None = None
+    ) -> Served:
+        server = Server(
+            make_agent(),
+            limits=Limits(rate_limit_per_second=0),
+            auth=auth,
+            bind_sender=bind_sender,
+        )
+        if transport.websocket:
+            server.add_websocket("127.0.0.1:0", tls=tls)
+        else:
+            server.add_grpc("127.0.0.1:0", tls=tls)
+        await server.start()
+        servers.append(server)
+        return Served(server, server.endpoints()[0].url)
+
+    yield start
+    for server in servers:
+        await server.stop(0)
+
+
+@pytest_asyncio.fixture
+async def dial(transport: Transport) -> AsyncIterator[Dial]:
+    """Connect clients with the transport's subprotocol (no retries); closed at teardown."""
+    clients: list[Client] = []
+
+    def open_(url: str, tls: ClientTLS, *, sender: str = ALICE, token: str | None = None) -> Client:
+        client = asap_connect(
+            url, sender=sender, token=token, tls=tls, subprotocol=transport.subprotocol
+        )
+        clients.append(client)
+        return client
+
+    yield open_
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+async def whoami(client: Client) -> dict[str, object]:
+    response = await client.send(task_envelope(AGENT_ID, "whoami"))
+    return json_format.MessageToDict(response.envelope.task_response.result)
+
+
+# -- client certificates -> ctx.identity --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        ({"uris": (ALICE, "spiffe://x/y"), "dns": ("alice.example",), "cn": "cn"}, ALICE),
+        ({"dns": ("alice.example", "b.example"), "cn": "cn"}, "alice.example"),
+        ({"cn": "alice-cn"}, "alice-cn"),
+    ],
+    ids=["uri-san", "dns-san", "common-name"],
+)
+async def test_a_client_certificate_is_the_callers_identity(
+    serve: Serve, dial: Dial, ca: trustme.CA, names: dict[str, object], expected: str
+) -> None:
+    """The first URI SAN, else the first DNS SAN, else the CN becomes ctx.identity and principal."""
+    served = await serve(server_tls(ca, client_ca=ca))
+    client = dial(served.url, client_tls(ca, issue(ca, **names)))  # type: ignore[arg-type]
+    seen = await whoami(client)
+    assert seen == {
+        "subject": expected,
+        "claims": {"credential": "client-certificate"},
+        "principal": expected,
+    }
+
+
+async def test_a_certificate_without_names_is_anonymous(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """A verified certificate that names nobody gives no identity: the call is anonymous."""
+    served = await serve(server_tls(ca, client_ca=ca))
+    seen = await whoami(dial(served.url, client_tls(ca, issue(ca))))
+    assert seen["subject"] is None
+    assert str(seen["principal"]).startswith("peer:")
+
+
+async def test_the_certificate_mapping_is_configurable(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """ServerTLS(client_identity=...) decides the subject from the certificate."""
+
+    def by_dns(certificate: PeerCertificate) -> str | None:
+        assert certificate.pem.startswith(b"-----BEGIN CERTIFICATE-----")
+        return f"urn:asap:agent:{certificate.dns_names[0].split('.')[0]}"
+
+    served = await serve(server_tls(ca, client_ca=ca, client_identity=by_dns))
+    client = dial(served.url, client_tls(ca, issue(ca, uris=(BOB,), dns=("alice.example",))))
+    assert (await whoami(client))["subject"] == ALICE
+
+
+async def test_senders_are_bound_to_the_certificate(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """Without auth=, a certificate still binds senders: another sender is SENDER_MISMATCH."""
+    served = await serve(server_tls(ca, client_ca=ca))
+    certificate = client_tls(ca, issue(ca, uris=(ALICE,)))
+    assert (await whoami(dial(served.url, certificate, sender=ALICE)))["subject"] == ALICE
+    with pytest.raises(errors.SenderMismatch):
+        await whoami(dial(served.url, certificate, sender=BOB))
+
+
+async def test_host_certificates_bind_senders_only_when_asked(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """A DNS-named certificate binds no sender by default; with bind_sender=True it binds every
+    sender (and no agent URN can match a host name)."""
+    certificate = client_tls(ca, issue(ca, dns=("alice.example",)))
+    default = await serve(server_tls(ca, client_ca=ca))
+    assert (await whoami(dial(default.url, certificate, sender=BOB)))["subject"] == "alice.example"
+    strict = await serve(server_tls(ca, client_ca=ca), bind_sender=True)
+    with pytest.raises(errors.SenderMismatch):
+        await whoami(dial(strict.url, certificate, sender=BOB))
+
+
+async def test_a_token_must_name_the_certificates_subject(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """With auth= and mTLS both credentials are required and must agree (IDENTITY_MISMATCH)."""
+    served = await serve(server_tls(ca, client_ca=ca), auth=BearerAuth.static(TOKENS))
+    certificate = client_tls(ca, issue(ca, uris=(ALICE,)))
+    seen = await whoami(dial(served.url, certificate, token="alice-token"))
+    assert seen["subject"] == ALICE
+    with pytest.raises(errors.IdentityMismatch) as caught:
+        await whoami(dial(served.url, certificate, sender=BOB, token="bob-token"))
+    assert caught.value.code == errors.Code.PERMISSION_DENIED
+    assert caught.value.reason == "IDENTITY_MISMATCH"
+    with pytest.raises(errors.Unauthenticated):
+        await whoami(dial(served.url, certificate))
+
+
+# -- the same trust roots -----------------------------------------------------------------------
+
+
+async def test_a_private_ca_is_trusted_only_when_given(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """With ca=... the server is reachable; with the system store (which lacks it) it is refused,
+    with the same error."""
+    served = await serve(server_tls(ca))
+    assert (await whoami(dial(served.url, client_tls(ca))))["subject"] is None
+    with pytest.raises(errors.Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        await whoami(dial(served.url, client_tls(None)))
+
+
+async def test_the_system_trust_store_is_the_default(
+    serve: Serve, dial: Dial, ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CA in the system store (SSL_CERT_FILE here, as a corporate CA would be) is trusted by
+    default: the OS store, not roots bundled with a library."""
+    bundle = tmp_path / "system-roots.pem"
+    bundle.write_bytes(ca.cert_pem.bytes())
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    served = await serve(server_tls(ca))
+    assert (await whoami(dial(served.url, client_tls(None))))["subject"] is None
+
+
+# -- reloading the server certificate -------------------------------------------------------------
+
+
+async def test_reload_tls_serves_new_connections_with_the_new_certificate(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """After reload_tls, a new connection gets the new certificate; an open one goes on."""
+    served = await serve(server_tls(ca))
+    before = dial(served.url, client_tls(ca))
+    await whoami(before)
+    renewed = trustme.CA()
+    served.server.reload_tls(server_tls(renewed))
+    assert (await whoami(dial(served.url, client_tls(renewed))))["subject"] is None
+    with pytest.raises(errors.Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        await whoami(dial(served.url, client_tls(ca)))
+    assert (await whoami(before))["subject"] is None  # the connection opened before
+
+
+async def test_reload_tls_with_a_new_client_ca(serve: Serve, dial: Dial, ca: trustme.CA) -> None:
+    """A reloaded client CA decides which client certificates new connections accept."""
+    served = await serve(server_tls(ca, client_ca=ca))
+    clients = trustme.CA()
+    served.server.reload_tls(server_tls(ca, client_ca=clients))
+    assert (await whoami(dial(served.url, client_tls(ca, issue(clients, uris=(ALICE,))))))[
+        "subject"
+    ] == ALICE
+
+
+async def test_reload_tls_cannot_turn_client_certificates_on_or_off(
+    serve: Serve, ca: trustme.CA
+) -> None:
+    """Requiring client certificates or not is decided at start: ValueError, nothing changes."""
+    served = await serve(server_tls(ca))
+    with pytest.raises(ValueError, match="client_ca"):
+        served.server.reload_tls(server_tls(ca, client_ca=ca))
