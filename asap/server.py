@@ -27,6 +27,7 @@ from asap.core.service import AgentServiceCore
 from asap.errors import InvalidState
 from asap.protocol.frames import DEFAULT_PATH
 from asap.protocol.limits import Limits
+from asap.protocol.proxies import TrustedProxies
 from asap.tls import ServerTLS
 from asap.transports.base import ServerTransport
 from asap.v1 import manifest_pb2
@@ -127,6 +128,11 @@ class Server:
         access_log: Log one line per call to the ``asap.access`` logger (never credentials).
         reflection: Serve grpc server reflection on gRPC listeners. None (the default) serves it
             only when ``auth`` is not set, since reflection itself takes no credentials.
+        trusted_proxies: CIDRs of reverse proxies (``["10.0.0.0/8"]``). A call whose direct peer
+            is in one has as its peer (``ctx.peer``: anonymous rate-limit principals, logs) the
+            right-most ``X-Forwarded-For`` address that is not itself a trusted proxy (the
+            bridge's handshake header, gRPC's ``x-forwarded-for`` metadata); from any other peer
+            the header is ignored. Empty (the default): the direct peer, always.
     """
 
     def __init__(
@@ -146,8 +152,11 @@ class Server:
         metrics_address: str | None = None,
         access_log: bool = False,
         reflection: bool | None = None,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.agent = agent
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
+        """Networks whose connections may name the client in ``X-Forwarded-For``."""
         # Reflection lists every service and type; it takes no credentials, so a server that
         # requires them does not offer it unless asked to.
         self.reflection = auth is None if reflection is None else reflection
@@ -225,6 +234,7 @@ class Server:
             tls=tls,
             reuse_port=reuse_port,
             reflection=self.reflection,
+            trusted_proxies=self.trusted_proxies,
         )
         self._goaway_at_start.append(transport)
         return self._add(transport)
@@ -264,6 +274,7 @@ class Server:
             allowed_origins=allowed_origins,
             http_endpoints=endpoints,
             subprotocols=SUBPROTOCOLS if subprotocols is None else subprotocols,
+            trusted_proxies=self.trusted_proxies,
         )
         transport.reuse_port = reuse_port
         return self._add(transport)

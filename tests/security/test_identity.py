@@ -1,6 +1,6 @@
-"""Identities from TLS, the same on every transport (issue 11 item 4): client certificates become
+"""Identities, the same on every transport (issue 11 item 4): client certificates become
 ``ctx.identity``, ``grpcs://`` and ``wss://`` trust the same roots, certificates reload without a
-restart.
+restart, and a trusted proxy's ``X-Forwarded-For`` names the peer.
 
 Every test runs on each transport (``transport`` parametrizes the fixtures) with the same
 assertions; the certificates are made here, by a throwaway CA.
@@ -8,10 +8,13 @@ assertions; the certificates are made here, by a throwaway CA.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
@@ -51,6 +54,7 @@ def make_agent() -> Agent:
                 "subject": identity.subject if identity else None,
                 "claims": dict(identity.claims) if identity else {},
                 "principal": request.call.principal,
+                "peer_host": request.call.peer_host,
             },
             response.result,
         )
@@ -140,13 +144,18 @@ async def serve(transport: Transport) -> AsyncIterator[Serve]:
     servers: list[Server] = []
 
     async def start(
-        tls: ServerTLS, *, auth: BearerAuth | None = None, bind_sender: bool | None = None
+        tls: ServerTLS | None,
+        *,
+        auth: BearerAuth | None = None,
+        bind_sender: bool | None = None,
+        trusted_proxies: Sequence[str] = (),
     ) -> Served:
         server = Server(
             make_agent(),
             limits=Limits(rate_limit_per_second=0),
             auth=auth,
             bind_sender=bind_sender,
+            trusted_proxies=trusted_proxies,
         )
         if transport.websocket:
             server.add_websocket("127.0.0.1:0", tls=tls)
@@ -207,11 +216,11 @@ async def test_a_client_certificate_is_the_callers_identity(
     served = await serve(server_tls(ca, client_ca=ca))
     client = dial(served.url, client_tls(ca, issue(ca, **names)))  # type: ignore[arg-type]
     seen = await whoami(client)
-    assert seen == {
-        "subject": expected,
-        "claims": {"credential": "client-certificate"},
-        "principal": expected,
-    }
+    assert (seen["subject"], seen["claims"], seen["principal"]) == (
+        expected,
+        {"credential": "client-certificate"},
+        expected,
+    )
 
 
 async def test_a_certificate_without_names_is_anonymous(
@@ -339,3 +348,121 @@ async def test_reload_tls_cannot_turn_client_certificates_on_or_off(
     served = await serve(server_tls(ca))
     with pytest.raises(ValueError, match="client_ca"):
         served.server.reload_tls(server_tls(ca, client_ca=ca))
+
+
+async def test_reload_tls_needs_a_tls_listener(serve: Serve, ca: trustme.CA) -> None:
+    """A plaintext server has no certificate to reload: InvalidState."""
+    served = await serve(None)
+    with pytest.raises(errors.InvalidState):
+        served.server.reload_tls(server_tls(ca))
+
+
+# -- trusted proxies ------------------------------------------------------------------------------
+
+
+class HeaderProxy:
+    """A reverse proxy on loopback for the bridge: adds headers to the HTTP handshake it forwards,
+    then relays bytes both ways (as nginx does with ``proxy_set_header X-Forwarded-For``)."""
+
+    def __init__(self, port: int, headers: Sequence[tuple[str, str]]) -> None:
+        self._backend = port
+        self._headers = b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> HeaderProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)  # cancelled at stop
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._backend)
+        request_line = await reader.readuntil(b"\r\n")
+        up_writer.write(request_line + self._headers)
+        try:
+            async with asyncio.TaskGroup() as relays:
+                relays.create_task(_relay(reader, up_writer))
+                relays.create_task(_relay(up_reader, writer))
+        finally:
+            for each in (writer, up_writer):
+                each.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy until EOF, then close the other side (so the opposite relay ends too)."""
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+Forwarded = Callable[[str, Sequence[str]], Awaitable[dict[str, object]]]
+
+
+@pytest_asyncio.fixture
+async def forwarded(transport: Transport) -> AsyncIterator[Forwarded]:
+    """Call ``whoami`` through a proxy that sends these X-Forwarded-For values: the bridge's
+    handshake header (through :class:`HeaderProxy`), gRPC's ``x-forwarded-for`` metadata."""
+    clients: list[Client] = []
+    proxies: list[HeaderProxy] = []
+
+    async def ask(url: str, values: Sequence[str]) -> dict[str, object]:
+        metadata: tuple[tuple[str, str], ...] = ()
+        if transport.websocket:
+            parts = urlsplit(url)
+            assert parts.port is not None
+            proxy = await HeaderProxy(parts.port, [("X-Forwarded-For", v) for v in values]).start()
+            proxies.append(proxy)
+            url = parts._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+        else:
+            metadata = tuple(("x-forwarded-for", value) for value in values)
+        client = asap_connect(url, sender=ALICE, subprotocol=transport.subprotocol)
+        clients.append(client)
+        response = await client.send(task_envelope(AGENT_ID, "whoami"), metadata=metadata)
+        return json_format.MessageToDict(response.envelope.task_response.result)
+
+    yield ask
+    for client in clients:
+        await client.close()
+    for proxy in proxies:
+        await proxy.stop()
+
+
+CLIENT = "203.0.113.7"
+
+
+@pytest.mark.parametrize(
+    ("trusted", "values", "peer"),
+    [
+        (["127.0.0.0/8"], ["198.51.100.9, 203.0.113.7"], CLIENT),
+        (["127.0.0.1", "10.0.0.0/8"], ["198.51.100.9", "203.0.113.7, 10.1.2.3"], CLIENT),
+        (["127.0.0.0/8"], ["2001:db8::7"], "2001:db8::7"),
+        (["10.0.0.0/8"], ["203.0.113.7"], "127.0.0.1"),
+        (["127.0.0.0/8"], [], "127.0.0.1"),
+        (["127.0.0.0/8"], ["203.0.113.7, not-an-address"], "127.0.0.1"),
+        ([], ["203.0.113.7"], "127.0.0.1"),
+    ],
+    ids=["trusted", "chain", "ipv6", "untrusted-peer", "no-header", "garbage", "off"],
+)
+async def test_a_trusted_proxy_names_the_peer(
+    serve: Serve, forwarded: Forwarded, trusted: list[str], values: list[str], peer: str
+) -> None:
+    """From a trusted proxy the peer (and the anonymous principal) is the right-most forwarded
+    address that is not a trusted proxy; from any other peer the header is ignored."""
+    served = await serve(None, trusted_proxies=trusted)
+    seen = await forwarded(served.url, values)
+    assert (seen["peer_host"], seen["principal"]) == (peer, f"peer:{peer}")

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from asap.core.certificates import certificate_identity
-from asap.core.context import CallContext, Identity
+from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.core.method import METHODS, SERVICE_NAME, MethodSpec
@@ -45,6 +45,7 @@ from asap.errors import (
     UnknownMethod,
 )
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, Limits
+from asap.protocol.proxies import FORWARDED_FOR, TrustedProxies, parse_peer, peer_string
 from asap.tls import PeerCertificate, ServerTLS
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.grpc.status import to_grpc_status
@@ -279,8 +280,8 @@ async def _abort(context: Servicer, error: AsapError) -> NoReturn:
     await context.abort(code, message, trailing)
 
 
-Identify = Callable[[Servicer], Identity | None]
-"""The identity of a call's client certificate (mTLS listeners only)."""
+Prepare = Callable[[CallContext, Servicer], None]
+"""Completes a call's context from the connection (client certificate, forwarded peer)."""
 
 
 def certificate_of(auth_context: Mapping[str, Iterable[bytes]]) -> PeerCertificate | None:
@@ -298,7 +299,7 @@ def certificate_of(auth_context: Mapping[str, Iterable[bytes]]) -> PeerCertifica
     )
 
 
-def _context(spec: MethodSpec, context: Servicer, identify: Identify | None) -> CallContext:
+def _context(spec: MethodSpec, context: Servicer, prepare: Prepare | None) -> CallContext:
     # invocation_metadata() is a tuple of (key, value) pairs at run time; the stubs say Metadata.
     metadata = context.invocation_metadata()
     ctx = CallContext(
@@ -309,13 +310,13 @@ def _context(spec: MethodSpec, context: Servicer, identify: Identify | None) -> 
         timeout=context.time_remaining(),
         deadline_enforced_by_transport=True,  # grpc cancels at the deadline and answers DEADLINE_EXCEEDED
     )
-    if identify is not None:
-        ctx.identity = ctx.tls_identity = identify(context)
+    if prepare is not None:
+        prepare(ctx, context)
     return ctx
 
 
 def _behaviour(
-    dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int, identify: Identify | None
+    dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int, prepare: Prepare | None
 ) -> Behaviour:
     """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing."""
     handle = dispatcher.handle
@@ -326,7 +327,7 @@ def _behaviour(
         # request message unseen): the core checks that exactly one arrives.
 
         async def unary_response(_requests: object, context: Servicer) -> Message:
-            ctx = _context(spec, context, identify)
+            ctx = _context(spec, context, prepare)
             call = _ClientStreamCall(context)
             error = await handle(ctx, call)
             if error is None and call.response is not None:
@@ -338,7 +339,7 @@ def _behaviour(
         return unary_response
 
     async def streaming(_requests: object, context: Servicer) -> None:
-        ctx = _context(spec, context, identify)
+        ctx = _context(spec, context, prepare)
         call = _BidiCall(context, max_bytes)
         error = await handle(ctx, call)
         await call.writes.settle()
@@ -355,12 +356,12 @@ def method_handlers(
     dispatcher: Dispatcher,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     *,
-    identify: Identify | None = None,
+    prepare: Prepare | None = None,
 ) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
     """One grpc method handler per AgentService method, by method name.
 
     Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``;
-    ``identify`` gives each call the identity of its client certificate.
+    ``prepare`` completes each call's context from its connection.
     """
     # Every method reads its requests from the stream, so a second request message on a
     # unary-request method is seen (and refused by the core) instead of silently dropped.
@@ -370,7 +371,7 @@ def method_handlers(
     }
     return {
         spec.name: factories[spec.server_streaming](
-            _behaviour(dispatcher, spec, max_message_bytes, identify),
+            _behaviour(dispatcher, spec, max_message_bytes, prepare),
             # The handler's reads accept the _Undecodable marker too (see _checked).
             request_deserializer=cast(
                 "Callable[[bytes], Message]", _deserializer(spec.request_type)
@@ -464,6 +465,8 @@ class GrpcServerTransport(ServerTransport):
             None serves plaintext.
         reuse_port: Bind with SO_REUSEPORT so several processes share the port.
         reflection: Serve grpc server reflection (it lists every service and message type).
+        trusted_proxies: Peers whose ``x-forwarded-for`` metadata names the client (the peer
+            the core sees); from any other peer it is ignored.
     """
 
     def __init__(
@@ -477,7 +480,9 @@ class GrpcServerTransport(ServerTransport):
         tls: ServerTLS | None,
         reuse_port: bool = False,
         reflection: bool = True,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
+        self._proxies = trusted_proxies or TrustedProxies(())
         self._reuse_port = reuse_port
         self._reflection = reflection
         self._dispatcher = dispatcher
@@ -509,7 +514,7 @@ class GrpcServerTransport(ServerTransport):
         handlers = method_handlers(
             self._dispatcher,
             self._limits.max_message_bytes,
-            identify=self._identify if mutual else None,
+            prepare=self._prepare if mutual or self._proxies else None,
         )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
@@ -549,12 +554,23 @@ class GrpcServerTransport(ServerTransport):
         await server.start()
         self._health.subscribe(self._on_health)
 
-    def _identify(self, context: Servicer) -> Identity | None:
+    def _prepare(self, ctx: CallContext, context: Servicer) -> None:
+        """The call's client-certificate identity, and its client behind a trusted proxy."""
         tls = self._tls
-        certificate = certificate_of(context.auth_context())
-        if tls is None or certificate is None:
-            return None
-        return certificate_identity(tls.client_identity(certificate))
+        if tls is not None and tls.client_ca is not None:
+            certificate = certificate_of(context.auth_context())
+            if certificate is not None:
+                ctx.identity = ctx.tls_identity = certificate_identity(
+                    tls.client_identity(certificate)
+                )
+        if self._proxies:
+            forwarded = [value for key, value in ctx.metadata if key == FORWARDED_FOR]
+            if forwarded:
+                client = self._proxies.client_of(
+                    parse_peer(ctx.peer), [v for v in forwarded if isinstance(v, str)]
+                )
+                if client is not None:
+                    ctx.peer = peer_string(client)
 
     def _fetch_certificates(self) -> grpc.ServerCertificateConfiguration | None:
         """Answer grpc's per-handshake question: a configuration newer than the last, else None."""

@@ -43,6 +43,7 @@ from asap.core.health import HealthState
 from asap.errors import InvalidState
 from asap.protocol.frames import SUBPROTOCOLS, CloseCode
 from asap.protocol.limits import Limits
+from asap.protocol.proxies import TrustedProxies
 from asap.tls import ServerTLS, certificate_from_ssl
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.ws.handshake import HandshakePolicy, HttpEndpoint, select_subprotocol
@@ -84,6 +85,8 @@ class WebSocketServerTransport(ServerTransport):
         subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
             handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
             turns off the costlier decoder for peers that do not need it.
+        trusted_proxies: Peers whose handshake's ``X-Forwarded-For`` header names the client
+            (the peer calls see); from any other peer it is ignored.
     """
 
     reuse_port: bool = False
@@ -102,6 +105,7 @@ class WebSocketServerTransport(ServerTransport):
         allowed_origins: Sequence[str] | None,
         http_endpoints: Mapping[str, HttpEndpoint] | None = None,
         subprotocols: Sequence[str] = SUBPROTOCOLS,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
@@ -113,6 +117,8 @@ class WebSocketServerTransport(ServerTransport):
         self.subprotocols = tuple(name for name in SUBPROTOCOLS if name in subprotocols)
         """The subprotocols this listener accepts, most preferred first."""
         self.dispatcher = dispatcher
+        self.trusted_proxies = trusted_proxies or TrustedProxies(())
+        """Peers whose handshake's ``X-Forwarded-For`` names the client the core sees."""
         self.health = health
         self.limits = limits
         self.policy = HandshakePolicy(

@@ -49,6 +49,7 @@ from asap.protocol.events import (
 )
 from asap.protocol.frames import CloseCode, Codec
 from asap.protocol.metadata import Metadata
+from asap.protocol.proxies import FORWARDED_FOR, parse_peer, peer_string
 from asap.protocol.session import ServerSession
 from asap.transports.ws.handshake import credentials
 from asap.transports.ws.pump import BridgePump
@@ -105,6 +106,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
         self.tls_identity: Identity | None = None
         """The identity of the verified client certificate (mTLS), given to every call."""
+        self.call_peer: str | None = None
+        """The client a trusted proxy forwarded this connection for: the peer calls see."""
         self._handler_time = 0.0
         """Seconds the current read spent running calls eagerly (not charged to the decode budget)."""
         self.idle = asyncio.Event()
@@ -170,6 +173,10 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.authorization = credentials(event)
         if self.transport is not None:
             self.tls_identity = listener.client_identity(self.transport)
+        if listener.trusted_proxies:
+            forwarded = event.headers.get_all(FORWARDED_FOR)
+            client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
+            self.call_peer = None if client is None else peer_string(client)
         user_agent = event.headers.get("User-Agent")
         if user_agent and set(user_agent) <= _TEXT_CHARS:
             # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
@@ -295,7 +302,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         ctx = CallContext(
             method=spec,
             metadata=metadata,
-            peer=self.peer,
+            peer=self.call_peer or self.peer,
             transport=TRANSPORT,
             timeout=event.timeout,
             deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
