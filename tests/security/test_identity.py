@@ -27,13 +27,12 @@ from google.protobuf import json_format
 
 from asap import Agent, BearerAuth, Client, Incoming, Limits, Server, errors
 from asap import connect as asap_connect
+from asap.cli import _parser
 from asap.client import task_envelope
 from asap.tls import ClientTLS, PeerCertificate, ServerTLS
 from asap.v1 import payload_pb2, task_pb2
 from tests.conftest import Transport
 
-
-pytestmark = pytest.mark.asyncio
 
 AGENT_ID = "urn:asap:agent:identity-test"
 ALICE = "urn:asap:agent:alice"
@@ -200,6 +199,7 @@ async def whoami(client: Client) -> dict[str, object]:
 # -- client certificates -> ctx.identity --------------------------------------------------------
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("names", "expected"),
     [
@@ -223,6 +223,7 @@ async def test_a_client_certificate_is_the_callers_identity(
     )
 
 
+@pytest.mark.asyncio
 async def test_a_certificate_without_names_is_anonymous(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -233,6 +234,7 @@ async def test_a_certificate_without_names_is_anonymous(
     assert str(seen["principal"]).startswith("peer:")
 
 
+@pytest.mark.asyncio
 async def test_the_certificate_mapping_is_configurable(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -247,6 +249,7 @@ async def test_the_certificate_mapping_is_configurable(
     assert (await whoami(client))["subject"] == ALICE
 
 
+@pytest.mark.asyncio
 async def test_senders_are_bound_to_the_certificate(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -258,6 +261,7 @@ async def test_senders_are_bound_to_the_certificate(
         await whoami(dial(served.url, certificate, sender=BOB))
 
 
+@pytest.mark.asyncio
 async def test_host_certificates_bind_senders_only_when_asked(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -271,6 +275,7 @@ async def test_host_certificates_bind_senders_only_when_asked(
         await whoami(dial(strict.url, certificate, sender=BOB))
 
 
+@pytest.mark.asyncio
 async def test_a_token_must_name_the_certificates_subject(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -290,6 +295,7 @@ async def test_a_token_must_name_the_certificates_subject(
 # -- the same trust roots -----------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_a_private_ca_is_trusted_only_when_given(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -301,6 +307,7 @@ async def test_a_private_ca_is_trusted_only_when_given(
         await whoami(dial(served.url, client_tls(None)))
 
 
+@pytest.mark.asyncio
 async def test_the_system_trust_store_is_the_default(
     serve: Serve, dial: Dial, ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,6 +323,7 @@ async def test_the_system_trust_store_is_the_default(
 # -- reloading the server certificate -------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_reload_tls_serves_new_connections_with_the_new_certificate(
     serve: Serve, dial: Dial, ca: trustme.CA
 ) -> None:
@@ -331,6 +339,7 @@ async def test_reload_tls_serves_new_connections_with_the_new_certificate(
     assert (await whoami(before))["subject"] is None  # the connection opened before
 
 
+@pytest.mark.asyncio
 async def test_reload_tls_with_a_new_client_ca(serve: Serve, dial: Dial, ca: trustme.CA) -> None:
     """A reloaded client CA decides which client certificates new connections accept."""
     served = await serve(server_tls(ca, client_ca=ca))
@@ -341,6 +350,7 @@ async def test_reload_tls_with_a_new_client_ca(serve: Serve, dial: Dial, ca: tru
     ] == ALICE
 
 
+@pytest.mark.asyncio
 async def test_reload_tls_cannot_turn_client_certificates_on_or_off(
     serve: Serve, ca: trustme.CA
 ) -> None:
@@ -350,6 +360,7 @@ async def test_reload_tls_cannot_turn_client_certificates_on_or_off(
         served.server.reload_tls(server_tls(ca, client_ca=ca))
 
 
+@pytest.mark.asyncio
 async def test_reload_tls_needs_a_tls_listener(serve: Serve, ca: trustme.CA) -> None:
     """A plaintext server has no certificate to reload: InvalidState."""
     served = await serve(None)
@@ -445,6 +456,7 @@ async def forwarded(transport: Transport) -> AsyncIterator[Forwarded]:
 CLIENT = "203.0.113.7"
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("trusted", "values", "peer"),
     [
@@ -466,3 +478,22 @@ async def test_a_trusted_proxy_names_the_peer(
     served = await serve(None, trusted_proxies=trusted)
     seen = await forwarded(served.url, values)
     assert (seen["peer_host"], seen["principal"]) == (peer, f"peer:{peer}")
+
+
+def test_cli_takes_trusted_proxies_and_a_client_ca() -> None:
+    """``asap serve --trusted-proxy`` (repeatable, checked) and ``--tls-client-ca``."""
+    args = _parser().parse_args(
+        [
+            "serve",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "2001:db8::1",
+            "--tls-client-ca",
+            "ca.pem",
+        ]
+    )
+    assert args.trusted_proxy == ["10.0.0.0/8", "2001:db8::1"]
+    assert args.tls_client_ca == "ca.pem"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--trusted-proxy", "not-a-network"])
