@@ -176,9 +176,8 @@ class Server:
         guards: list[Interceptor] = []
         if auth is not None:
             guards.append(auth if isinstance(auth, BearerAuth) else BearerAuth(auth))
-            guards.append(
-                CertificateBinding()
-            )  # a token must name the client certificate's subject
+            # With a client certificate too, the token must name the certificate's subject.
+            guards.append(CertificateBinding())
             agent.auth_schemes = [
                 manifest_pb2.AuthScheme(type=manifest_pb2.AUTH_SCHEME_TYPE_BEARER)
             ]

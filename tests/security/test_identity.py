@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 
-from asap import Agent, BearerAuth, Client, Incoming, Limits, Server, errors
+from asap import Agent, BearerAuth, Client, Incoming, Limits, RetryPolicy, Server, errors
 from asap import connect as asap_connect
 from asap.cli import _parser
 from asap.client import task_envelope
@@ -38,6 +38,7 @@ AGENT_ID = "urn:asap:agent:identity-test"
 ALICE = "urn:asap:agent:alice"
 BOB = "urn:asap:agent:bob"
 TOKENS = {"alice-token": ALICE, "bob-token": BOB}
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 
 def make_agent() -> Agent:
@@ -171,12 +172,17 @@ async def serve(transport: Transport) -> AsyncIterator[Serve]:
 
 @pytest_asyncio.fixture
 async def dial(transport: Transport) -> AsyncIterator[Dial]:
-    """Connect clients with the transport's subprotocol (no retries); closed at teardown."""
+    """Connect clients with the transport's subprotocol (one attempt); closed at teardown."""
     clients: list[Client] = []
 
     def open_(url: str, tls: ClientTLS, *, sender: str = ALICE, token: str | None = None) -> Client:
         client = asap_connect(
-            url, sender=sender, token=token, tls=tls, subprotocol=transport.subprotocol
+            url,
+            sender=sender,
+            token=token,
+            tls=tls,
+            subprotocol=transport.subprotocol,
+            retry=ONE_ATTEMPT,  # a refused handshake fails at once
         )
         clients.append(client)
         return client
@@ -345,9 +351,10 @@ async def test_reload_tls_with_a_new_client_ca(serve: Serve, dial: Dial, ca: tru
     served = await serve(server_tls(ca, client_ca=ca))
     clients = trustme.CA()
     served.server.reload_tls(server_tls(ca, client_ca=clients))
-    assert (await whoami(dial(served.url, client_tls(ca, issue(clients, uris=(ALICE,))))))[
-        "subject"
-    ] == ALICE
+    renewed = dial(served.url, client_tls(ca, issue(clients, uris=(ALICE,))))
+    assert (await whoami(renewed))["subject"] == ALICE
+    with pytest.raises(errors.Unavailable):
+        await whoami(dial(served.url, client_tls(ca, issue(ca, uris=(ALICE,)))))
 
 
 @pytest.mark.asyncio

@@ -564,13 +564,14 @@ class GrpcServerTransport(ServerTransport):
                     tls.client_identity(certificate)
                 )
         if self._proxies:
-            forwarded = [value for key, value in ctx.metadata if key == FORWARDED_FOR]
-            if forwarded:
-                client = self._proxies.client_of(
-                    parse_peer(ctx.peer), [v for v in forwarded if isinstance(v, str)]
-                )
-                if client is not None:
-                    ctx.peer = peer_string(client)
+            forwarded = [
+                value
+                for key, value in ctx.metadata
+                if key == FORWARDED_FOR and isinstance(value, str)
+            ]
+            client = self._proxies.client_of(parse_peer(ctx.peer), forwarded) if forwarded else None
+            if client is not None:
+                ctx.peer = peer_string(client)
 
     def _fetch_certificates(self) -> grpc.ServerCertificateConfiguration | None:
         """Answer grpc's per-handshake question: a configuration newer than the last, else None."""
