@@ -307,6 +307,10 @@ class Server:
             message = "no TLS listener to reload"
             raise InvalidState(message)
         for target in targets:
+            current = target.tls
+            if current is not None:
+                current.check_reload(tls)  # every listener checked before any changes
+        for target in targets:
             target.reload_tls(tls)
 
     def advertise(self, endpoints: Sequence[manifest_pb2.Endpoint]) -> None:

@@ -94,15 +94,24 @@ class ServerTLS:
             context.verify_mode = ssl.CERT_REQUIRED
         return context
 
-    def check_reload(self, new: ServerTLS) -> None:
-        """Refuse a reload that would turn client certificates on or off (a restart does that).
+    def check_reload(self, new: ServerTLS) -> ssl.SSLContext:
+        """Check that ``new`` can replace this one, and return its ``ssl.SSLContext``.
+
+        Building the context parses the certificate, key and CA bundle, so a reload that cannot
+        work fails here, before any listener changes.
 
         Raises:
-            ValueError: ``new`` requires client certificates and this does not, or the reverse.
+            ValueError: ``new`` requires client certificates and this does not, or the reverse
+                (a restart does that); or its certificate, key or CA bundle do not load.
         """
         if (self.client_ca is None) != (new.client_ca is None):
             message = "reload_tls cannot turn client certificates (client_ca) on or off"
             raise ValueError(message)
+        try:
+            return new.ssl_context()
+        except (ssl.SSLError, ValueError) as error:
+            message = f"the new certificate, key or client CA does not load: {error}"
+            raise ValueError(message) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -368,6 +368,19 @@ async def test_reload_tls_cannot_turn_client_certificates_on_or_off(
 
 
 @pytest.mark.asyncio
+async def test_a_reload_that_does_not_load_changes_nothing(
+    serve: Serve, dial: Dial, ca: trustme.CA
+) -> None:
+    """A certificate with another certificate's key is refused (ValueError) before anything
+    changes: new connections still get the old certificate."""
+    served = await serve(server_tls(ca))
+    mismatched = ServerTLS(server_tls(trustme.CA()).cert_chain, server_tls(ca).private_key)
+    with pytest.raises(ValueError, match="does not load"):
+        served.server.reload_tls(mismatched)
+    assert (await whoami(dial(served.url, client_tls(ca))))["subject"] is None
+
+
+@pytest.mark.asyncio
 async def test_reload_tls_needs_a_tls_listener(serve: Serve, ca: trustme.CA) -> None:
     """A plaintext server has no certificate to reload: InvalidState."""
     served = await serve(None)

@@ -588,12 +588,12 @@ class GrpcServerTransport(ServerTransport):
 
         Raises:
             InvalidState: The listener serves plaintext.
-            ValueError: ``tls`` would turn client certificates on or off.
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
         """
         if self._tls is None:
             message = "this gRPC listener serves plaintext; it has no certificate to reload"
             raise InvalidState(message)
-        self._tls.check_reload(tls)
+        self._tls.check_reload(tls)  # parses it: grpc would only fail at the next handshake
         self._pending_certificates = _certificate_configuration(tls)
         self._tls = tls
 

@@ -233,13 +233,12 @@ class WebSocketServerTransport(ServerTransport):
 
         Raises:
             InvalidState: The listener serves plaintext.
-            ValueError: ``tls`` would turn client certificates on or off.
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
         """
         if self._tls is None:
             message = "this WebSocket listener serves plaintext; it has no certificate to reload"
             raise InvalidState(message)
-        self._tls.check_reload(tls)
-        self._ssl = tls.ssl_context()  # parsed now: a bad certificate fails here, not later
+        self._ssl = self._tls.check_reload(tls)
         self._tls = tls
 
     def client_identity(self, transport: asyncio.BaseTransport) -> Identity | None:
