@@ -16,11 +16,13 @@ Exception tree::
     │   └── MalformedFrame
     ├── DeadlineExceeded
     ├── NotFound
-    │   └── SkillNotFound
+    │   ├── SkillNotFound
+    │   └── UnknownRecipient       (the envelope is addressed to another agent)
     ├── AlreadyExists
     │   └── IdempotencyKeyReused   (an envelope id reused for different content)
     ├── PermissionDenied
-    │   └── SenderMismatch
+    │   ├── SenderMismatch
+    │   └── IdentityMismatch       (a token and a client certificate name different subjects)
     ├── ResourceExhausted
     │   ├── RateLimited            (carries retry_after, sent as google.rpc.RetryInfo)
     │   ├── MessageTooLarge
@@ -239,6 +241,13 @@ class SkillNotFound(NotFound):
     default_message = "no such skill"
 
 
+class UnknownRecipient(NotFound):
+    """The envelope's recipient is not the agent this server serves."""
+
+    default_reason = "UNKNOWN_RECIPIENT"
+    default_message = "the envelope is addressed to another agent"
+
+
 class AlreadyExists(AsapError):
     """The entity a request would create already exists."""
 
@@ -267,6 +276,13 @@ class SenderMismatch(PermissionDenied):
 
     default_reason = "SENDER_MISMATCH"
     default_message = "the envelope sender is not the authenticated identity"
+
+
+class IdentityMismatch(PermissionDenied):
+    """The bearer token's subject is not the identity of the connection's client certificate."""
+
+    default_reason = "IDENTITY_MISMATCH"
+    default_message = "the bearer token and the client certificate name different identities"
 
 
 class ResourceExhausted(AsapError):

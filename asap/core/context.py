@@ -93,6 +93,7 @@ class CallContext:
         "metadata",
         "method",
         "peer",
+        "tls_identity",
         "transport",
     )
 
@@ -117,7 +118,10 @@ class CallContext:
         self.deadline_enforced_by_transport = deadline_enforced_by_transport
         """True when the transport itself cancels the call at its deadline (gRPC does)."""
         self.identity: Identity | None = None
-        """Set by authentication middleware."""
+        """Set by authentication middleware (or by the transport from a client certificate)."""
+        self.tls_identity: Identity | None = None
+        """The identity of the connection's verified client certificate (mTLS), set by the
+        transport; authentication may replace :attr:`identity` only with the same subject."""
         self.eager = False
         """True while the transport runs the call eagerly, outside any task (see
         :func:`asap.core.tasks.start_eagerly`); the core hands off before code that needs a task."""
