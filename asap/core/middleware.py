@@ -19,6 +19,7 @@ from typing import Protocol
 
 from asap._typing import MetadataValue
 from asap.core import probes
+from asap.core.context import AUTHORIZATION as AUTHORIZATION  # re-exported, its former home
 from asap.core.context import CallContext, Identity
 from asap.core.interceptors import Interceptor
 from asap.errors import RateLimited, ResourceExhausted, SenderMismatch, Unauthenticated
@@ -33,12 +34,11 @@ Middleware = Interceptor
 TokenVerifier = Callable[[str], Awaitable[Identity | None]]
 """Checks a bearer token; returns the identity, or None when the token is not valid."""
 
-AUTHORIZATION = "authorization"
-"""The metadata key (and HTTP header) that carries ``Bearer <token>``."""
-
 
 class BearerAuth(Interceptor):
     """Require ``authorization: Bearer <token>`` and put the verified identity in the context.
+
+    The token is read from :attr:`CallContext.credentials` (``ctx.metadata`` holds it redacted).
 
     Raises UNAUTHENTICATED (reason MISSING_CREDENTIALS or INVALID_TOKEN). A verifier may raise
     :class:`~asap.errors.PermissionDenied` itself for a valid token that may not call this agent.
@@ -103,7 +103,7 @@ class BearerAuth(Interceptor):
     async def on_call(self, ctx: CallContext) -> None:
         """Verify the bearer token."""
         try:
-            ctx.identity = await self.authenticate(ctx.metadata_value(AUTHORIZATION))
+            ctx.identity = await self.authenticate(ctx.credentials)
         except Unauthenticated:
             if self.on_failure is not None:
                 await self.on_failure(ctx)

@@ -217,6 +217,27 @@ async def test_connections_past_the_per_peer_cap_are_refused_with_1013(
     assert (await _status(again, 1, MANIFEST)).code == 0
 
 
+async def test_behind_a_trusted_proxy_the_cap_counts_the_forwarded_client(raw_ws: RawWs) -> None:
+    """Through a trusted proxy each forwarded client has its own cap, not the proxy's address."""
+    server = Server(
+        make_agent(),
+        limits=Limits(rate_limit_per_second=0, max_connections_per_peer=1),
+        trusted_proxies=["127.0.0.0/8"],
+    )
+    server.add_websocket("127.0.0.1:0")
+    async with server:
+        url = server.endpoints()[0].url
+
+        def via_proxy(client: str) -> dict[str, str]:
+            return {"X-Forwarded-For": client}
+
+        await raw_ws(url, additional_headers=via_proxy("198.51.100.1"))
+        await raw_ws(url, additional_headers=via_proxy("198.51.100.2"))
+        again = await raw_ws(url, additional_headers=via_proxy("198.51.100.1"))
+        assert await _closed(again) == (1013, "too many connections from this address")
+        assert _listener(server).connections_from("198.51.100.2") == 1
+
+
 async def test_the_per_peer_map_forgets_peers_that_left(serve: ServeFactory, raw_ws: RawWs) -> None:
     """Peers with no connection left are not remembered (the map is bounded by open connections)."""
     served = await serve()

@@ -33,11 +33,14 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from ssl import SSLContext, SSLObject
 
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from asap.core import probes
+from asap.core.certificates import certificate_identity
+from asap.core.context import Identity
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.core.middleware import BearerAuth
@@ -45,7 +48,8 @@ from asap.errors import InvalidState
 from asap.protocol.admission import Counts
 from asap.protocol.frames import SUBPROTOCOLS, CloseCode
 from asap.protocol.limits import Limits
-from asap.tls import ServerTLS
+from asap.protocol.proxies import TrustedProxies
+from asap.tls import ServerTLS, certificate_from_ssl
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.ws.handshake import HandshakePolicy, HttpEndpoint, select_subprotocol
 from asap.transports.ws.http_endpoints import HEALTH_PATH, health_endpoint
@@ -86,6 +90,8 @@ class WebSocketServerTransport(ServerTransport):
         subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
             handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
             turns off the costlier decoder for peers that do not need it.
+        trusted_proxies: Peers whose handshake's ``X-Forwarded-For`` header names the client
+            (the peer calls see); from any other peer it is ignored.
         handshake_auth: Verify the handshake's credentials with this guard before the upgrade
             (HTTP 401 when they do not verify; :mod:`asap.transports.ws.handshake_auth`). None
             lets every handshake through and leaves authentication to each call.
@@ -109,6 +115,7 @@ class WebSocketServerTransport(ServerTransport):
         allowed_origins: Sequence[str] | None,
         http_endpoints: Mapping[str, HttpEndpoint] | None = None,
         subprotocols: Sequence[str] = SUBPROTOCOLS,
+        trusted_proxies: TrustedProxies | None = None,
         handshake_auth: BearerAuth | None = None,
         handshake_charge: Callable[[str], Awaitable[float]] | None = None,
     ) -> None:
@@ -122,6 +129,8 @@ class WebSocketServerTransport(ServerTransport):
         self.subprotocols = tuple(name for name in SUBPROTOCOLS if name in subprotocols)
         """The subprotocols this listener accepts, most preferred first."""
         self.dispatcher = dispatcher
+        self.trusted_proxies = trusted_proxies or TrustedProxies(())
+        """Peers whose handshake's ``X-Forwarded-For`` names the client the core sees."""
         self.health = health
         self.limits = limits
         self.handshake_auth = handshake_auth
@@ -136,6 +145,8 @@ class WebSocketServerTransport(ServerTransport):
         self._host = host
         self._port = port
         self._tls = tls
+        self._ssl: SSLContext | None = None
+        """The context new handshakes use (see reload_tls)."""
         self._path = path
         self._server: asyncio.Server | None = None
         self._accepted: set[ServerBridgeConnection] = set()
@@ -219,7 +230,12 @@ class WebSocketServerTransport(ServerTransport):
             message = "the WebSocket transport was already started"
             raise InvalidState(message)
         loop = asyncio.get_running_loop()
-        ssl = None if self._tls is None else self._tls.ssl_context()
+        ssl = None
+        if self._tls is not None:
+            ssl = self._ssl = self._tls.ssl_context()
+            # Every handshake asks for the current context (reload_tls replaces it); the callback
+            # runs without SNI too (server_name None), so a client dialling an IP is served alike.
+            ssl.sni_callback = self._current_context
         self._server = await loop.create_server(
             self._new_connection,
             self._host,
@@ -230,6 +246,44 @@ class WebSocketServerTransport(ServerTransport):
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self.health.subscribe(self._on_health)
+
+    def _current_context(
+        self, ssl_object: SSLObject, _server_name: str | None, initial: SSLContext
+    ) -> None:
+        current = self._ssl
+        if current is not None and current is not initial:
+            ssl_object.context = current
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """What new connections are served with (None: plaintext)."""
+        return self._tls
+
+    def reload_tls(self, tls: ServerTLS) -> None:
+        """Use ``tls`` for every new connection; connections already open keep theirs.
+
+        Raises:
+            InvalidState: The listener serves plaintext.
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
+        """
+        if self._tls is None:
+            message = "this WebSocket listener serves plaintext; it has no certificate to reload"
+            raise InvalidState(message)
+        self._ssl = self._tls.check_reload(tls)
+        self._tls = tls
+
+    def client_identity(self, transport: asyncio.BaseTransport) -> Identity | None:
+        """The identity of the connection's verified client certificate (mTLS), or None."""
+        tls = self._tls
+        ssl_object = transport.get_extra_info("ssl_object")
+        if tls is None or tls.client_ca is None or not isinstance(ssl_object, SSLObject):
+            return None
+        certificate = certificate_from_ssl(
+            ssl_object.getpeercert(), ssl_object.getpeercert(binary_form=True)
+        )
+        if certificate is None:
+            return None
+        return certificate_identity(tls.client_identity(certificate))
 
     def _new_connection(self) -> ServerBridgeConnection:
         ws = ServerProtocol(

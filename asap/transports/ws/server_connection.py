@@ -30,7 +30,7 @@ from google.protobuf.message import Message
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from asap.core.context import ANONYMOUS_PREFIX, CallContext
+from asap.core.context import ANONYMOUS_PREFIX, CallContext, Identity
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS
 from asap.core.middleware import AUTHORIZATION
@@ -58,6 +58,7 @@ from asap.protocol.events import (
 )
 from asap.protocol.frames import CloseCode, Codec
 from asap.protocol.metadata import Metadata
+from asap.protocol.proxies import FORWARDED_FOR, parse_peer, peer_string
 from asap.protocol.session import ServerSession
 from asap.transports.ws.handshake import credentials
 from asap.transports.ws.handshake_auth import check_credentials
@@ -121,6 +122,10 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.authorization: str | None = None
         self.user_agent: str | None = None
         """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
+        self.tls_identity: Identity | None = None
+        """The identity of the verified client certificate (mTLS), given to every call."""
+        self.call_peer: str | None = None
+        """The client a trusted proxy forwarded this connection for: the peer calls see."""
         self._handler_time = 0.0
         """Seconds the current read spent running calls eagerly (not charged to the decode budget)."""
         self.idle = asyncio.Event()
@@ -129,7 +134,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._running = 0
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.peer_key = "unknown"
-        """The peer for per-peer limits: its IPv4 address or IPv6 /64."""
+        """The peer for per-peer limits: its IPv4 address or IPv6 /64 (behind a trusted proxy,
+        the forwarded client's)."""
         self._idle_since = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._verifying: asyncio.Task[None] | None = None
@@ -174,8 +180,14 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         """Check the request against the policy (and its credentials), then accept or refuse it."""
         if not isinstance(event, Request):  # pragma: no cover - a server receives requests only
             return
-        response = self.listener.policy.check(self.server_ws, event)
-        if response is None and self.listener.handshake_auth is not None:
+        listener = self.listener
+        if listener.trusted_proxies:  # per-peer limits count the client a trusted proxy names
+            forwarded = event.headers.get_all(FORWARDED_FOR)
+            client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
+            if client is not None:
+                self.peer_key = peer_key(str(client))
+        response = listener.policy.check(self.server_ws, event)
+        if response is None and listener.handshake_auth is not None:
             # The verifier is async: answer when it returns. Nothing is read meanwhile (a client
             # sends no frame before the 101), and the handshake deadline still runs.
             self._hold(_VERIFYING)
@@ -220,6 +232,12 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         # soon as they pass their own, smaller cap, not after buffering max_frame_bytes of them.
         ws.max_message_size = session.codec.max_frame_bytes
         self.authorization = credentials(event)
+        if self.transport is not None:
+            self.tls_identity = listener.client_identity(self.transport)
+        if listener.trusted_proxies:
+            forwarded = event.headers.get_all(FORWARDED_FOR)
+            client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
+            self.call_peer = None if client is None else peer_string(client)
         user_agent = event.headers.get("User-Agent")
         if user_agent and set(user_agent) <= _TEXT_CHARS:
             # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
@@ -352,11 +370,13 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         ctx = CallContext(
             method=spec,
             metadata=metadata,
-            peer=self.peer,
+            peer=self.call_peer or self.peer,
             transport=TRANSPORT,
             timeout=event.timeout,
             deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
         )
+        if self.tls_identity is not None:
+            ctx.identity = ctx.tls_identity = self.tls_identity
         call = BridgeServerCall(self, stream_id, spec)
         call.ctx = ctx
         self.calls[stream_id] = call

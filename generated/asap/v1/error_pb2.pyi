@@ -121,6 +121,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The shared store the server keeps delivery outcomes or rate limits in (Redis) cannot be
     reached; nothing was processed, so a retry is safe.
     """
+    ERROR_REASON_UNKNOWN_RECIPIENT: _ErrorReason.ValueType  # 600
+    """The envelope's recipient is not the agent this server serves; nothing was delivered. The
+    server never answers for another agent (ErrorInfo.metadata "recipient" is the agent's URN).
+    """
+    ERROR_REASON_IDENTITY_MISMATCH: _ErrorReason.ValueType  # 601
+    """The bearer token's subject is not the identity of the client certificate on the same
+    connection (mutual TLS): the two credentials disagree, so neither is trusted.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the registry of google.rpc.ErrorInfo reasons that ASAP errors carry (with domain
@@ -225,6 +233,14 @@ ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 502
 """The shared store the server keeps delivery outcomes or rate limits in (Redis) cannot be
 reached; nothing was processed, so a retry is safe.
+"""
+ERROR_REASON_UNKNOWN_RECIPIENT: ErrorReason.ValueType  # 600
+"""The envelope's recipient is not the agent this server serves; nothing was delivered. The
+server never answers for another agent (ErrorInfo.metadata "recipient" is the agent's URN).
+"""
+ERROR_REASON_IDENTITY_MISMATCH: ErrorReason.ValueType  # 601
+"""The bearer token's subject is not the identity of the client certificate on the same
+connection (mutual TLS): the two credentials disagree, so neither is trusted.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
