@@ -26,12 +26,13 @@ from pathlib import Path
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from asap import schema_cli
+from asap import loops, schema_cli
 from asap.client import Client, task_envelope
 from asap.connect import connect
 from asap.core.access_log import ACCESS_LOGGER
 from asap.core.agent import Agent
 from asap.errors import AsapError, InsecureTransportError
+from asap.loops import LOOPS
 from asap.protocol.frames import SUBPROTOCOLS
 from asap.protocol.limits import Limits
 from asap.server import MetricsExporter, Server
@@ -410,6 +411,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--grace", type=float, default=5.0, help="seconds to drain on shutdown")
     serve.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="asyncio",
+        help="event loop: asyncio (default) or uvloop (pip install 'asap[uvloop]')",
+    )
+    serve.add_argument(
         "--store",
         metavar="URL",
         help="shared dedupe store: redis://HOST:PORT/DB, rediss:// or unix:// (needs asap[redis])",
@@ -505,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "access_log", False):
         logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     try:
-        return int(asyncio.run(args.run(args)))
+        return int(loops.run(args.run(args), loop=getattr(args, "loop", "asyncio")))
     except AsapError as error:
         _print_error(error)
         return 1

@@ -119,3 +119,35 @@ def test_agent_must_be_module_colon_attribute() -> None:
     result = run("serve", "--agent", "not-a-spec", "--grpc", "127.0.0.1:0")
     assert result.returncode != 0
     assert "MODULE:ATTR" in result.stderr
+
+
+def test_serve_on_uvloop_answers_on_both_transports() -> None:
+    """`asap serve --loop uvloop` serves the same calls (asap.loops picks the loop)."""
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [*ASAP, "serve", "--grpc", "127.0.0.1:0", "--ws", "127.0.0.1:0", "--loop", "uvloop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    try:
+        urls = [process.stdout.readline().split()[1] for _ in range(2)]
+        for url in urls:
+            result = run("send", url, "--skill", "echo", "--input", '{"text": "uv"}')
+            assert result.returncode == 0, result.stderr
+            assert json.loads(result.stdout)["envelope"]["taskResponse"]["result"] == {"text": "uv"}
+    finally:
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=30)
+        process.stdout.close()
+        if process.stderr is not None:
+            process.stderr.close()
+    assert status == 0
+
+
+def test_an_unknown_loop_is_a_usage_error() -> None:
+    """argparse refuses a loop that is not asyncio or uvloop (exit 2, the choices named)."""
+    result = run("serve", "--ws", "127.0.0.1:0", "--loop", "trio")
+    assert result.returncode == 2
+    assert "uvloop" in result.stderr

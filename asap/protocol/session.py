@@ -36,6 +36,7 @@ from typing import Self, cast
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 
+from asap._typing import Metadata
 from asap.errors import (
     AsapError,
     Cancelled,
@@ -76,6 +77,9 @@ from asap.v1 import bridge_pb2, status_pb2
 
 
 _DEFAULT_LIMITS = Limits()
+_OK = status_pb2.Status()
+_OK_STATUS = bridge_pb2.CallStatus(status=_OK)
+"""The CallStatus of nearly every call (OK, no trailers), built once; never modified."""
 _MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
 _Handler = Callable[[int, bridge_pb2.Frame, float], None]
 _MetadataIn = Iterable[tuple[str, str | bytes]]
@@ -530,7 +534,11 @@ class ServerSession(Session):
             return False
         # Encode everything first: if that fails (too large, an Any the JSON codec cannot resolve,
         # bad trailers) nothing is queued and the call is still open.
-        call_status = bridge_pb2.CallStatus(status=status, trailers=metadata_to_entries(trailers))
+        call_status = (
+            _OK_STATUS
+            if not trailers and status == _OK
+            else bridge_pb2.CallStatus(status=status, trailers=metadata_to_entries(trailers))
+        )
         codec = self.codec
         limit = self.limits.max_message_bytes
         if message is None or stream.combined:
@@ -587,8 +595,10 @@ class ServerSession(Session):
                 self._violation(CloseCode.PROTOCOL_ERROR, "stream ids must strictly increase")
             return
         try:
-            metadata = metadata_from_entries(
-                start.metadata, max_bytes=self.limits.max_metadata_bytes
+            metadata: Metadata = (
+                metadata_from_entries(start.metadata, max_bytes=self.limits.max_metadata_bytes)
+                if start.metadata
+                else ()
             )
             timeout = _timeout(start)
         except (MalformedFrame, ResourceExhausted) as exc:

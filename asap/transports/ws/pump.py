@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState as WsInvalidState
@@ -120,10 +120,9 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the transport (an ``asyncio.Transport`` for TCP and TLS)."""
-        if not isinstance(transport, asyncio.Transport):  # pragma: no cover - TCP/TLS only
-            transport.close()
-            return
-        self.transport = transport
+        # A stream transport (TCP or TLS). Not checked with isinstance: uvloop's transports
+        # implement asyncio.Transport's methods without subclassing it.
+        self.transport = cast("asyncio.Transport", transport)
         self.peer = peer_of(transport)
 
     def data_received(self, data: bytes) -> None:
