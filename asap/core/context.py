@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -143,21 +144,12 @@ class CallContext:
         """
         if self.identity is not None:
             return self.identity.subject
-        return f"{ANONYMOUS_PREFIX}{peer_key(self.peer_host)}"
+        return _anonymous_principal(self.peer)
 
     @property
     def peer_host(self) -> str:
         """The peer's address without its port (what anonymous limits are kept under)."""
-        host = self.peer
-        for prefix in ("ipv4:", "ipv6:"):
-            host = host.removeprefix(prefix)
-        # gRPC reports IPv6 peers percent-encoded ("ipv6:%5B::1%5D:5"); decode the brackets.
-        host = urllib.parse.unquote(host)
-        if host.startswith("["):
-            return host[1 : host.find("]")]
-        if host.count(":") == 1:
-            return host.rsplit(":", 1)[0]
-        return host
+        return _host_of(self.peer)
 
     @property
     def credentials(self) -> MetadataValue | None:
@@ -231,3 +223,27 @@ class CallContext:
     def abort(self, error: AsapError) -> NoReturn:
         """End the call now with ``error``; equivalent to raising it."""
         raise error
+
+
+def _host_of(peer: str) -> str:
+    """The address in a peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``) without its port."""
+    host = peer
+    for prefix in ("ipv4:", "ipv6:"):
+        host = host.removeprefix(prefix)
+    # gRPC reports IPv6 peers percent-encoded ("ipv6:%5B::1%5D:5"); decode the brackets.
+    host = urllib.parse.unquote(host)
+    if host.startswith("["):
+        return host[1 : host.find("]")]
+    if host.count(":") == 1:
+        return host.rsplit(":", 1)[0]
+    return host
+
+
+@functools.lru_cache(maxsize=4096)
+def _anonymous_principal(peer: str) -> str:
+    """``peer:<IPv4 or IPv6 /64>`` for a peer string.
+
+    Cached (bounded): the guards ask for it several times per call, and parsing the address was a
+    visible share of a call's cost.
+    """
+    return f"{ANONYMOUS_PREFIX}{peer_key(_host_of(peer))}"
