@@ -368,7 +368,9 @@ def _behaviour(
 
             async def unary_unary(request: Message, context: Servicer) -> Message:
                 return await answer(
-                    _context(spec, context), _UnaryRequestCall(request, context, deserialize), context
+                    _context(spec, context),
+                    _UnaryRequestCall(request, context, deserialize),
+                    context,
                 )
 
             return unary_unary
