@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Protocol, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -22,6 +23,7 @@ from google.protobuf.message import Message
 from asap._typing import Metadata
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS, Arity, MethodSpec
+from asap.core.tasks import TaskOwner
 from asap.errors import AsapError, Cancelled, ConnectionLost, InvalidState
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 from asap.tls import ClientTLS, check_plaintext_allowed
@@ -77,6 +79,62 @@ def _iterator(
     return aiter(requests)
 
 
+StreamingRequestCall = (
+    grpc.aio.StreamUnaryCall[Message, Message] | grpc.aio.StreamStreamCall[Message, Message]
+)
+
+
+class _CoreSender(Protocol):
+    """The send half of grpc.aio's Cython call (``call._cython_call``)."""
+
+    async def send_serialized_message(self, message: bytes) -> None: ...
+
+
+def _sender(call: StreamingRequestCall) -> Callable[[Message], Awaitable[None]]:
+    """How to write one request on ``call`` such that a refused write does not mask the status.
+
+    grpc.aio's own ``write`` (and its request-iterator consumer, which uses it) turns a write that
+    grpc core refuses because the call has just ended into a status of its own, INTERNAL
+    "Internal error from Core", which replaces the status the server sent: a caller that was still
+    uploading when the server refused its call would see a broken connection instead of the
+    refusal. Writing through the call's core object leaves the status alone; where that object is
+    not there (another grpc version), the public ``write`` is the fallback.
+    """
+    core = getattr(call, "_cython_call", None)
+    send = getattr(core, "send_serialized_message", None)
+    if core is None or not callable(send):
+        return call.write
+    sender = cast("_CoreSender", core)
+
+    async def write(message: Message) -> None:
+        await sender.send_serialized_message(message.SerializeToString())
+
+    return write
+
+
+async def _upload(call: StreamingRequestCall, requests: AsyncIterator[Message]) -> None:
+    """Write ``requests`` on ``call``, then half-close; stop quietly once the call has ended.
+
+    As grpc.aio's request-iterator consumer, except that a write refused because the call ended
+    leaves the server's status for the caller (see :func:`_sender`). A request iterator that
+    raises cancels the call, as grpc.aio does.
+    """
+    write = _sender(call)
+    try:
+        await call.wait_for_connection()  # initial metadata first: grpc core needs that order
+        async for request in requests:
+            if call.done():
+                return
+            await write(request)
+        if not call.done():
+            await call.done_writing()
+    except (grpc.aio.AioRpcError, grpc.aio.BaseError, asyncio.InvalidStateError):
+        return  # the call is over; its status is what the caller reads
+    except Exception:  # noqa: BLE001 - the caller's iterator failed: end the call, as grpc.aio does
+        _log.debug("the request iterator of %s failed", call, exc_info=True)
+        call.cancel()
+
+
 class GrpcChannel(Channel):
     """A Channel to one agent over gRPC.
 
@@ -127,6 +185,8 @@ class GrpcChannel(Channel):
             channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._channel = channel
         self._closed = False
+        self._uploads = TaskOwner("asap.grpc.upload")
+        """The tasks writing client-streaming calls' requests (one per call in flight)."""
         # One multicallable per method, by path; close() empties these so a closed channel fails
         # the lookup instead of paying for a flag check on every call.
         self._unary_unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
@@ -219,25 +279,29 @@ class GrpcChannel(Channel):
             if not isinstance(requests, Message):
                 message = f"{method.name} takes one request message"
                 raise TypeError(message)
-            call = unary_stream(requests, timeout=options.timeout, metadata=metadata)
-            return GrpcResponseStream(self, call)
+            return GrpcResponseStream(
+                self, unary_stream(requests, timeout=options.timeout, metadata=metadata)
+            )
+        call: StreamingRequestCall
         if method.arity is Arity.STREAM_UNARY:
             stream_unary = self._stream_unary.get(method.path)
             if stream_unary is None:
                 raise self._misuse(method)
-            return GrpcResponseStream(
-                self,
-                stream_unary(
-                    _iterator(method, requests), timeout=options.timeout, metadata=metadata
-                ),
-            )
-        stream_stream = self._stream_stream.get(method.path)
-        if stream_stream is None:
-            raise self._misuse(method)
-        return GrpcResponseStream(
-            self,
-            stream_stream(_iterator(method, requests), timeout=options.timeout, metadata=metadata),
-        )
+            upload = _iterator(method, requests)
+            call = stream_unary(timeout=options.timeout, metadata=metadata)
+        else:
+            stream_stream = self._stream_stream.get(method.path)
+            if stream_stream is None:
+                raise self._misuse(method)
+            upload = _iterator(method, requests)
+            call = stream_stream(timeout=options.timeout, metadata=metadata)
+        task = self._uploads.spawn(_upload(call, upload), name=f"asap.grpc.upload {method.name}")
+
+        def call_over(_call: object) -> None:
+            task.cancel()  # nothing is written any more, and the iterator may wait forever
+
+        call.add_done_callback(call_over)
+        return GrpcResponseStream(self, call)
 
     async def close(self) -> None:
         """Close the connection; calls in flight fail with ConnectionLost (UNAVAILABLE)."""
@@ -249,6 +313,7 @@ class GrpcChannel(Channel):
         self._stream_unary.clear()
         self._stream_stream.clear()
         await self._channel.close()
+        await self._uploads.close()
 
     def _misuse(self, method: MethodSpec) -> Exception:
         if self._closed:
