@@ -188,7 +188,9 @@ class _UnaryRequestCall:
     grpc.aio's unary handlers get the first request message and would drop a second one unseen;
     the core's second ``read`` goes on to ``context.read()``, which returns the next message
     (undecoded: grpc.aio gives a unary-request handler's context no deserializer) or EOF once
-    the caller half-closed. One receive, far cheaper than a streaming-request handler's two.
+    the caller half-closed. The same two receives as a streaming-request handler makes, on
+    grpc's unary path (measured: no cheaper for a unary caller, whose request and half-close
+    arrive together; cheaper for one that sends through a request stream).
     """
 
     __slots__ = ("context", "deserialize", "request", "response")
