@@ -1,9 +1,10 @@
-"""A client-streaming call the server ends while the caller is still sending reports the server's
-status, not a transport failure of the caller's own making.
+"""Client-streaming calls that end while the caller is still sending: the caller learns why.
 
-The server refuses these calls at once (no credentials), so the caller's next request is usually
-on its way when the status arrives; each scenario runs several times because that race decides
-which of the two a broken client reports.
+A call the server ends early reports the server's status, not a transport failure of the caller's
+own making. The server refuses these calls at once (no credentials), so the caller's next request
+is usually on its way when the status arrives; each scenario runs several times because that race
+decides which of the two a broken client reports. A request iterator that raises ends the call
+with Cancelled, caused by the iterator's exception.
 """
 
 from __future__ import annotations
@@ -50,3 +51,22 @@ async def test_refused_publish_reports_the_servers_error(auth_harness: Harness) 
         with pytest.raises(errors.Unauthenticated) as caught:
             await auth_harness.client.publish(_many())
         assert caught.value.reason == "MISSING_CREDENTIALS"
+
+
+class _IteratorFailed(Exception):
+    """What the caller's request iterator raises."""
+
+
+async def _failing() -> AsyncIterator[envelope_pb2.Envelope]:
+    yield envelope("echo")
+    raise _IteratorFailed
+
+
+async def test_failing_request_iterator_cancels_the_call(harness: Harness) -> None:
+    """A Publish whose request iterator raises fails with Cancelled, caused by that exception."""
+    with pytest.raises(errors.Cancelled) as caught:
+        await harness.client.publish(_failing())
+    assert caught.value.reason == "CANCELLED"
+    assert isinstance(caught.value.__cause__, _IteratorFailed)
+    results = await harness.client.publish([envelope("echo")])  # the client goes on
+    assert len(results) == 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Protocol, cast
 
 import grpc
@@ -112,27 +112,55 @@ def _sender(call: StreamingRequestCall) -> Callable[[Message], Awaitable[None]]:
     return write
 
 
-async def _upload(call: StreamingRequestCall, requests: AsyncIterator[Message]) -> None:
-    """Write ``requests`` on ``call``, then half-close; stop quietly once the call has ended.
+class _Upload:
+    """Writes a client-streaming call's requests, then half-closes; stops once the call ends.
 
     As grpc.aio's request-iterator consumer, except that a write refused because the call ended
-    leaves the server's status for the caller (see :func:`_sender`). A request iterator that
-    raises cancels the call, as grpc.aio does.
+    leaves the server's status for the caller (see :func:`_sender`), and a request iterator that
+    raises ends the call with :attr:`error` (Cancelled, caused by the iterator's exception) for
+    the caller instead of a bare CancelledError, as on the bridge.
     """
-    write = _sender(call)
-    try:
-        await call.wait_for_connection()  # initial metadata first: grpc core needs that order
-        async for request in requests:
-            if call.done():
-                return
-            await write(request)
-        if not call.done():
-            await call.done_writing()
-    except (grpc.aio.AioRpcError, grpc.aio.BaseError, asyncio.InvalidStateError):
-        return  # the call is over; its status is what the caller reads
-    except Exception:  # noqa: BLE001 - the caller's iterator failed: end the call, as grpc.aio does
-        _log.debug("the request iterator of %s failed", call, exc_info=True)
-        call.cancel()
+
+    __slots__ = ("call", "error", "method", "started")
+
+    def __init__(self, call: StreamingRequestCall, method: MethodSpec) -> None:
+        self.call = call
+        self.method = method
+        self.error: AsapError | None = None
+        """Why the upload ended the call (the request iterator failed), else None."""
+        self.started = False
+        """True once :meth:`run` runs: from then on the iterator has been started, so cancelling
+        the upload ends it where it waits and its own cleanup runs (a DuplexStream's releases
+        waiting senders), which a generator that never started cannot do."""
+
+    async def run(self, requests: AsyncIterator[Message]) -> None:
+        """Write every request, pulling the iterator first (also when the call is already over)."""
+        self.started = True
+        call = self.call
+        write = _sender(call)
+        connected = False
+        try:
+            async for request in requests:
+                if not connected:  # initial metadata first: grpc core needs that order
+                    await call.wait_for_connection()
+                    connected = True
+                if call.done():
+                    return
+                await write(request)
+            if not call.done():
+                await call.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.BaseError, asyncio.InvalidStateError):
+            return  # the call is over; its status is what the caller reads
+        except Exception as exc:  # noqa: BLE001 - the request iterator is the caller's code
+            _log.exception("the request iterator of %s failed", self.method.path)
+            error = Cancelled("the request iterator failed")
+            error.__cause__ = exc
+            self.error = error
+            call.cancel()
+        finally:
+            if isinstance(requests, AsyncGenerator):
+                # Finish the caller's generator here rather than in the loop's finalizer task.
+                await requests.aclose()
 
 
 class GrpcChannel(Channel):
@@ -295,13 +323,17 @@ class GrpcChannel(Channel):
                 raise self._misuse(method)
             upload = _iterator(method, requests)
             call = stream_stream(timeout=options.timeout, metadata=metadata)
-        task = self._uploads.spawn(_upload(call, upload), name=f"asap.grpc.upload {method.name}")
+        uploader = _Upload(call, method)
+        task = self._uploads.spawn(uploader.run(upload), name=f"asap.grpc.upload {method.name}")
 
         def call_over(_call: object) -> None:
-            task.cancel()  # nothing is written any more, and the iterator may wait forever
+            # Nothing is written any more, and the iterator may wait forever. An upload that has
+            # not started is left to start, pull the iterator once and stop (see _Upload).
+            if uploader.started:
+                task.cancel()
 
         call.add_done_callback(call_over)
-        return GrpcResponseStream(self, call)
+        return GrpcResponseStream(self, call, uploader)
 
     async def close(self) -> None:
         """Close the connection; calls in flight fail with ConnectionLost (UNAVAILABLE)."""
@@ -335,12 +367,19 @@ class GrpcChannel(Channel):
         return None
 
 
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (its own CancelledError is then not ours)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class GrpcResponseStream(ResponseStream):
     """The responses of a grpc.aio streaming call (for client streaming: its one response).
 
     Args:
         channel: The channel the call runs on.
         call: The grpc.aio call; a StreamUnaryCall yields its one response, then ends.
+        upload: What writes a client-streaming call's requests.
     """
 
     def __init__(
@@ -349,9 +388,11 @@ class GrpcResponseStream(ResponseStream):
         call: grpc.aio.UnaryStreamCall[Message, Message]
         | grpc.aio.StreamStreamCall[Message, Message]
         | grpc.aio.StreamUnaryCall[Message, Message],
+        upload: _Upload | None = None,
     ) -> None:
         self._channel = channel
         self._call = call
+        self._upload = upload
         self._reader: (
             grpc.aio.UnaryStreamCall[Message, Message]
             | grpc.aio.StreamStreamCall[Message, Message]
@@ -399,6 +440,9 @@ class GrpcResponseStream(ResponseStream):
         except asyncio.CancelledError:
             self._done = True
             local = self._channel._not_ours(cancelled_locally=self._cancelled)  # noqa: SLF001 - a friend class
+            failed = self._upload.error if self._upload is not None else None
+            if failed is not None and not _cancelling():
+                raise failed from failed.__cause__  # the upload cancelled the call
             if local is None:
                 raise
             raise local from None
