@@ -141,11 +141,11 @@ class _Upload:
         connected = False
         try:
             async for request in requests:
+                if call.done():
+                    return
                 if not connected:  # initial metadata first: grpc core needs that order
                     await call.wait_for_connection()
                     connected = True
-                if call.done():
-                    return
                 await write(request)
             if not call.done():
                 await call.done_writing()
