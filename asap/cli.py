@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import ipaddress
 import json
 import logging
 import os
@@ -64,8 +65,22 @@ def _load_agent(spec: str) -> Agent:
     return agent
 
 
-def _server_tls(cert: str, key: str) -> ServerTLS:
-    return ServerTLS(Path(cert).read_bytes(), Path(key).read_bytes())
+def _cidr(text: str) -> str:
+    """An argparse type: a network or an address (``10.0.0.0/8``, ``::1``)."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        message = f"not a network (CIDR) or an address: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    return text
+
+
+def _server_tls(cert: str, key: str, client_ca: str | None = None) -> ServerTLS:
+    return ServerTLS(
+        Path(cert).read_bytes(),
+        Path(key).read_bytes(),
+        client_ca=None if client_ca is None else Path(client_ca).read_bytes(),
+    )
 
 
 def _store_options(args: argparse.Namespace) -> None:
@@ -119,7 +134,10 @@ async def _serve(args: argparse.Namespace) -> int:
         if not (args.tls_cert and args.tls_key):
             message = "--tls-cert and --tls-key go together"
             raise SystemExit(message)
-        tls = _server_tls(args.tls_cert, args.tls_key)
+        tls = _server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    elif args.tls_client_ca:
+        message = "--tls-client-ca needs --tls-cert and --tls-key"
+        raise SystemExit(message)
     auth = None
     token = _token(args)
     if token:
@@ -135,7 +153,11 @@ async def _serve(args: argparse.Namespace) -> int:
         store = RedisDedupeStore.from_url(args.store)
         await store.ping()  # fail at start, with a clear error, when Redis is not there
         buckets = RedisRateLimiter(redis_connect(args.store))  # limits shared by every worker
-    limits = Limits(rate_limit_per_second=args.rate_limit, rate_limit_burst=args.rate_burst)
+    limits = Limits(
+        rate_limit_per_second=args.rate_limit,
+        rate_limit_burst=args.rate_burst,
+        max_connections_per_peer=args.max_connections_per_peer,
+    )
     metrics = _metrics(args.metrics)
     server = Server(
         _load_agent(args.agent),
@@ -146,6 +168,7 @@ async def _serve(args: argparse.Namespace) -> int:
         metrics=metrics,
         metrics_address=args.metrics or None,
         access_log=args.access_log,
+        trusted_proxies=args.trusted_proxy or (),
     )
     if args.grpc:
         server.add_grpc(args.grpc, tls=tls, reuse_port=args.reuse_port)
@@ -156,6 +179,7 @@ async def _serve(args: argparse.Namespace) -> int:
             reuse_port=args.reuse_port,
             allowed_origins=args.allow_origin or None,
             subprotocols=args.ws_subprotocol or None,
+            authenticate_handshake=args.ws_authenticate_handshake,
         )
     if args.advertise:
         server.advertise([_endpoint(url) for url in args.advertise])
@@ -351,6 +375,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", metavar="FILE", help="PEM certificate chain (enables TLS)")
     serve.add_argument("--tls-key", metavar="FILE", help="PEM private key")
     serve.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates from this PEM CA bundle (mTLS); a certificate's first "
+        "URI SAN (else DNS SAN, else CN) is the caller's identity",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        type=_cidr,
+        metavar="CIDR",
+        help="a reverse proxy's network (repeatable): its connections' X-Forwarded-For names the "
+        "client (rate limits, logs); ignored from every other peer",
+    )
+    serve.add_argument(
         "--agent", metavar="MODULE:ATTR", default=DEFAULT_AGENT, help="the agent to serve"
     )
     serve.add_argument("--token", help="require this bearer token (visible in ps: prefer the next)")
@@ -395,6 +433,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--rate-burst", type=int, default=_DEFAULT_LIMITS.rate_limit_burst, help="rate-limit burst"
+    )
+    serve.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        default=_DEFAULT_LIMITS.max_connections_per_peer,
+        metavar="N",
+        help="bridge connections one IPv4 address or IPv6 /64 may hold (0: no cap; raise it "
+        "behind a reverse proxy)",
+    )
+    serve.add_argument(
+        "--ws-authenticate-handshake",
+        action="store_true",
+        help="refuse bridge handshakes whose Authorization header (or access_token) does not "
+        "verify with HTTP 401 (needs a token)",
     )
     serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument(

@@ -7,7 +7,7 @@ only module that names both transports.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from asap.client import Client, RetryPolicy, TokenSource
@@ -125,6 +125,44 @@ def rank_endpoints(
     return [url for _, _, url in sorted(ranked)]
 
 
+def url_host(url: str) -> str:
+    """The host of ``url`` as credentials are scoped to it: lowercase, without a trailing dot."""
+    return (urlsplit(url).hostname or "").rstrip(".").lower()
+
+
+def same_host_endpoints(
+    url: str,
+    endpoints: Sequence[str],
+    *,
+    allow_credentials_to: Iterable[str] = (),
+    trust_manifest_hosts: bool = False,
+) -> list[str]:
+    """Keep the endpoints on the host of ``url`` (or on a host the caller allowed), in order.
+
+    The host must match exactly (no DNS resolution: ``localhost``, ``127.0.0.1`` and
+    ``127.0.0.2`` are three hosts); scheme and port may differ, since one agent serves several
+    transports on several ports. Each endpoint left out is logged at WARNING with its host.
+    """
+    if trust_manifest_hosts:
+        return list(endpoints)
+    allowed = {url_host(url)} | {host.rstrip(".").lower() for host in allow_credentials_to}
+    kept: list[str] = []
+    for endpoint in endpoints:
+        host = url_host(endpoint)
+        if host in allowed:
+            kept.append(endpoint)
+            continue
+        _log.warning(
+            "skipping endpoint %s: its host %r is not %r, which the caller named; pass "
+            "allow_credentials_to=[%r] to discover() to send credentials there",
+            endpoint,
+            host,
+            url_host(url),
+            host,
+        )
+    return kept
+
+
 async def discover(
     url: str,
     *,
@@ -138,6 +176,8 @@ async def discover(
     retry: RetryPolicy | None = None,
     cooldown: float = 30.0,
     interceptors: Sequence[ClientInterceptor] = (),
+    allow_credentials_to: Iterable[str] = (),
+    trust_manifest_hosts: bool = False,
 ) -> Client:
     """Learn every endpoint of the agent at ``url`` and return a Client that falls back between them.
 
@@ -145,6 +185,11 @@ async def discover(
     last if the manifest does not list it), and returns a Client over a
     :class:`~asap.fallback.FallbackChannel`: calls use the best endpoint that works, and move to
     the next one at run time when a transport becomes unreachable.
+
+    Credentials (``token``, what ``interceptors`` add, a client certificate in ``tls``) go only
+    to the host of ``url``: manifest endpoints on another host are skipped, with a warning naming
+    the host, unless that host is in ``allow_credentials_to`` or ``trust_manifest_hosts`` is
+    true (see :func:`same_host_endpoints`).
 
     Raises:
         AsapError: GetManifest failed at ``url``.
@@ -157,7 +202,12 @@ async def discover(
     )
     async with bootstrap:
         manifest = await bootstrap.get_manifest()
-    advertised = [endpoint.url for endpoint in manifest.endpoints]
+    advertised = same_host_endpoints(
+        url,
+        [endpoint.url for endpoint in manifest.endpoints],
+        allow_credentials_to=allow_credentials_to,
+        trust_manifest_hosts=trust_manifest_hosts,
+    )
     urls = rank_endpoints(advertised, prefer, allow_insecure=allow_insecure)
     if url not in urls:
         urls.append(url)

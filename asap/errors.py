@@ -16,15 +16,18 @@ Exception tree::
     │   └── MalformedFrame
     ├── DeadlineExceeded
     ├── NotFound
-    │   └── SkillNotFound
+    │   ├── SkillNotFound
+    │   └── UnknownRecipient       (the envelope is addressed to another agent)
     ├── AlreadyExists
     │   └── IdempotencyKeyReused   (an envelope id reused for different content)
     ├── PermissionDenied
-    │   └── SenderMismatch
+    │   ├── SenderMismatch
+    │   └── IdentityMismatch       (a token and a client certificate name different subjects)
     ├── ResourceExhausted
     │   ├── RateLimited            (carries retry_after, sent as google.rpc.RetryInfo)
     │   ├── MessageTooLarge
     │   ├── TooManyCalls
+    │   ├── PrincipalQuotaExceeded (one principal's calls in flight, over every connection)
     │   ├── FlowControlViolation   (a bridge peer sent beyond its credit)
     │   └── TooManyEnvelopes
     ├── FailedPrecondition
@@ -160,6 +163,9 @@ class AsapError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.trailing_metadata: Metadata = ()
         """Trailing metadata of the failed call (set on the client side)."""
+        self.from_peer = False
+        """True when decoded from a status carrying ASAP's ErrorInfo: an ASAP server answered.
+        False for errors raised locally, by a transport library or by a proxy."""
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -236,6 +242,13 @@ class SkillNotFound(NotFound):
     default_message = "no such skill"
 
 
+class UnknownRecipient(NotFound):
+    """The envelope's recipient is not the agent this server serves."""
+
+    default_reason = "UNKNOWN_RECIPIENT"
+    default_message = "the envelope is addressed to another agent"
+
+
 class AlreadyExists(AsapError):
     """The entity a request would create already exists."""
 
@@ -264,6 +277,13 @@ class SenderMismatch(PermissionDenied):
 
     default_reason = "SENDER_MISMATCH"
     default_message = "the envelope sender is not the authenticated identity"
+
+
+class IdentityMismatch(PermissionDenied):
+    """The bearer token's subject is not the identity of the connection's client certificate."""
+
+    default_reason = "IDENTITY_MISMATCH"
+    default_message = "the bearer token and the client certificate name different identities"
 
 
 class ResourceExhausted(AsapError):
@@ -305,6 +325,13 @@ class TooManyCalls(ResourceExhausted):
 
     default_reason = "TOO_MANY_CALLS"
     default_message = "too many concurrent calls"
+
+
+class PrincipalQuotaExceeded(ResourceExhausted):
+    """One principal has ``Limits.max_calls_per_principal`` calls in flight already."""
+
+    default_reason = "PRINCIPAL_QUOTA_EXCEEDED"
+    default_message = "too many calls in flight for this principal"
 
 
 class FlowControlViolation(ResourceExhausted):
@@ -526,22 +553,27 @@ def from_status(status: status_pb2.Status, *, close_code: int | None = None) -> 
             retry_after = retry.retry_delay.ToNanoseconds() / 1e9
             continue
         details.append(_unpack(packed))
+    from_peer = reason is not None
     cls = error_class_for(code, reason)
     if reason is None or REASON_CODES.get(reason, cls.code) != cls.code:
         reason = cls.default_reason
+    error: AsapError
     if cls is RateLimited:
-        return RateLimited(
+        error = RateLimited(
             status.message,
             retry_after=retry_after if retry_after is not None else 1.0,
             reason=reason,
             details=details,
             metadata=metadata,
         )
-    if cls is ConnectionLost:
-        return ConnectionLost(
+    elif cls is ConnectionLost:
+        error = ConnectionLost(
             status.message, close_code=close_code, reason=reason, details=details, metadata=metadata
         )
-    return cls(status.message, reason=reason, details=details, metadata=metadata)
+    else:
+        error = cls(status.message, reason=reason, details=details, metadata=metadata)
+    error.from_peer = from_peer
+    return error
 
 
 def _unpack(packed: any_pb2.Any) -> Message:

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from asap.core.access_log import AccessLog
 from asap.core.agent import Agent
+from asap.core.certificates import CertificateBinding, CertificateSenderBinding
 from asap.core.dedupe import DedupeStore, InMemoryDedupeStore
 from asap.core.delivery import Deliverer
 from asap.core.dispatch import Dispatcher
@@ -26,6 +27,7 @@ from asap.core.service import AgentServiceCore
 from asap.errors import InvalidState
 from asap.protocol.frames import DEFAULT_PATH
 from asap.protocol.limits import Limits
+from asap.protocol.proxies import TrustedProxies
 from asap.tls import ServerTLS
 from asap.transports.base import ServerTransport
 from asap.v1 import manifest_pb2
@@ -69,6 +71,20 @@ class MetricsExporter(Protocol):
         ...
 
 
+@runtime_checkable
+class ReloadableTLS(Protocol):
+    """A listener whose TLS certificate can be replaced while it serves (both transports)."""
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """What the listener serves new connections with (None: plaintext)."""
+        ...
+
+    def reload_tls(self, tls: ServerTLS) -> None:
+        """Serve new connections with ``tls``."""
+        ...
+
+
 def _split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -89,8 +105,11 @@ class Server:
         limits: Size, rate, concurrency and liveness limits (secure defaults).
         auth: A token verifier or a BearerAuth; None serves without authentication.
         bind_sender: Refuse envelopes whose sender is not the authenticated identity. None (the
-            default) binds senders whenever ``auth`` is set; False turns it off explicitly (the
-            dedupe key still includes the authenticated principal, so callers never share outcomes).
+            default) binds every identity when ``auth`` is set, and otherwise the client
+            certificate identities that are agent URNs (``ServerTLS(client_ca=...)``; a DNS name
+            or CN can never be a sender); True binds every identity, certificates included; False
+            turns it off (the dedupe key still includes the authenticated principal, so callers
+            never share outcomes).
         dedupe: Where delivery outcomes are remembered (in memory by default; a
             :class:`~asap.stores.redis.RedisDedupeStore` shares them between replicas).
         validation: Envelope validation policy (timestamp window).
@@ -109,6 +128,11 @@ class Server:
         access_log: Log one line per call to the ``asap.access`` logger (never credentials).
         reflection: Serve grpc server reflection on gRPC listeners. None (the default) serves it
             only when ``auth`` is not set, since reflection itself takes no credentials.
+        trusted_proxies: CIDRs of reverse proxies (``["10.0.0.0/8"]``). A call whose direct peer
+            is in one has as its peer (``ctx.peer``: anonymous rate-limit principals, logs) the
+            right-most ``X-Forwarded-For`` address that is not itself a trusted proxy (the
+            bridge's handshake header, gRPC's ``x-forwarded-for`` metadata); from any other peer
+            the header is ignored. Empty (the default): the direct peer, always.
     """
 
     def __init__(
@@ -128,8 +152,11 @@ class Server:
         metrics_address: str | None = None,
         access_log: bool = False,
         reflection: bool | None = None,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.agent = agent
+        self.trusted_proxies = TrustedProxies(trusted_proxies)
+        """Networks whose connections may name the client in ``X-Forwarded-For``."""
         # Reflection lists every service and type; it takes no credentials, so a server that
         # requires them does not offer it unless asked to.
         self.reflection = auth is None if reflection is None else reflection
@@ -147,24 +174,40 @@ class Server:
         if access_log:
             chain.append(AccessLog())
         guards: list[Interceptor] = []
+        rate_limit = None
+        if self.limits.rate_limit_per_second > 0:
+            rate_limit = RateLimit(
+                self.limits.rate_limit_per_second,
+                self.limits.rate_limit_burst,
+                shared=rate_buckets,
+                max_principals=self.limits.rate_limit_max_principals,
+                max_anonymous=self.limits.rate_limit_max_anonymous,
+            )
+        self._rate_limit = rate_limit
+        self.auth: BearerAuth | None = None
+        """The authentication guard (also checks bridge handshakes), or None."""
         if auth is not None:
-            guards.append(auth if isinstance(auth, BearerAuth) else BearerAuth(auth))
+            guard = auth if isinstance(auth, BearerAuth) else BearerAuth(auth)
+            if rate_limit is not None:
+                # Failed attempts cost a token too, so tokens cannot be guessed at line rate.
+                guard = guard.charging(rate_limit.charge_failure)
+                guard.eager_safe = guard.eager_safe and rate_limit.eager_safe
+            self.auth = guard
+            guards.append(guard)
+            # With a client certificate too, the token must name the certificate's subject.
+            guards.append(CertificateBinding())
             agent.auth_schemes = [
                 manifest_pb2.AuthScheme(type=manifest_pb2.AUTH_SCHEME_TYPE_BEARER)
             ]
-        if self.limits.rate_limit_per_second > 0:
-            guards.append(
-                RateLimit(
-                    self.limits.rate_limit_per_second,
-                    self.limits.rate_limit_burst,
-                    shared=rate_buckets,
-                )
-            )
-        if bind_sender if bind_sender is not None else auth is not None:
-            guards.append(SenderBinding())
+        if rate_limit is not None:
+            guards.append(rate_limit)
+        if bind_sender or (bind_sender is None and auth is not None):
+            guards.append(SenderBinding())  # every authenticated caller, certificates included
+        elif bind_sender is None:
+            guards.append(CertificateSenderBinding())  # certificates that name an agent URN
         guards.extend(middleware)
         chain.extend(guards)
-        self.health = HealthState()
+        self.health = HealthState(max_watchers=self.limits.max_health_watchers)
         self.deliverer = deliverer = Deliverer(
             agent,
             dedupe if dedupe is not None else InMemoryDedupeStore(),
@@ -173,7 +216,10 @@ class Server:
         )
         self.service = AgentServiceCore(deliverer, self.endpoints, limits=self.limits)
         self.dispatcher = Dispatcher(
-            self.service, chain, max_concurrent_calls=self.limits.max_concurrent_calls
+            self.service,
+            chain,
+            max_concurrent_calls=self.limits.max_concurrent_calls,
+            max_calls_per_principal=self.limits.max_calls_per_principal,
         )
         self._advertised = list(advertised_urls)
         self._transports: list[ServerTransport] = []
@@ -202,6 +248,7 @@ class Server:
             tls=tls,
             reuse_port=reuse_port,
             reflection=self.reflection,
+            trusted_proxies=self.trusted_proxies,
         )
         self._goaway_at_start.append(transport)
         return self._add(transport)
@@ -215,17 +262,27 @@ class Server:
         allowed_origins: Sequence[str] | None = None,
         reuse_port: bool = False,
         subprotocols: Sequence[str] | None = None,
+        authenticate_handshake: bool = False,
     ) -> ServerTransport:
         """Add a WebSocket bridge listener on ``HOST:PORT`` at ``path``.
 
         ``reuse_port`` sets SO_REUSEPORT (``asap serve --workers``). ``subprotocols`` restricts
         the subprotocols accepted (default: all of them), for example ``("asap.v1.1.proto",)`` to
-        turn JSON off.
+        turn JSON off. ``authenticate_handshake`` (needs ``auth``) refuses a handshake whose
+        ``Authorization`` header (or ``access_token``) does not verify with HTTP 401 before the
+        upgrade; off by default, since clients may send credentials per call instead (as
+        :func:`asap.connect` does).
+
+        Raises:
+            ValueError: ``authenticate_handshake`` without ``auth``.
         """
         from asap.protocol.frames import SUBPROTOCOLS
         from asap.transports.ws.http_endpoints import METRICS_PATH, metrics_endpoint
         from asap.transports.ws.server import WebSocketServerTransport
 
+        if authenticate_handshake and self.auth is None:
+            message = "authenticate_handshake needs auth="
+            raise ValueError(message)
         host, port = _split_address(address)
         endpoints = {}
         if self.metrics is not None:
@@ -241,6 +298,11 @@ class Server:
             allowed_origins=allowed_origins,
             http_endpoints=endpoints,
             subprotocols=SUBPROTOCOLS if subprotocols is None else subprotocols,
+            trusted_proxies=self.trusted_proxies,
+            handshake_auth=self.auth if authenticate_handshake else None,
+            handshake_charge=None
+            if self._rate_limit is None
+            else self._rate_limit.charge_anonymous,
         )
         transport.reuse_port = reuse_port
         return self._add(transport)
@@ -251,6 +313,34 @@ class Server:
             raise InvalidState(message)
         self._transports.append(transport)
         return transport
+
+    def reload_tls(self, tls: ServerTLS, *, listener: ServerTransport | None = None) -> None:
+        """Serve new connections with ``tls`` (a renewed certificate), without a restart.
+
+        Applies to every TLS listener, or only to ``listener``. Connections already open keep
+        going with the certificate they were opened with; every later handshake, on either
+        transport, uses the new one. ``tls`` may change the certificate, its key and the client
+        CA bundle, but not whether client certificates are required.
+
+        Raises:
+            InvalidState: No TLS listener (or ``listener`` serves plaintext).
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
+        """
+        targets = [
+            each
+            for each in self._transports
+            if isinstance(each, ReloadableTLS) and each.tls is not None
+            if listener is None or each is listener
+        ]
+        if not targets:
+            message = "no TLS listener to reload"
+            raise InvalidState(message)
+        for target in targets:
+            current = target.tls
+            if current is not None:
+                current.check_reload(tls)  # every listener checked before any changes
+        for target in targets:
+            target.reload_tls(tls)
 
     def advertise(self, endpoints: Sequence[manifest_pb2.Endpoint]) -> None:
         """List these endpoints in the manifest instead of the listeners' own.

@@ -10,9 +10,10 @@ on the ``asap.access`` logger whose message is a JSON object::
 
 The same fields are on the record as ``record.asap`` (a dict) for structured handlers.
 ``principal`` is the authenticated subject, or "" for an anonymous call; ``bytes_*`` are the
-serialized sizes of the messages read and written. Metadata is never logged, so neither bearer
-tokens nor anything else a caller sends in it can reach the log. When the logger does not log INFO
-the interceptor only passes the call on.
+serialized sizes of the messages read and written. Metadata is never logged, so nothing a caller
+sends in it can reach the log; bearer tokens are not even in ``ctx.metadata`` (it holds them
+redacted, see :class:`~asap.core.context.CallContext`). When the logger does not log INFO the
+interceptor only passes the call on.
 """
 
 from __future__ import annotations

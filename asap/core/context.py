@@ -12,6 +12,7 @@ from typing import NoReturn
 from asap._typing import Metadata, MetadataValue
 from asap.core.method import MethodSpec
 from asap.errors import AsapError
+from asap.protocol.admission import peer_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,31 @@ class Identity:
     """Who the caller is, for example an agent URN ``urn:asap:agent:coordinator``."""
     claims: Mapping[str, str] = field(default_factory=dict)
     """Further facts the verifier established (scopes, tenant, …)."""
+
+
+ANONYMOUS_PREFIX = "peer:"
+"""How :attr:`CallContext.principal` starts for a caller with no identity."""
+
+
+AUTHORIZATION = "authorization"
+"""The metadata key (and HTTP header) that carries ``Bearer <token>``."""
+
+REDACTED = "[redacted]"
+"""What ``ctx.metadata`` holds instead of each ``authorization`` value (see :class:`CallContext`)."""
+
+
+def redact_credentials(metadata: Metadata) -> tuple[Metadata, MetadataValue | None]:
+    """``metadata`` with every ``authorization`` value replaced by :data:`REDACTED`, and the first one.
+
+    Returns ``metadata`` itself when it carries no ``authorization`` entry (the common case).
+    """
+    if not any(key == AUTHORIZATION for key, _ in metadata):
+        return metadata, None
+    first = next(value for key, value in metadata if key == AUTHORIZATION)
+    redacted = tuple(
+        (key, REDACTED) if key == AUTHORIZATION else (key, value) for key, value in metadata
+    )
+    return redacted, first
 
 
 DEADLINE_TOLERANCE = 0.005
@@ -54,11 +80,16 @@ class CallContext:
 
     Created by the transport for every call and passed to middleware and handlers. It is not
     shared between calls. ``transport`` is for logs only; behaviour never depends on it.
+
+    Credentials never reach ``metadata``: each ``authorization`` value there reads
+    :data:`REDACTED`, so neither handlers nor what logs the metadata can leak the token; the
+    authenticated principal is in ``identity``, and authentication reads :attr:`credentials`.
     """
 
     __slots__ = (
         "_cancel_reason",
         "_cancelled",
+        "_credentials",
         "_trailing",
         "deadline",
         "deadline_enforced_by_transport",
@@ -67,6 +98,7 @@ class CallContext:
         "metadata",
         "method",
         "peer",
+        "tls_identity",
         "transport",
     )
 
@@ -81,7 +113,7 @@ class CallContext:
         deadline_enforced_by_transport: bool = False,
     ) -> None:
         self.method = method
-        self.metadata = metadata
+        self.metadata, self._credentials = redact_credentials(metadata)
         self.peer = peer
         self.transport = transport
         self.deadline: float | None = (
@@ -91,7 +123,10 @@ class CallContext:
         self.deadline_enforced_by_transport = deadline_enforced_by_transport
         """True when the transport itself cancels the call at its deadline (gRPC does)."""
         self.identity: Identity | None = None
-        """Set by authentication middleware."""
+        """Set by authentication middleware (or by the transport from a client certificate)."""
+        self.tls_identity: Identity | None = None
+        """The identity of the connection's verified client certificate (mTLS), set by the
+        transport; authentication may replace :attr:`identity` only with the same subject."""
         self.eager = False
         """True while the transport runs the call eagerly, outside any task (see
         :func:`asap.core.tasks.start_eagerly`); the core hands off before code that needs a task."""
@@ -101,8 +136,14 @@ class CallContext:
 
     @property
     def principal(self) -> str:
-        """The key rate limits and quotas are kept under: the identity's subject, else the peer."""
-        return self.identity.subject if self.identity is not None else f"peer:{self.peer_host}"
+        """The key rate limits and quotas are kept under: the identity's subject, else the peer.
+
+        An anonymous peer is its IPv4 address or its IPv6 /64 (``peer:2001:db8:1:2::/64``): an
+        IPv6 host usually owns a whole /64, and every address in it is the same caller.
+        """
+        if self.identity is not None:
+            return self.identity.subject
+        return f"{ANONYMOUS_PREFIX}{peer_key(self.peer_host)}"
 
     @property
     def peer_host(self) -> str:
@@ -117,6 +158,14 @@ class CallContext:
         if host.count(":") == 1:
             return host.rsplit(":", 1)[0]
         return host
+
+    @property
+    def credentials(self) -> MetadataValue | None:
+        """The request's first ``authorization`` value (``Bearer <token>``), for authentication only.
+
+        Never log it; ``metadata`` shows :data:`REDACTED` in its place.
+        """
+        return self._credentials
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or None when the call has no deadline."""

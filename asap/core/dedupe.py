@@ -57,14 +57,24 @@ def fingerprint(envelope: envelope_pb2.Envelope) -> bytes:
     Everything else counts: id, sender, recipient, correlation_id, requires_ack, extensions and the
     payload, serialized deterministically.
     """
-    if envelope.HasField("timestamp") or envelope.trace_id or envelope.asap_version:
-        stable = envelope_pb2.Envelope()
-        stable.CopyFrom(envelope)
-        stable.ClearField("timestamp")
-        stable.ClearField("trace_id")
-        stable.ClearField("asap_version")
-        envelope = stable
-    return hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
+    had_timestamp = envelope.HasField("timestamp")
+    trace_id, asap_version = envelope.trace_id, envelope.asap_version
+    if not (had_timestamp or trace_id or asap_version):
+        return hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
+    # Cleared in place and restored, rather than hashing a copy: copying the whole envelope
+    # (payload included) cost more than the hash itself on the hot path.
+    seconds, nanos = envelope.timestamp.seconds, envelope.timestamp.nanos
+    envelope.ClearField("timestamp")
+    envelope.trace_id = ""
+    envelope.asap_version = ""
+    try:
+        return hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
+    finally:
+        if had_timestamp:
+            envelope.timestamp.seconds = seconds
+            envelope.timestamp.nanos = nanos
+        envelope.trace_id = trace_id
+        envelope.asap_version = asap_version
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from asap.errors import (
     DeadlineExceeded,
     IdempotencyKeyReused,
     ShuttingDown,
+    UnknownRecipient,
     to_status,
 )
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
@@ -52,6 +53,9 @@ _TRANSIENT = frozenset(
     }
 )
 """Failures that are not remembered: a retransmission of the envelope is processed again."""
+
+_PREVIEW = 64
+"""Characters of a refused recipient quoted in the error message."""
 
 
 class _Sink:
@@ -197,6 +201,10 @@ class Deliverer:
             validation.validate(envelope, self._policy, now=self._clock(), timestamp=False)
         except AsapError as error:
             return self.refused(envelope, error)
+        if envelope.recipient != self.agent.id:
+            # An agent answers only for itself: served for another URN, it would sign its answer
+            # with whatever the caller claims it is.
+            return self.refused(envelope, self._unknown_recipient(envelope))
         key = dedupe_key(ctx.principal, envelope)
         digest = fingerprint(envelope)
         store_is_local = getattr(self._store, "eager_safe", False)
@@ -223,8 +231,14 @@ class Deliverer:
             await self._store.abandon(key, claim)
             return self.refused(envelope, ShuttingDown())
         process = self._process(ctx, envelope, key, claim, sink, ack_received)
+        synchronous = store_is_local and self._synchronous(envelope)
+        if synchronous and emit is None:
+            # Nothing in it can suspend (a plain handler, the in-memory store, nothing to
+            # stream), so nothing can cancel it half-way either: no task is needed to outlive
+            # the call, and running it in place saves a context, a future and a task.
+            return await process
         name = f"asap.delivery {envelope.id}"
-        if store_is_local and self._synchronous(envelope):
+        if synchronous:
             # No user code can suspend in it: run it at once, in a task only if a write waits.
             started = start_eagerly_for_result(process, name=name)
             if started.done():
@@ -394,16 +408,26 @@ class Deliverer:
             )
         return result
 
+    def _unknown_recipient(self, envelope: envelope_pb2.Envelope) -> UnknownRecipient:
+        preview = envelope.recipient[:_PREVIEW]
+        message = f"this server is {self.agent.id}, not the envelope's recipient {preview!r}"
+        return UnknownRecipient(message, metadata={"recipient": self.agent.id})
+
     def _answer(self, request: envelope_pb2.Envelope, reply: Reply) -> envelope_pb2.Envelope:
-        """Wrap a handler's reply in an envelope addressed back to the request's sender."""
+        """Wrap a handler's reply in an envelope from the agent back to the request's sender.
+
+        The sender is always the agent's own id, also on an envelope the handler built: a server
+        never answers as anyone else.
+        """
         if isinstance(reply, envelope_pb2.Envelope):
             answer = reply
+            answer.sender = self.agent.id
             if not answer.correlation_id:
                 answer.correlation_id = request.id
         else:
             answer = validation.wrap(
                 reply,
-                sender=request.recipient or self.agent.id,
+                sender=self.agent.id,
                 recipient=request.sender,
                 correlation_id=request.id,
                 trace_id=request.trace_id,

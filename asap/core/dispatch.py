@@ -29,10 +29,12 @@ from asap.errors import (
     AsapError,
     Cancelled,
     DeadlineExceeded,
+    PrincipalQuotaExceeded,
     ShuttingDown,
     TooManyCalls,
     UnknownMethod,
 )
+from asap.protocol.admission import Counts
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
@@ -88,6 +90,9 @@ class Dispatcher:
         service: The RPC implementations.
         interceptors: Run around each call, the first outermost (guards, observers).
         max_concurrent_calls: Calls beyond this many in flight fail with RESOURCE_EXHAUSTED.
+        max_calls_per_principal: Calls one principal (``ctx.principal``, known once the
+            interceptors have authenticated the call) may have in flight, over every connection
+            and transport; beyond it RESOURCE_EXHAUSTED (PRINCIPAL_QUOTA_EXCEEDED). 0: no quota.
     """
 
     def __init__(
@@ -96,11 +101,15 @@ class Dispatcher:
         interceptors: Sequence[Interceptor] = (),
         *,
         max_concurrent_calls: int = 1000,
+        max_calls_per_principal: int = 0,
     ) -> None:
         self._service = service
         self._chain = build_chain(tuple(interceptors), self._serve)
         self._max_calls = max_concurrent_calls
         self._in_flight = 0
+        self._per_principal = Counts(max_calls_per_principal)
+        """Calls in flight by principal; a principal is forgotten when its last call ends, so
+        the map never holds more entries than there are calls in flight."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
@@ -110,6 +119,11 @@ class Dispatcher:
     def in_flight(self) -> int:
         """How many calls are running."""
         return self._in_flight
+
+    @property
+    def principals(self) -> int:
+        """How many principals have a call in flight (the quota map's size; 0 with no quota)."""
+        return len(self._per_principal)
 
     async def wait_idle(self) -> None:
         """Wait until no call is in flight."""
@@ -143,6 +157,11 @@ class Dispatcher:
         if rpc is None:
             text = f"unknown method {ctx.method.path}"
             raise UnknownMethod(text)
+        quota = self._per_principal
+        principal = ctx.principal if quota.limit else None  # not worked out when there is no quota
+        if principal is not None and not quota.try_acquire(principal):
+            text = f"more than {quota.limit} calls in flight for {principal}"
+            raise PrincipalQuotaExceeded(text)
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -167,6 +186,8 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - the call boundary: every failure becomes a status
             raise as_asap_error(_first_leaf(exc), where=ctx.method.path) from None  # type: ignore[arg-type]
         finally:
+            if principal is not None:
+                quota.release(principal)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()

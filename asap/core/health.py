@@ -3,6 +3,8 @@
 Both transports answer ``/grpc.health.v1.Health/Check`` from :meth:`HealthState.check`, so a
 caller gets the same answer on either (gRPC serves Watch from grpcio-health-checking's servicer).
 Health calls skip the middleware on both (no credentials, no rate limit), as load balancers expect.
+Since they take no credentials, the long-lived ones are bounded per server instead: at most
+``max_watchers`` Watch streams at once (:meth:`HealthState.try_watch`); the bridge has no Watch.
 """
 
 from __future__ import annotations
@@ -30,11 +32,30 @@ HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
 class HealthState:
-    """Whether the server is serving; listeners are told of every change."""
+    """Whether the server is serving; listeners are told of every change.
 
-    def __init__(self) -> None:
+    Args:
+        max_watchers: Health Watch streams the server serves at once (``Limits.max_health_watchers``).
+    """
+
+    def __init__(self, max_watchers: int = 100) -> None:
         self._serving = False
         self._listeners: list[Callable[[bool], None]] = []
+        self.max_watchers = max_watchers
+        """Watch streams served at once at most."""
+        self.watchers = 0
+        """Watch streams open now."""
+
+    def try_watch(self) -> bool:
+        """Take a Watch slot; ``False`` when all ``max_watchers`` are taken (refuse the Watch)."""
+        if self.watchers >= self.max_watchers:
+            return False
+        self.watchers += 1
+        return True
+
+    def unwatch(self) -> None:
+        """A Watch stream ended: give its slot back."""
+        self.watchers = max(0, self.watchers - 1)
 
     @property
     def serving(self) -> bool:

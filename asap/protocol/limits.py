@@ -50,8 +50,24 @@ class Limits:
     max_connections: int = 1000
     """Connections a server accepts at once; beyond it the WebSocket bridge refuses with 1013."""
 
+    max_connections_per_peer: int = 100
+    """Bridge connections one peer may hold open at once (an IPv4 address, or an IPv6 /64);
+    beyond it the bridge refuses with 1013, as at ``max_connections``. 0 disables it (behind a
+    reverse proxy every connection comes from the proxy's address)."""
+
     max_concurrent_calls: int = 1000
     """Calls in flight on the whole server, over every connection and transport."""
+
+    max_calls_per_principal: int = 250
+    """Calls one principal (an identity, else an anonymous peer: IPv4 address or IPv6 /64) may
+    have in flight on the whole server, over every connection and transport; beyond it a call
+    fails with RESOURCE_EXHAUSTED (reason ``PRINCIPAL_QUOTA_EXCEEDED``). 0 disables it. The
+    default is a quarter of ``max_concurrent_calls``: no principal can take every slot, and one
+    busy client with several connections (more than one connection's 100 streams) still fits."""
+
+    max_health_watchers: int = 100
+    """Health ``Watch`` streams open at once on one server (they take no credentials, for load
+    balancers); beyond it a Watch fails with RESOURCE_EXHAUSTED (reason ``TOO_MANY_CALLS``)."""
 
     handshake_timeout: float = 10.0
     """Seconds a client has to complete the WebSocket opening handshake."""
@@ -69,7 +85,13 @@ class Limits:
     """Calls a principal may start back to back before the average rate applies."""
 
     rate_limit_max_principals: int = 10_000
-    """Principals whose rate-limit state is remembered; the least recently seen are forgotten."""
+    """Authenticated principals whose rate-limit state is remembered; the least recently seen are
+    forgotten."""
+
+    rate_limit_max_anonymous: int = 10_000
+    """Anonymous principals (peer addresses, IPv6 by /64) with a rate-limit bucket of their own,
+    kept apart from the authenticated ones; when all of them are in use, further anonymous peers
+    share one overflow bucket instead of evicting anyone (rotating addresses buys no fresh burst)."""
 
     rate_limit_strikes_before_close: int = 20
     """Consecutive rate-limited calls on one WebSocket connection before it is closed with 1008;
@@ -98,8 +120,9 @@ class Limits:
     ``max_frame_bytes``; raise it to carry larger messages over JSON (browsers), or use binary."""
 
     connection_idle_timeout: float = 300.0
-    """gRPC: seconds a connection may stay open with no call before the server closes it (GOAWAY,
-    ``grpc.max_connection_idle_ms``); clients reconnect when they next call. 0 disables it."""
+    """Seconds a connection may stay open with no call before the server closes it; clients
+    reconnect when they next call. gRPC sends GOAWAY (``grpc.max_connection_idle_ms``), the bridge
+    GoAway and then closes with 1001. 0 disables it."""
 
     connection_max_age: float = 0.0
     """gRPC: seconds after which the server asks a connection to go away (GOAWAY; calls in flight
@@ -125,6 +148,8 @@ class Limits:
             "max_concurrent_calls",
             "rate_limit_burst",
             "rate_limit_max_principals",
+            "rate_limit_max_anonymous",
+            "max_health_watchers",
             "stream_window_bytes",
             "max_batch_envelopes",
             "max_metadata_bytes",
@@ -146,6 +171,8 @@ class Limits:
             self.rate_limit_strikes_before_close >= 0,
             "rate_limit_strikes_before_close must be 0 or more",
         )
+        for name in ("max_connections_per_peer", "max_calls_per_principal"):
+            _require(getattr(self, name) >= 0, f"{name} must be 0 (off) or more")
         _require(self.stream_window_bytes <= 2**31 - 1, "stream_window_bytes must be below 2^31")
         for name in ("connection_idle_timeout", "connection_max_age", "connection_max_age_grace"):
             value = getattr(self, name)

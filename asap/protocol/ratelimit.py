@@ -7,8 +7,13 @@ an idle bucket costs nothing. A bucket left alone for ``burst / rate`` seconds i
 exactly the state a new bucket starts in, so :class:`RateLimiter` may forget it without changing any
 outcome. That is how the limiter keeps one bucket per principal in bounded memory: it forgets idle
 buckets first and, only when ``max_principals`` buckets are all active, the least recently used one
-(which gives that principal a fresh burst; the price of a memory bound an attacker cannot exhaust by
-rotating principals).
+(which gives that principal a fresh burst; the price of a memory bound).
+
+Anonymous principals (peer addresses) cost an attacker nothing to rotate, so they live in a table of
+their own (``max_anonymous``): rotating addresses can never evict an authenticated principal's
+bucket. Nor does it evict other anonymous ones: when that table is full of active buckets, a new
+anonymous principal is charged to one shared **overflow** bucket until idle buckets make room, so
+an attacker gets at most ``max_anonymous`` fresh bursts, not one per address it can forge.
 
 A refused call fails with RESOURCE_EXHAUSTED (reason ``RATE_LIMITED``) and carries the returned
 delay as ``google.rpc.RetryInfo`` (see :class:`asap.errors.RateLimited`).
@@ -102,24 +107,42 @@ class RateLimiter:
         rate: Calls per second each principal may make on average; 0 disables the limiter (every
             call is granted and nothing is stored).
         burst: Calls a principal may make back to back.
-        max_principals: Buckets kept at most. Idle (full) buckets are dropped first, then the least
-            recently used.
+        max_principals: Buckets of authenticated principals kept at most. Idle (full) buckets are
+            dropped first, then the least recently used.
+        max_anonymous: Buckets of anonymous principals kept at most, apart from the others; when
+            they are all active, new anonymous principals share one overflow bucket.
 
     Raises:
-        ValueError: A negative or non-finite ``rate``, or a ``burst`` or ``max_principals`` below 1.
+        ValueError: A negative or non-finite ``rate``, or a ``burst``, ``max_principals`` or
+            ``max_anonymous`` below 1.
     """
 
-    __slots__ = ("buckets", "burst", "max_principals", "rate")
+    __slots__ = (
+        "anonymous",
+        "buckets",
+        "burst",
+        "max_anonymous",
+        "max_principals",
+        "overflow",
+        "rate",
+    )
 
-    def __init__(self, rate: float, burst: float, *, max_principals: int = 10_000) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        max_principals: int = 10_000,
+        max_anonymous: int = 10_000,
+    ) -> None:
         if not (math.isfinite(rate) and rate >= 0):
             msg = "rate must be 0 or more and finite"
             raise ValueError(msg)
         if not (math.isfinite(burst) and burst >= 1):
             msg = "burst must be at least 1"
             raise ValueError(msg)
-        if max_principals < 1:
-            msg = "max_principals must be at least 1"
+        if max_principals < 1 or max_anonymous < 1:
+            msg = "max_principals and max_anonymous must be at least 1"
             raise ValueError(msg)
         self.rate = float(rate)
         """Tokens gained per second per principal; 0 when disabled."""
@@ -127,8 +150,14 @@ class RateLimiter:
         """Bucket capacity."""
         self.max_principals = max_principals
         """Most buckets kept."""
+        self.max_anonymous = max_anonymous
+        """Most anonymous buckets kept."""
         self.buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
-        """Buckets by principal, least recently used first."""
+        """Buckets by authenticated principal, least recently used first."""
+        self.anonymous: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+        """Buckets by anonymous principal, least recently used first."""
+        self.overflow: TokenBucket | None = None
+        """The bucket anonymous principals share while :attr:`anonymous` is full of active ones."""
 
     @property
     def enabled(self) -> bool:
@@ -136,9 +165,11 @@ class RateLimiter:
         return self.rate > 0
 
     def __len__(self) -> int:
-        return len(self.buckets)
+        return len(self.buckets) + len(self.anonymous)
 
-    def try_acquire(self, principal: Hashable, now: float, cost: float = 1.0) -> float:
+    def try_acquire(
+        self, principal: Hashable, now: float, cost: float = 1.0, *, anonymous: bool = False
+    ) -> float:
         """Take ``cost`` tokens from ``principal``'s bucket.
 
         Args:
@@ -146,6 +177,7 @@ class RateLimiter:
                 for anonymous callers).
             now: The current time in seconds.
             cost: Tokens to take.
+            anonymous: ``principal`` is a peer address, not a verified identity.
 
         Returns:
             0.0 when granted, else the seconds to wait before retrying (see
@@ -156,29 +188,45 @@ class RateLimiter:
         """
         if not self.enabled:
             return 0.0
-        bucket = self.buckets.get(principal)
-        if bucket is None:
-            self._make_room(now)
-            bucket = TokenBucket(self.rate, self.burst)
-            self.buckets[principal] = bucket
+        table = self.anonymous if anonymous else self.buckets
+        bucket = table.get(principal)
+        if bucket is not None:
+            table.move_to_end(principal)
+        elif anonymous:
+            _drop_idle(table, now)
+            if len(table) >= self.max_anonymous:
+                return self._overflow().try_acquire(now, cost)
+            bucket = table[principal] = TokenBucket(self.rate, self.burst)
         else:
-            self.buckets.move_to_end(principal)
+            _drop_idle(table, now)
+            while len(table) >= self.max_principals:
+                table.popitem(last=False)
+            bucket = table[principal] = TokenBucket(self.rate, self.burst)
         return bucket.try_acquire(now, cost)
 
     def prune(self, now: float) -> int:
         """Forget every bucket that is full at ``now``; returns how many were dropped."""
-        idle = [key for key, bucket in self.buckets.items() if bucket.is_full(now)]
-        for key in idle:
-            del self.buckets[key]
-        return len(idle)
+        dropped = 0
+        for table in (self.buckets, self.anonymous):
+            idle = [key for key, bucket in table.items() if bucket.is_full(now)]
+            for key in idle:
+                del table[key]
+            dropped += len(idle)
+        if self.overflow is not None and self.overflow.is_full(now):
+            self.overflow = None
+        return dropped
 
-    def _make_room(self, now: float) -> None:
-        # Least recently used first, so the idle (full) buckets sit at the front: dropping them is
-        # amortized O(1) per call and never changes an outcome.
-        while self.buckets:
-            key, bucket = next(iter(self.buckets.items()))
-            if not bucket.is_full(now):
-                break
-            del self.buckets[key]
-        while len(self.buckets) >= self.max_principals:
-            self.buckets.popitem(last=False)
+    def _overflow(self) -> TokenBucket:
+        if self.overflow is None:
+            self.overflow = TokenBucket(self.rate, self.burst)
+        return self.overflow
+
+
+def _drop_idle(table: OrderedDict[Hashable, TokenBucket], now: float) -> None:
+    # Least recently used first, so the idle (full) buckets sit at the front: dropping them is
+    # amortized O(1) per call and never changes an outcome.
+    while table:
+        key, bucket = next(iter(table.items()))
+        if not bucket.is_full(now):
+            break
+        del table[key]

@@ -307,6 +307,7 @@ def make_agent(probe: Probe) -> Agent:
                 "remaining": -1.0 if remaining is None else remaining,
                 "sender": request.envelope.sender,
                 "user_agent": str(call.metadata_value("user-agent") or ""),
+                "authorization": str(call.metadata_value("authorization") or ""),
                 "keys": sorted({key for key, _ in call.metadata}),
             },
         )

@@ -206,7 +206,8 @@ class GrpcChannel(Channel):
         else:
             self.url = f"grpcs://{target}"
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=tls.root_certificates,
+                # The roots wss:// trusts too: the caller's, else the system store (not grpc's own).
+                root_certificates=tls.trusted_roots(),
                 private_key=tls.private_key,
                 certificate_chain=tls.cert_chain,
             )

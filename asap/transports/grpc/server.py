@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import NoReturn, cast
 
 import grpc
@@ -29,6 +29,7 @@ from grpc_health.v1 import _async as health_aio  # = grpc_health.v1.health.aio, 
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
+from asap.core.certificates import certificate_identity
 from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
@@ -41,10 +42,12 @@ from asap.errors import (
     InvalidState,
     MalformedFrame,
     MessageTooLarge,
+    TooManyCalls,
     UnknownMethod,
 )
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, Limits
-from asap.tls import ServerTLS
+from asap.protocol.proxies import FORWARDED_FOR, TrustedProxies, parse_peer, peer_string
+from asap.tls import PeerCertificate, ServerTLS
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.grpc.status import to_grpc_status
 from asap.v1 import manifest_pb2
@@ -319,10 +322,29 @@ async def _abort(context: Servicer, error: AsapError) -> NoReturn:
     await context.abort(code, message, trailing)
 
 
-def _context(spec: MethodSpec, context: Servicer) -> CallContext:
+Prepare = Callable[[CallContext, Servicer], None]
+"""Completes a call's context from the connection (client certificate, forwarded peer)."""
+
+
+def certificate_of(auth_context: Mapping[str, Iterable[bytes]]) -> PeerCertificate | None:
+    """The verified client certificate grpc's ``auth_context()`` describes, or None."""
+    pem = tuple(auth_context.get("x509_pem_cert", ()))
+    if not pem:
+        return None
+
+    def texts(key: str) -> tuple[str, ...]:
+        return tuple(value.decode("utf-8", "replace") for value in auth_context.get(key, ()))
+
+    names = texts("x509_common_name")
+    return PeerCertificate(
+        texts("peer_uri"), texts("peer_dns"), names[0] if names else None, pem[0]
+    )
+
+
+def _context(spec: MethodSpec, context: Servicer, prepare: Prepare | None) -> CallContext:
     # invocation_metadata() is a tuple of (key, value) pairs at run time; the stubs say Metadata.
     metadata = context.invocation_metadata()
-    return CallContext(
+    ctx = CallContext(
         method=spec,
         metadata=tuple(metadata) if metadata else (),
         peer=context.peer(),
@@ -330,10 +352,17 @@ def _context(spec: MethodSpec, context: Servicer) -> CallContext:
         timeout=context.time_remaining(),
         deadline_enforced_by_transport=True,  # grpc cancels at the deadline and answers DEADLINE_EXCEEDED
     )
+    if prepare is not None:
+        prepare(ctx, context)
+    return ctx
 
 
 def _behaviour(
-    dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int, deserialize: Deserializer
+    dispatcher: Dispatcher,
+    spec: MethodSpec,
+    max_bytes: int,
+    deserialize: Deserializer,
+    prepare: Prepare | None,
 ) -> Behaviour:
     """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing.
 
@@ -370,7 +399,7 @@ def _behaviour(
 
             async def unary_unary(request: Message, context: Servicer) -> Message:
                 return await answer(
-                    _context(spec, context),
+                    _context(spec, context, prepare),
                     _UnaryRequestCall(request, context, deserialize),
                     context,
                 )
@@ -378,7 +407,9 @@ def _behaviour(
             return unary_unary
 
         async def stream_unary(_requests: object, context: Servicer) -> Message:
-            return await answer(_context(spec, context), _ClientStreamCall(context), context)
+            return await answer(
+                _context(spec, context, prepare), _ClientStreamCall(context), context
+            )
 
         return stream_unary
 
@@ -386,12 +417,14 @@ def _behaviour(
 
         async def unary_stream(request: Message, context: Servicer) -> None:
             call = _BidiCall(context, max_bytes, request)
-            await stream_answers(_context(spec, context), call, context)
+            await stream_answers(_context(spec, context, prepare), call, context)
 
         return unary_stream
 
     async def stream_stream(_requests: object, context: Servicer) -> None:
-        await stream_answers(_context(spec, context), _BidiCall(context, max_bytes), context)
+        await stream_answers(
+            _context(spec, context, prepare), _BidiCall(context, max_bytes), context
+        )
 
     return stream_stream
 
@@ -405,17 +438,21 @@ _HANDLER_FACTORIES = {
 
 
 def method_handlers(
-    dispatcher: Dispatcher, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    dispatcher: Dispatcher,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    prepare: Prepare | None = None,
 ) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
     """One grpc method handler per AgentService method, by method name.
 
-    Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``.
+    Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``;
+    ``prepare`` completes each call's context from its connection.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Message, Message]] = {}
     for spec in METHODS.values():
         deserialize = _deserializer(spec.request_type)
         handlers[spec.name] = _HANDLER_FACTORIES[spec.arity](
-            _behaviour(dispatcher, spec, max_message_bytes, deserialize),
+            _behaviour(dispatcher, spec, max_message_bytes, deserialize, prepare),
             # The handler's reads accept the _Undecodable marker too (see _checked).
             request_deserializer=cast("Callable[[bytes], Message]", deserialize),
             response_serializer=spec.response_type.SerializeToString,
@@ -454,7 +491,13 @@ def health_handlers(
             await _abort(context, request.error())
         if not isinstance(request, health_pb2.HealthCheckRequest):
             await _abort(context, Internal())
-        await servicer.Watch(request, cast("HealthServicer", context))
+        # Watch takes no credentials (load balancers use it) and lasts: bounded per server.
+        if not health.try_watch():
+            await _abort(context, TooManyCalls(f"more than {health.max_watchers} health watchers"))
+        try:
+            await servicer.Watch(request, cast("HealthServicer", context))
+        finally:
+            health.unwatch()
 
     return {
         "Check": grpc.unary_unary_rpc_method_handler(
@@ -487,6 +530,12 @@ class _UnknownMethods(grpc.GenericRpcHandler):
         return grpc.stream_stream_rpc_method_handler(reject)
 
 
+def _certificate_configuration(tls: ServerTLS) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(tls.private_key, tls.cert_chain)], root_certificates=tls.client_ca
+    )
+
+
 class GrpcServerTransport(ServerTransport):
     """Serves AgentService, health and reflection over gRPC on one address.
 
@@ -500,6 +549,8 @@ class GrpcServerTransport(ServerTransport):
             None serves plaintext.
         reuse_port: Bind with SO_REUSEPORT so several processes share the port.
         reflection: Serve grpc server reflection (it lists every service and message type).
+        trusted_proxies: Peers whose ``x-forwarded-for`` metadata names the client (the peer
+            the core sees); from any other peer it is ignored.
     """
 
     def __init__(
@@ -513,7 +564,9 @@ class GrpcServerTransport(ServerTransport):
         tls: ServerTLS | None,
         reuse_port: bool = False,
         reflection: bool = True,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
+        self._proxies = trusted_proxies or TrustedProxies(())
         self._reuse_port = reuse_port
         self._reflection = reflection
         self._dispatcher = dispatcher
@@ -522,6 +575,8 @@ class GrpcServerTransport(ServerTransport):
         self._port = port
         self._limits = limits
         self._tls = tls
+        self._pending_certificates: grpc.ServerCertificateConfiguration | None = None
+        """A configuration reload_tls() set that grpc has not fetched yet."""
         self._server: grpc.aio.Server | None = None
         self._health_servicer = health_aio.HealthServicer()
         self._health_update: asyncio.Task[None] | None = None
@@ -539,7 +594,12 @@ class GrpcServerTransport(ServerTransport):
             message = "the gRPC transport was already started"
             raise InvalidState(message)
         server = grpc.aio.server(options=server_options(self._limits, reuse_port=self._reuse_port))
-        handlers = method_handlers(self._dispatcher, self._limits.max_message_bytes)
+        mutual = self._tls is not None and self._tls.client_ca is not None
+        handlers = method_handlers(
+            self._dispatcher,
+            self._limits.max_message_bytes,
+            prepare=self._prepare if mutual or self._proxies else None,
+        )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
@@ -563,10 +623,13 @@ class GrpcServerTransport(ServerTransport):
         if self._tls is None:
             self._port = server.add_insecure_port(address)
         else:
-            credentials = grpc.ssl_server_credentials(
-                [(self._tls.private_key, self._tls.cert_chain)],
-                root_certificates=self._tls.client_ca,
-                require_client_auth=self._tls.client_ca is not None,
+            # Dynamic credentials: grpc asks _fetch_certificates at every new handshake, so
+            # reload_tls() takes effect for new connections while existing ones go on.
+            credentials = grpc.dynamic_ssl_server_credentials(
+                _certificate_configuration(self._tls),
+                # grpc takes None as "unchanged" (the stubs do not say so).
+                cast("Callable[[], grpc.ServerCertificateConfiguration]", self._fetch_certificates),
+                require_client_authentication=mutual,
             )
             self._port = server.add_secure_port(address, credentials)
         self._server = server
@@ -574,6 +637,49 @@ class GrpcServerTransport(ServerTransport):
         await self._set_health(self._health.serving, None)
         await server.start()
         self._health.subscribe(self._on_health)
+
+    def _prepare(self, ctx: CallContext, context: Servicer) -> None:
+        """The call's client-certificate identity, and its client behind a trusted proxy."""
+        tls = self._tls
+        if tls is not None and tls.client_ca is not None:
+            certificate = certificate_of(context.auth_context())
+            if certificate is not None:
+                ctx.identity = ctx.tls_identity = certificate_identity(
+                    tls.client_identity(certificate)
+                )
+        if self._proxies:
+            forwarded = [
+                value
+                for key, value in ctx.metadata
+                if key == FORWARDED_FOR and isinstance(value, str)
+            ]
+            client = self._proxies.client_of(parse_peer(ctx.peer), forwarded) if forwarded else None
+            if client is not None:
+                ctx.peer = peer_string(client)
+
+    def _fetch_certificates(self) -> grpc.ServerCertificateConfiguration | None:
+        """Answer grpc's per-handshake question: a configuration newer than the last, else None."""
+        pending, self._pending_certificates = self._pending_certificates, None
+        return pending
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """What new connections are served with (None: plaintext)."""
+        return self._tls
+
+    def reload_tls(self, tls: ServerTLS) -> None:
+        """Use ``tls`` for every new connection; connections already open keep theirs.
+
+        Raises:
+            InvalidState: The listener serves plaintext.
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
+        """
+        if self._tls is None:
+            message = "this gRPC listener serves plaintext; it has no certificate to reload"
+            raise InvalidState(message)
+        self._tls.check_reload(tls)  # parses it: grpc would only fail at the next handshake
+        self._pending_certificates = _certificate_configuration(tls)
+        self._tls = tls
 
     @property
     def endpoint(self) -> manifest_pb2.Endpoint:

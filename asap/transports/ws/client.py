@@ -224,7 +224,7 @@ class WebSocketChannel(Channel):
             await asyncio.wait({task})
             if attempt.error is not None:
                 error = attempt.error
-                raise type(error)(error.message)
+                raise type(error)(error.message, reason=error.reason)
             if task.cancelled():
                 message = "the channel was closed while connecting"
                 raise ConnectionLost(message)

@@ -86,5 +86,11 @@ def connection_error(url: str, exc: Exception) -> AsapError:
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace").strip()[:200]
         cls = HTTP_STATUS_ERRORS.get(status, Unknown)
-        return cls(f"{url} refused the WebSocket handshake: HTTP {status}: {body}")
+        message = f"{url} refused the WebSocket handshake: HTTP {status}: {body}"
+        if cls is Unauthenticated:
+            # RFC 6750 §3: a refused token says error="invalid_token"; no error, no credentials.
+            challenge = exc.response.headers.get("WWW-Authenticate", "")
+            invalid = 'error="invalid_token"' in challenge
+            return cls(message, reason="INVALID_TOKEN" if invalid else "MISSING_CREDENTIALS")
+        return cls(message)
     return Unavailable(f"cannot connect to {url}: {str(exc) or type(exc).__name__}")

@@ -12,15 +12,18 @@ Close codes (bridge.proto "Close codes"; each has a test in ``tests/transports/w
 ====  ===============================================================================
 1000  the client closed the connection
 1001  the server stopped: GoAway when the server starts draining (its health turns to not
-      serving), in-flight calls finish (up to the grace period), then the close
+      serving), in-flight calls finish (up to the grace period), then the close; or the
+      connection had no call open for :attr:`Limits.connection_idle_timeout` (GoAway first)
 1002  a frame that cannot be attributed to a stream, or a text message on a binary subprotocol
 1007  text that is not JSON on a JSON subprotocol, or not UTF-8
-1008  :attr:`Limits.rate_limit_strikes_before_close` rate-limited calls in a row
+1008  :attr:`Limits.rate_limit_strikes_before_close` calls in a row refused for the rate limit
+      or for their credentials
 1009  a WebSocket message over :attr:`Limits.max_frame_bytes` (websockets' ``max_size``)
 1011  no pong within :attr:`Limits.heartbeat_timeout` of a ping
-1013  :attr:`Limits.max_connections` connections already open: the handshake completes and the
-      connection is closed at once with 1013, so clients see the bridge's code rather than an
-      HTTP error and retry later
+1013  :attr:`Limits.max_connections` connections already open, or
+      :attr:`Limits.max_connections_per_peer` from the peer's address (IPv6: its /64): the
+      handshake completes and the connection is closed at once with 1013, so clients see the
+      bridge's code rather than an HTTP error and retry later
 ====  ===============================================================================
 """
 
@@ -29,18 +32,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from ssl import SSLContext, SSLObject
 
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from asap.core import probes
+from asap.core.certificates import certificate_identity
+from asap.core.context import Identity
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
+from asap.core.middleware import BearerAuth
 from asap.errors import InvalidState
+from asap.protocol.admission import Counts
 from asap.protocol.frames import SUBPROTOCOLS, CloseCode
 from asap.protocol.limits import Limits
-from asap.tls import ServerTLS
+from asap.protocol.proxies import TrustedProxies
+from asap.tls import ServerTLS, certificate_from_ssl
 from asap.transports.base import ServerTransport, listener_url
 from asap.transports.ws.handshake import HandshakePolicy, HttpEndpoint, select_subprotocol
 from asap.transports.ws.http_endpoints import HEALTH_PATH, health_endpoint
@@ -81,6 +90,13 @@ class WebSocketServerTransport(ServerTransport):
         subprotocols: The subprotocols accepted (all of :data:`SUBPROTOCOLS` by default); a
             handshake offering none of them is refused with HTTP 400. Leaving out the JSON ones
             turns off the costlier decoder for peers that do not need it.
+        trusted_proxies: Peers whose handshake's ``X-Forwarded-For`` header names the client
+            (the peer calls see); from any other peer it is ignored.
+        handshake_auth: Verify the handshake's credentials with this guard before the upgrade
+            (HTTP 401 when they do not verify; :mod:`asap.transports.ws.handshake_auth`). None
+            lets every handshake through and leaves authentication to each call.
+        handshake_charge: Charges an anonymous principal (``peer:<address>``) one rate-limit
+            token for each refused handshake; past its limit the refusal is HTTP 429.
     """
 
     reuse_port: bool = False
@@ -99,6 +115,9 @@ class WebSocketServerTransport(ServerTransport):
         allowed_origins: Sequence[str] | None,
         http_endpoints: Mapping[str, HttpEndpoint] | None = None,
         subprotocols: Sequence[str] = SUBPROTOCOLS,
+        trusted_proxies: TrustedProxies | None = None,
+        handshake_auth: BearerAuth | None = None,
+        handshake_charge: Callable[[str], Awaitable[float]] | None = None,
     ) -> None:
         if not path.startswith("/"):
             message = f"path must start with '/', got {path!r}"
@@ -110,8 +129,14 @@ class WebSocketServerTransport(ServerTransport):
         self.subprotocols = tuple(name for name in SUBPROTOCOLS if name in subprotocols)
         """The subprotocols this listener accepts, most preferred first."""
         self.dispatcher = dispatcher
+        self.trusted_proxies = trusted_proxies or TrustedProxies(())
+        """Peers whose handshake's ``X-Forwarded-For`` names the client the core sees."""
         self.health = health
         self.limits = limits
+        self.handshake_auth = handshake_auth
+        """Checks every handshake's credentials before the upgrade, when set."""
+        self.handshake_charge = handshake_charge
+        """Charges a refused handshake to the peer's rate limit, when set."""
         self.policy = HandshakePolicy(
             path=path,
             allowed_origins=None if allowed_origins is None else frozenset(allowed_origins),
@@ -120,12 +145,16 @@ class WebSocketServerTransport(ServerTransport):
         self._host = host
         self._port = port
         self._tls = tls
+        self._ssl: SSLContext | None = None
+        """The context new handshakes use (see reload_tls)."""
         self._path = path
         self._server: asyncio.Server | None = None
         self._accepted: set[ServerBridgeConnection] = set()
         """Every connection whose transport is up (handshaking or open)."""
         self._open: set[ServerBridgeConnection] = set()
         """Connections past the handshake that hold a slot of ``max_connections``."""
+        self._per_peer = Counts(limits.max_connections_per_peer)
+        """Slots of ``_open`` by peer (:func:`~asap.protocol.admission.peer_key`)."""
         self._ended: set[ServerBridgeConnection] = set()
         """Connections that ended while handlers of theirs were still finishing."""
         self._served = False
@@ -140,6 +169,15 @@ class WebSocketServerTransport(ServerTransport):
         """How many bridge connections are open."""
         return len(self._open)
 
+    def connections_from(self, key: str) -> int:
+        """How many bridge connections are open from one peer (a ``peer_key``)."""
+        return self._per_peer.held(key)
+
+    @property
+    def peers(self) -> int:
+        """How many peers have a bridge connection open (the per-peer map's size)."""
+        return len(self._per_peer)
+
     def open_connections(self) -> list[ServerBridgeConnection]:
         """The bridge connections now open (for tests and diagnostics)."""
         return list(self._open)
@@ -150,19 +188,23 @@ class WebSocketServerTransport(ServerTransport):
         """A TCP connection arrived (its handshake has not run yet)."""
         self._accepted.add(conn)
 
-    def bridge_opened(self, conn: ServerBridgeConnection) -> bool:
-        """A handshake completed; ``False`` when the connection limit leaves it no slot."""
+    def bridge_opened(self, conn: ServerBridgeConnection) -> str | None:
+        """A handshake completed: take a slot, or say why there is none (the 1013 reason)."""
         if len(self._open) >= self.limits.max_connections:
-            return False
+            return "connection limit reached"
+        if not self._per_peer.try_acquire(conn.peer_key):
+            return "too many connections from this address"
         self._open.add(conn)
         probes.connection_opened(TRANSPORT)
-        return True
+        return None
 
     def connection_lost(self, conn: ServerBridgeConnection) -> None:
         """A connection ended; handlers of its still finishing are awaited at stop."""
         self._accepted.discard(conn)
         was_open = conn in self._open
-        self._open.discard(conn)
+        if was_open:
+            self._open.discard(conn)
+            self._per_peer.release(conn.peer_key)
         if conn.session is not None:  # past the handshake (also one refused with 1013 or 1001)
             probes.connection_closed(TRANSPORT, conn.close_code, was_open=was_open)
         # Handlers were cancelled and end within a loop turn or two: keep only those still going.
@@ -188,7 +230,12 @@ class WebSocketServerTransport(ServerTransport):
             message = "the WebSocket transport was already started"
             raise InvalidState(message)
         loop = asyncio.get_running_loop()
-        ssl = None if self._tls is None else self._tls.ssl_context()
+        ssl = None
+        if self._tls is not None:
+            ssl = self._ssl = self._tls.ssl_context()
+            # Every handshake asks for the current context (reload_tls replaces it); the callback
+            # runs without SNI too (server_name None), so a client dialling an IP is served alike.
+            ssl.sni_callback = self._current_context
         self._server = await loop.create_server(
             self._new_connection,
             self._host,
@@ -199,6 +246,44 @@ class WebSocketServerTransport(ServerTransport):
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self.health.subscribe(self._on_health)
+
+    def _current_context(
+        self, ssl_object: SSLObject, _server_name: str | None, initial: SSLContext
+    ) -> None:
+        current = self._ssl
+        if current is not None and current is not initial:
+            ssl_object.context = current
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """What new connections are served with (None: plaintext)."""
+        return self._tls
+
+    def reload_tls(self, tls: ServerTLS) -> None:
+        """Use ``tls`` for every new connection; connections already open keep theirs.
+
+        Raises:
+            InvalidState: The listener serves plaintext.
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
+        """
+        if self._tls is None:
+            message = "this WebSocket listener serves plaintext; it has no certificate to reload"
+            raise InvalidState(message)
+        self._ssl = self._tls.check_reload(tls)
+        self._tls = tls
+
+    def client_identity(self, transport: asyncio.BaseTransport) -> Identity | None:
+        """The identity of the connection's verified client certificate (mTLS), or None."""
+        tls = self._tls
+        ssl_object = transport.get_extra_info("ssl_object")
+        if tls is None or tls.client_ca is None or not isinstance(ssl_object, SSLObject):
+            return None
+        certificate = certificate_from_ssl(
+            ssl_object.getpeercert(), ssl_object.getpeercert(binary_form=True)
+        )
+        if certificate is None:
+            return None
+        return certificate_identity(tls.client_identity(certificate))
 
     def _new_connection(self) -> ServerBridgeConnection:
         ws = ServerProtocol(

@@ -9,12 +9,19 @@ over gRPC. This module only turns session events into calls and calls' outcomes 
 Credentials. The handshake's ``Authorization`` header, or for browsers (which cannot set headers)
 the ``access_token`` query parameter, is added as ``authorization: Bearer <token>`` metadata to every
 call on the connection whose own CallStart metadata carries none, so the core's
-:class:`~asap.core.middleware.BearerAuth` checks it exactly as it checks gRPC metadata.
+:class:`~asap.core.middleware.BearerAuth` checks it exactly as it checks gRPC metadata. With
+handshake authentication (:mod:`asap.transports.ws.handshake_auth`) they are verified before the
+upgrade as well, in a task, while the connection is not read.
+
+Admission. A connection takes a slot of the listener's global and per-peer caps once its handshake
+completes (1013 when there is none), and is closed (GoAway, then 1001) once it has carried no call
+for :attr:`~asap.protocol.limits.Limits.connection_idle_timeout`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -23,7 +30,7 @@ from google.protobuf.message import Message
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from asap.core.context import CallContext
+from asap.core.context import ANONYMOUS_PREFIX, CallContext, Identity
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS
 from asap.core.middleware import AUTHORIZATION
@@ -35,9 +42,11 @@ from asap.errors import (
     MessageTooLarge,
     RateLimited,
     ShuttingDown,
+    Unauthenticated,
     UnknownMethod,
     to_status,
 )
+from asap.protocol.admission import peer_key
 from asap.protocol.events import (
     CallCancelled,
     CallStarted,
@@ -49,8 +58,10 @@ from asap.protocol.events import (
 )
 from asap.protocol.frames import CloseCode, Codec
 from asap.protocol.metadata import Metadata
+from asap.protocol.proxies import FORWARDED_FOR, parse_peer, peer_string
 from asap.protocol.session import ServerSession
 from asap.transports.ws.handshake import credentials
+from asap.transports.ws.handshake_auth import check_credentials
 from asap.transports.ws.pump import BridgePump
 from asap.transports.ws.server_call import BridgeServerCall
 from asap.v1 import status_pb2
@@ -71,12 +82,20 @@ GOAWAY_REASON = "server shutting down"
 CALL_TASK = "asap.ws.server.call"
 """The name of a call's task."""
 
+HANDSHAKE_TASK = "asap.ws.server.handshake"
+"""The name of the task that verifies a handshake's credentials."""
+
+_VERIFYING = object()
+"""The read hold while a handshake's credentials are verified."""
+
 _OK = status_pb2.Status()
 USER_AGENT = "user-agent"
 """The metadata key of the client's user agent (gRPC's header; the bridge's handshake header)."""
 _MAX_USER_AGENT = 512
 _TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
 _NO_RESPONSE = "the method produced no response"
+IDLE_REASON = "idle timeout"
+"""The GoAway and close (1001) reason of a connection closed for carrying no call."""
 
 
 def _has_authorization(metadata: Metadata) -> bool:
@@ -103,6 +122,10 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.authorization: str | None = None
         self.user_agent: str | None = None
         """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
+        self.tls_identity: Identity | None = None
+        """The identity of the verified client certificate (mTLS), given to every call."""
+        self.call_peer: str | None = None
+        """The client a trusted proxy forwarded this connection for: the peer calls see."""
         self._handler_time = 0.0
         """Seconds the current read spent running calls eagerly (not charged to the decode budget)."""
         self.idle = asyncio.Event()
@@ -110,12 +133,21 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.idle.set()
         self._running = 0
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.peer_key = "unknown"
+        """The peer for per-peer limits: its IPv4 address or IPv6 /64 (behind a trusted proxy,
+        the forwarded client's)."""
+        self._idle_since = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._verifying: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake deadline and join the listener's registry."""
         super().connection_made(transport)
+        address: object = transport.get_extra_info("peername")
+        if isinstance(address, tuple) and address:
+            self.peer_key = peer_key(str(address[0]))
         self.listener.connection_made(self)
         self._handshake_timer = self.loop.call_later(
             self.listener.limits.handshake_timeout, self._handshake_expired
@@ -145,12 +177,46 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             self.abort()
 
     def on_handshake(self, event: Request | Response) -> None:
-        """Check the request against the policy, then accept or refuse it."""
+        """Check the request against the policy (and its credentials), then accept or refuse it."""
         if not isinstance(event, Request):  # pragma: no cover - a server receives requests only
             return
+        listener = self.listener
+        if listener.trusted_proxies:  # per-peer limits count the client a trusted proxy names
+            forwarded = event.headers.get_all(FORWARDED_FOR)
+            client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
+            if client is not None:
+                self.peer_key = peer_key(str(client))
+        response = listener.policy.check(self.server_ws, event)
+        if response is None and listener.handshake_auth is not None:
+            # The verifier is async: answer when it returns. Nothing is read meanwhile (a client
+            # sends no frame before the 101), and the handshake deadline still runs.
+            self._hold(_VERIFYING)
+            self._verifying = self.tasks.spawn(self._verify(event), name=HANDSHAKE_TASK)
+            return
+        self._answer(event, response)
+
+    async def _verify(self, request: Request) -> None:
+        auth = self.listener.handshake_auth
+        if auth is None:  # pragma: no cover - only started with one
+            return
+        charge = self.listener.handshake_charge
+        response = await check_credentials(
+            auth,
+            self.server_ws,
+            request,
+            None if charge is None else functools.partial(charge, ANONYMOUS_PREFIX + self.peer_key),
+        )
+        self._verifying = None
+        if self.closed:
+            return
+        self._release(_VERIFYING)
+        self._answer(request, response)
+        self.flush()
+
+    def _answer(self, event: Request, response: Response | None) -> None:
+        """Send the handshake's response: the refusal, or the upgrade and the session's start."""
         ws = self.server_ws
         listener = self.listener
-        response = listener.policy.check(ws, event)
         if response is None:
             response = ws.accept(event)
         ws.send_response(response)
@@ -166,6 +232,12 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         # soon as they pass their own, smaller cap, not after buffering max_frame_bytes of them.
         ws.max_message_size = session.codec.max_frame_bytes
         self.authorization = credentials(event)
+        if self.transport is not None:
+            self.tls_identity = listener.client_identity(self.transport)
+        if listener.trusted_proxies:
+            forwarded = event.headers.get_all(FORWARDED_FOR)
+            client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
+            self.call_peer = None if client is None else peer_string(client)
         user_agent = event.headers.get("User-Agent")
         if user_agent and set(user_agent) <= _TEXT_CHARS:
             # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
@@ -173,15 +245,22 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if listener.closing:
             self.close(CloseCode.GOING_AWAY, GOAWAY_REASON)
             return
-        if not listener.bridge_opened(self):
-            self.close(CloseCode.TRY_AGAIN_LATER, "connection limit reached")
+        refused = listener.bridge_opened(self)
+        if refused is not None:
+            self.close(CloseCode.TRY_AGAIN_LATER, refused)
             return
         self.start_heartbeat(listener.heartbeat_period(), limits.heartbeat_timeout)
+        self._became_idle()
         if listener.draining:  # calls on it are refused with SHUTTING_DOWN, as on gRPC
             session.send_goaway(GOAWAY_REASON)
 
     def on_closed(self) -> None:
         """The connection ended: every call still running is cancelled."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._verifying is not None:
+            self._verifying.cancel()  # the handshake deadline passed, or the peer left
         session = self.session
         if session is not None:
             session.receive_eof(self.close_code)
@@ -291,11 +370,13 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         ctx = CallContext(
             method=spec,
             metadata=metadata,
-            peer=self.peer,
+            peer=self.call_peer or self.peer,
             transport=TRANSPORT,
             timeout=event.timeout,
             deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
         )
+        if self.tls_identity is not None:
+            ctx.identity = ctx.tls_identity = self.tls_identity
         call = BridgeServerCall(self, stream_id, spec)
         call.ctx = ctx
         self.calls[stream_id] = call
@@ -334,6 +415,34 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._running -= 1
         if self._running == 0:
             self.idle.set()
+            self._became_idle()
+
+    # -- idle timeout: Limits.connection_idle_timeout, as gRPC's max_connection_idle -------
+
+    def _became_idle(self) -> None:
+        """No call is open from now: close the connection if it stays so for the idle timeout.
+
+        One timer at most per connection: a busy connection only moves ``_idle_since``, and the
+        timer, when it fires early, re-arms itself for the remaining time.
+        """
+        timeout = self.listener.limits.connection_idle_timeout
+        self._idle_since = self.loop.time()
+        if timeout and self._idle_timer is None and not self.closed:
+            self._idle_timer = self.loop.call_at(self._idle_since + timeout, self._idle_due)
+
+    def _idle_due(self) -> None:
+        self._idle_timer = None
+        if self._running or not self.is_open:
+            return  # a call is open: the next _call_done re-arms the timer
+        due = self._idle_since + self.listener.limits.connection_idle_timeout
+        if self.loop.time() < due:
+            self._idle_timer = self.loop.call_at(due, self._idle_due)
+            return
+        _log.debug("closing %s: no call for the idle timeout", self.peer)
+        # GoAway first, as gRPC's GOAWAY: a client stops starting calls here and reconnects for
+        # its next one; a CallStart already on its way is refused with SHUTTING_DOWN (retried).
+        self._session().send_goaway(IDLE_REASON)
+        self.close(CloseCode.GOING_AWAY, IDLE_REASON)
 
     def on_deadline(self, call: object) -> None:
         """A call's deadline passed: cancel its handler (DEADLINE_EXCEEDED), or answer it."""
@@ -410,7 +519,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             # A free call (health) does not wipe the strikes: one Check after every 19 refused
             # calls would otherwise keep a peer calling past its rate limit forever.
             session.record_call_ok()
-        elif isinstance(error, RateLimited) and session.record_rate_limited():
+        elif isinstance(error, RateLimited | Unauthenticated) and session.record_rate_limited():
+            # A refused credential is a strike too: guessing tokens ends the connection (1008).
             for event in session.events_received():
                 self.on_event(event)
 

@@ -2,7 +2,7 @@
  * AsapClient: the AgentService calls an agent developer makes, with envelopes completed (id,
  * timestamp, asap_version, sender), unary calls retried on UNAVAILABLE (safe: the server
  * deduplicates envelope ids), a default deadline for unary calls, and the token sent as call
- * metadata.
+ * metadata and, for the handshake, as an `asap.token.` subprotocol entry (never in the URL).
  */
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { AgentService, type DeliveryResult, type SendResponse, type StreamResponse } from "./gen/asap/v1/agent_service_pb.js";
@@ -26,7 +26,11 @@ export interface RetryOptions {
 export interface AsapClientOptions extends BridgeTransportOptions {
   /** The sender URN written into envelopes that have none. */
   sender?: string;
-  /** A bearer token, or a function returning the current one (called per call, so it may refresh). */
+  /**
+   * A bearer token, or a function returning the current one (called per call, so it may refresh).
+   * Sent as each call's `authorization` metadata, and in the handshake (`handshakeToken`, unless
+   * that is given) for servers that authenticate connections.
+   */
   token?: string | (() => string | Promise<string>);
   /** Default deadline of unary calls (ms); streams have none by default. Default 30,000; null: none. */
   timeoutMs?: number | null;
@@ -52,7 +56,7 @@ export class AsapClient {
   readonly #retry: Required<RetryOptions>;
 
   constructor(options: AsapClientOptions) {
-    this.transport = new BridgeTransport(options);
+    this.transport = new BridgeTransport({ ...options, handshakeToken: options.handshakeToken ?? options.token });
     this.sender = options.sender;
     this.#timeoutMs = options.timeoutMs === null ? undefined : (options.timeoutMs ?? 30_000);
     this.#retry = { maxAttempts: 4, initialBackoffMs: 50, maxBackoffMs: 2_000, ...options.retry };

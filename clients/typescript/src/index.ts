@@ -12,6 +12,8 @@ export { Metadata, MetadataError, type MetadataInit, type MetadataValue } from "
 export {
   BridgeTransport,
   backoff,
+  tokenEntry,
+  TOKEN_ENTRY_PREFIX,
   type BridgeTransportOptions,
   type ReconnectOptions,
   type WebSocketFactory,

@@ -34,6 +34,14 @@ export interface BridgeTransportOptions {
   subprotocols?: string[];
   /** Handshake headers (Node's `ws` only: browsers cannot set headers). */
   headers?: Record<string, string>;
+  /**
+   * A bearer token for the handshake, or a function returning the current one (asked at each
+   * connection). Offered as a `Sec-WebSocket-Protocol` entry `asap.token.<base64url(token)>`
+   * beside the real subprotocols (browsers cannot set an Authorization header, and a token in the
+   * URL ends up in logs); the server reads it, never selects or echoes it. Not offered when
+   * `headers` carries an Authorization header. `AsapClient` sets it from its `token`.
+   */
+  handshakeToken?: string | (() => string | Promise<string>);
   /** Receive window per stream, in bytes. Default 65,536. */
   windowBytes?: number;
   /** Largest message accepted, in bytes. Default 4 MiB. */
@@ -162,7 +170,13 @@ export class BridgeTransport {
   /** Open a WebSocket; also returns the messages that arrived before the Connection took over. */
   async #open(): Promise<[WebSocketLike, unknown[]]> {
     const factory = this.#options.webSocket ?? defaultWebSocket;
-    const ws = await factory(this.url, this.#offered, this.#options.headers ?? {});
+    const headers = this.#options.headers ?? {};
+    const token = this.#options.handshakeToken;
+    const protocols =
+      token === undefined || Object.keys(headers).some((name) => name.toLowerCase() === "authorization")
+        ? this.#offered
+        : [...this.#offered, tokenEntry(typeof token === "string" ? token : await token())];
+    const ws = await factory(this.url, protocols, headers);
     ws.binaryType = "arraybuffer";
     const timeoutMs = this.#options.connectTimeoutMs ?? 10_000;
     const early: unknown[] = [];
@@ -205,6 +219,25 @@ export class BridgeTransport {
     for (const conn of [...this.#all]) conn.close(1000, "");
     this.#current = undefined;
   }
+}
+
+/** What starts a token entry in `Sec-WebSocket-Protocol`. */
+export const TOKEN_ENTRY_PREFIX = "asap.token.";
+/** The longest token a handshake entry may carry (the server refuses longer ones). */
+export const MAX_TOKEN_BYTES = 4096;
+
+/**
+ * The `Sec-WebSocket-Protocol` entry that carries `token`: `asap.token.` and the unpadded
+ * base64url of its bytes. A token is 1 to 4,096 visible ASCII characters (INVALID_ARGUMENT otherwise).
+ */
+export function tokenEntry(token: string): string {
+  if (token.length === 0 || token.length > MAX_TOKEN_BYTES || !/^[\x21-\x7e]+$/.test(token)) {
+    throw new AsapError(Code.INVALID_ARGUMENT, "a handshake token must be 1 to 4096 visible ASCII characters", {
+      reason: "INVALID_ARGUMENT",
+    });
+  }
+  const base64 = btoa(token); // visible ASCII: one byte per character
+  return TOKEN_ENTRY_PREFIX + base64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 /** The wait before an attempt after `failures` failed ones in a row (ms). */

@@ -14,6 +14,8 @@ import {
   MetadataError,
   ServingStatus,
   taskEnvelope,
+  tokenEntry,
+  TOKEN_ENTRY_PREFIX,
   type AsapClientOptions,
   type Envelope,
   type WebSocketFactory,
@@ -470,10 +472,28 @@ scenario("auth: missing, wrong and good tokens", async (ctx) => {
   const refreshing = ctx.client({ server: "auth", token: () => (calls++, GOOD_TOKEN) });
   await refreshing.send(env("echo"));
   await refreshing.send(env("echo"));
-  eq(calls, 2, "a token function is asked per call");
+  eq(calls, 3, "a token function is asked per call, and once for the connection");
 });
 
-scenario("auth: access_token in the URL, and call metadata wins over it", async (ctx) => {
+scenario("auth: the handshake token is a subprotocol entry, never in the URL or echoed", async (ctx) => {
+  eq(tokenEntry(GOOD_TOKEN), "asap.token.Z29vZC10b2tlbg");
+  const { factory, sockets, offers } = recording();
+  const seen = result((await ctx.client({ server: "auth", handshakeToken: GOOD_TOKEN, webSocket: factory }).send(env("inspect"))).envelope);
+  eq(seen["identity"], TESTER, "the handshake's token authenticates a call without metadata");
+  eq(seen["authorization"], "[redacted]", "handlers never see the token");
+  await ctx.client({ server: "auth", token: GOOD_TOKEN, webSocket: factory }).send(env("echo"));
+  eq(offers.length, 2);
+  for (const offer of offers) {
+    ok(!offer.url.includes(GOOD_TOKEN), "no token in the URL");
+    eq(offer.protocols.slice(-1), [tokenEntry(GOOD_TOKEN)]);
+  }
+  for (const ws of sockets) ok(!ws.protocol.startsWith(TOKEN_ENTRY_PREFIX), `selected ${ws.protocol}`);
+  await rejects(ctx.client({ server: "auth", handshakeToken: "has space", retry: { maxAttempts: 1 } }).send(env("echo")), {
+    code: Code.INVALID_ARGUMENT,
+  });
+});
+
+scenario("auth: access_token in the URL (deprecated), and call metadata wins over it", async (ctx) => {
   const url = `${ctx.servers.auth.ws}?access_token=${GOOD_TOKEN}`;
   eq(result((await ctx.client({ url }).send(env("inspect"))).envelope)["identity"], TESTER);
   const bad = `${ctx.servers.auth.ws}?access_token=nope`;
@@ -600,10 +620,12 @@ scenario("a client-streaming call waits for credit (small server window)", async
 // -- connections ----------------------------------------------------------------------------
 
 /** A WebSocket factory that remembers the sockets it made. */
-function recording(): { factory: WebSocketFactory; sockets: WebSocketLike[] } {
+function recording(): { factory: WebSocketFactory; sockets: WebSocketLike[]; offers: { url: string; protocols: string[] }[] } {
   const sockets: WebSocketLike[] = [];
+  const offers: { url: string; protocols: string[] }[] = [];
   const global = (globalThis as { WebSocket?: new (url: string, protocols: string[]) => WebSocketLike }).WebSocket;
   const factory: WebSocketFactory = async (url, protocols) => {
+    offers.push({ url, protocols: [...protocols] });
     let ws: WebSocketLike;
     if (global !== undefined) ws = new global(url, protocols);
     else {
@@ -614,7 +636,7 @@ function recording(): { factory: WebSocketFactory; sockets: WebSocketLike[] } {
     sockets.push(ws);
     return ws;
   };
-  return { factory, sockets };
+  return { factory, sockets, offers };
 }
 
 scenario("a lost connection fails its calls, and the next call reconnects", async (ctx) => {

@@ -109,6 +109,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_TOO_MANY_ENVELOPES: _ErrorReason.ValueType  # 404
     """A SendBatch or Publish carried more envelopes than the server takes in one call."""
+    ERROR_REASON_PRINCIPAL_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 405
+    """One principal (an identity, or an anonymous peer address) already has as many calls in flight
+    as the server allows each principal (Limits.max_calls_per_principal), over every connection.
+    """
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 500
     """The server is shutting down and accepts no new calls."""
     ERROR_REASON_CONNECTION_LOST: _ErrorReason.ValueType  # 501
@@ -116,6 +120,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 502
     """The shared store the server keeps delivery outcomes or rate limits in (Redis) cannot be
     reached; nothing was processed, so a retry is safe.
+    """
+    ERROR_REASON_UNKNOWN_RECIPIENT: _ErrorReason.ValueType  # 600
+    """The envelope's recipient is not the agent this server serves; nothing was delivered. The
+    server never answers for another agent (ErrorInfo.metadata "recipient" is the agent's URN).
+    """
+    ERROR_REASON_IDENTITY_MISMATCH: _ErrorReason.ValueType  # 601
+    """The bearer token's subject is not the identity of the client certificate on the same
+    connection (mutual TLS): the two credentials disagree, so neither is trusted.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -210,6 +222,10 @@ ERROR_REASON_FLOW_CONTROL_VIOLATION: ErrorReason.ValueType  # 403
 """
 ERROR_REASON_TOO_MANY_ENVELOPES: ErrorReason.ValueType  # 404
 """A SendBatch or Publish carried more envelopes than the server takes in one call."""
+ERROR_REASON_PRINCIPAL_QUOTA_EXCEEDED: ErrorReason.ValueType  # 405
+"""One principal (an identity, or an anonymous peer address) already has as many calls in flight
+as the server allows each principal (Limits.max_calls_per_principal), over every connection.
+"""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 500
 """The server is shutting down and accepts no new calls."""
 ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
@@ -217,6 +233,14 @@ ERROR_REASON_CONNECTION_LOST: ErrorReason.ValueType  # 501
 ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 502
 """The shared store the server keeps delivery outcomes or rate limits in (Redis) cannot be
 reached; nothing was processed, so a retry is safe.
+"""
+ERROR_REASON_UNKNOWN_RECIPIENT: ErrorReason.ValueType  # 600
+"""The envelope's recipient is not the agent this server serves; nothing was delivered. The
+server never answers for another agent (ErrorInfo.metadata "recipient" is the agent's URN).
+"""
+ERROR_REASON_IDENTITY_MISMATCH: ErrorReason.ValueType  # 601
+"""The bearer token's subject is not the identity of the client certificate on the same
+connection (mutual TLS): the two credentials disagree, so neither is trusted.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

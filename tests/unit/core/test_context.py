@@ -63,6 +63,19 @@ def test_principal_is_peer_host_when_anonymous(kit: Kit) -> None:
     assert kit.ctx(peer="ipv4:1.2.3.4:6").principal == "peer:1.2.3.4"
 
 
+@pytest.mark.parametrize(
+    ("peer", "principal"),
+    [
+        ("ipv6:[2001:db8:1:2::7]:5", "peer:2001:db8:1:2::/64"),
+        ("ipv6:%5B2001:db8:1:2:ffff::1%5D:9", "peer:2001:db8:1:2::/64"),
+        ("ipv6:[::ffff:1.2.3.4]:5", "peer:1.2.3.4"),
+    ],
+)
+def test_anonymous_ipv6_principal_is_its_64(kit: Kit, peer: str, principal: str) -> None:
+    """Every address of one IPv6 /64 is one anonymous principal (rotating them buys nothing)."""
+    assert kit.ctx(peer=peer).principal == principal
+
+
 def test_principal_is_identity_subject(kit: Kit) -> None:
     """An authenticated caller is keyed by its subject, whatever its address."""
     ctx = kit.ctx(peer="ipv6:[::1]:5")

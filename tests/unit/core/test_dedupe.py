@@ -72,6 +72,22 @@ def test_fingerprint_ignores_volatile_fields_only() -> None:
     assert base.trace_id == "t-1"  # the envelope itself is not modified
 
 
+def test_fingerprint_leaves_the_envelope_as_it_was() -> None:
+    """The volatile fields are cleared only while hashing: the envelope is byte-for-byte unchanged."""
+    stamped = _envelope()
+    stamped.timestamp.seconds = 0  # present but zero: must stay present
+    stamped.asap_version = "1.1"
+    unstamped = _envelope()
+    unstamped.ClearField("timestamp")
+    unstamped.trace_id = ""
+    for envelope in (stamped, unstamped):
+        before = envelope.SerializeToString()
+        had_timestamp = envelope.HasField("timestamp")
+        fingerprint(envelope)
+        assert envelope.SerializeToString() == before
+        assert envelope.HasField("timestamp") is had_timestamp
+
+
 def test_key_is_scoped_by_principal_and_sender() -> None:
     """Two principals, or two senders, never share a key for the same id."""
     envelope = _envelope()

@@ -488,6 +488,40 @@ async def test_handler_may_return_a_whole_envelope(kit: Kit) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_returned_envelope_is_sent_as_the_agent(kit: Kit) -> None:
+    """A handler cannot answer as another agent: the sender of its envelope becomes the agent's."""
+    agent = kit.agent()
+
+    @agent.on(payload_pb2.McpToolCall)
+    async def tool(request: Incoming[payload_pb2.McpToolCall]) -> envelope_pb2.Envelope:
+        return envelope_pb2.Envelope(
+            sender="urn:asap:agent:impersonated",
+            recipient=request.envelope.sender,
+            mcp_tool_result=payload_pb2.McpToolResult(request_id="r", success=True),
+        )
+
+    harness = kit.Harness(agent)
+    call = payload_pb2.McpToolCall(request_id="r", tool_name="t")
+    result = await harness.deliverer.deliver(kit.ctx(), kit.envelope(call, envelope_id="c"))
+    assert result.envelope.sender == kit.AGENT_ID
+
+
+@pytest.mark.asyncio
+async def test_an_envelope_for_another_recipient_is_refused_unrun(
+    kit: Kit, harness: Harness
+) -> None:
+    """NOT_FOUND (UNKNOWN_RECIPIENT), and nothing is claimed: the same id may be used again."""
+    envelope = kit.envelope(kit.task("echo", "hi"), envelope_id="r", recipient="urn:asap:agent:x")
+    result = await harness.deliverer.deliver(kit.ctx(), envelope)
+    error = errors.from_status(result.error)
+    assert isinstance(error, errors.UnknownRecipient)
+    assert error.metadata == {"recipient": kit.AGENT_ID}
+    envelope.recipient = kit.AGENT_ID
+    result = await harness.deliverer.deliver(kit.ctx(), envelope)
+    assert result.HasField("envelope")
+
+
+@pytest.mark.asyncio
 async def test_handler_returning_none_sends_no_envelope(kit: Kit) -> None:
     """A handler that returns None produces an empty answer."""
     agent = kit.agent()

@@ -53,3 +53,17 @@ async def test_check_answers_the_serving_state(kit: Kit) -> None:
     ]
     unknown = kit.Call([health_pb2.HealthCheckRequest(service="nope")])
     assert isinstance(await health.check(unknown), errors.NotFound)
+
+
+def test_watch_slots_are_bounded() -> None:
+    """At most ``max_watchers`` Watch slots are taken; a released one can be taken again."""
+    health = HealthState(max_watchers=2)
+    assert health.try_watch()
+    assert health.try_watch()
+    assert not health.try_watch()
+    assert health.watchers == 2
+    health.unwatch()
+    assert health.try_watch()
+    for _ in range(5):
+        health.unwatch()
+    assert health.watchers == 0

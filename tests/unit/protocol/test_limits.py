@@ -26,6 +26,11 @@ def test_defaults() -> None:
     assert limits.rate_limit_max_principals == 10_000
     assert limits.rate_limit_strikes_before_close == 20
     assert limits.rate_limit_enabled
+    assert limits.max_connections_per_peer == 100
+    assert limits.max_calls_per_principal == 250
+    assert limits.max_health_watchers == 100
+    assert limits.rate_limit_max_anonymous == 10_000
+    assert limits.connection_idle_timeout == 300.0
 
 
 def test_frame_cap_follows_message_size() -> None:
@@ -58,6 +63,10 @@ def test_zero_rate_disables_rate_limiting() -> None:
         {"max_message_bytes": 100, "max_frame_bytes": 99},
         {"max_concurrent_streams": 0},
         {"max_connections": 0},
+        {"max_connections_per_peer": -1},
+        {"max_calls_per_principal": -1},
+        {"max_health_watchers": 0},
+        {"rate_limit_max_anonymous": 0},
         {"max_concurrent_calls": 0},
         {"rate_limit_burst": 0},
         {"rate_limit_max_principals": 0},

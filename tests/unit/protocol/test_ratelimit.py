@@ -175,3 +175,70 @@ def test_limiter_rejects_bad_parameters(rate: float, burst: float, max_principal
     """Bad limiter parameters raise ValueError."""
     with pytest.raises(ValueError, match="must be"):
         RateLimiter(rate, burst, max_principals=max_principals)
+
+
+# --- anonymous principals: their own bounded table and one overflow bucket ----------------------
+
+
+def test_rotating_anonymous_principals_never_evict_authenticated_ones() -> None:
+    """However many anonymous peers appear, an authenticated principal keeps its (empty) bucket."""
+    limiter = RateLimiter(rate=1.0, burst=1, max_principals=2, max_anonymous=4)
+    assert limiter.try_acquire("urn:alice", 0.0) == 0.0
+    for index in range(10_000):
+        limiter.try_acquire(f"peer:10.0.{index // 256}.{index % 256}", 0.0, anonymous=True)
+    assert limiter.try_acquire("urn:alice", 0.0) > 0.0
+    assert set(limiter.buckets) == {"urn:alice"}
+
+
+def test_anonymous_table_is_bounded() -> None:
+    """At most ``max_anonymous`` anonymous buckets are kept, whatever the rotation."""
+    limiter = RateLimiter(rate=1.0, burst=5, max_anonymous=4)
+    for index in range(1000):
+        limiter.try_acquire(f"peer:{index}", 0.0, anonymous=True)
+        assert len(limiter.anonymous) <= 4
+    assert len(limiter.anonymous) == 4
+
+
+def test_rotating_anonymous_principals_do_not_reset_active_ones() -> None:
+    """A full table of active anonymous buckets is kept: an active peer's bucket stays empty."""
+    limiter = RateLimiter(rate=1.0, burst=1, max_anonymous=2)
+    assert limiter.try_acquire("peer:victim", 0.0, anonymous=True) == 0.0
+    assert limiter.try_acquire("peer:other", 0.0, anonymous=True) == 0.0
+    for index in range(100):
+        limiter.try_acquire(f"peer:rotating-{index}", 0.0, anonymous=True)
+    assert set(limiter.anonymous) == {"peer:victim", "peer:other"}
+    assert limiter.try_acquire("peer:victim", 0.0, anonymous=True) > 0.0
+
+
+def test_new_anonymous_principals_share_the_overflow_bucket_when_full() -> None:
+    """Past the table, every new anonymous principal draws on one shared bucket: no fresh bursts."""
+    limiter = RateLimiter(rate=1.0, burst=3, max_anonymous=1)
+    limiter.try_acquire("peer:first", 0.0, anonymous=True)
+    granted = [
+        limiter.try_acquire(f"peer:rotating-{index}", 0.0, anonymous=True) == 0.0
+        for index in range(100)
+    ]
+    assert granted.count(True) == 3  # one burst for all of them, not one each
+    assert limiter.try_acquire("peer:late", 0.0, anonymous=True) == pytest.approx(1.0)
+
+
+def test_idle_anonymous_buckets_make_room_again() -> None:
+    """Once the anonymous buckets are full again (idle), new peers get buckets of their own."""
+    limiter = RateLimiter(rate=1.0, burst=1, max_anonymous=1)
+    limiter.try_acquire("peer:a", 0.0, anonymous=True)
+    assert limiter.try_acquire("peer:b", 0.0, anonymous=True) == 0.0  # the overflow's burst
+    assert limiter.try_acquire("peer:c", 0.0, anonymous=True) > 0.0
+    assert limiter.try_acquire("peer:c", 1.0, anonymous=True) == 0.0  # peer:a is idle again
+    assert set(limiter.anonymous) == {"peer:c"}
+
+
+def test_prune_drops_idle_anonymous_and_overflow_buckets() -> None:
+    """prune() forgets idle buckets in both tables and an idle overflow bucket."""
+    limiter = RateLimiter(rate=1.0, burst=1, max_anonymous=1)
+    limiter.try_acquire("urn:a", 0.0)
+    limiter.try_acquire("peer:a", 0.0, anonymous=True)
+    limiter.try_acquire("peer:b", 0.0, anonymous=True)
+    assert limiter.overflow is not None
+    assert limiter.prune(10.0) == 2
+    assert len(limiter) == 0
+    assert limiter.overflow is None
