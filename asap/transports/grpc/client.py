@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Protocol, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -22,6 +23,7 @@ from google.protobuf.message import Message
 from asap._typing import Metadata
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS, Arity, MethodSpec
+from asap.core.tasks import TaskOwner
 from asap.errors import AsapError, Cancelled, ConnectionLost, InvalidState
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 from asap.tls import ClientTLS, check_plaintext_allowed
@@ -77,6 +79,90 @@ def _iterator(
     return aiter(requests)
 
 
+StreamingRequestCall = (
+    grpc.aio.StreamUnaryCall[Message, Message] | grpc.aio.StreamStreamCall[Message, Message]
+)
+
+
+class _CoreSender(Protocol):
+    """The send half of grpc.aio's Cython call (``call._cython_call``)."""
+
+    async def send_serialized_message(self, message: bytes) -> None: ...
+
+
+def _sender(call: StreamingRequestCall) -> Callable[[Message], Awaitable[None]]:
+    """How to write one request on ``call`` such that a refused write does not mask the status.
+
+    grpc.aio's own ``write`` (and its request-iterator consumer, which uses it) turns a write that
+    grpc core refuses because the call has just ended into a status of its own, INTERNAL
+    "Internal error from Core", which replaces the status the server sent: a caller that was still
+    uploading when the server refused its call would see a broken connection instead of the
+    refusal. Writing through the call's core object leaves the status alone; where that object is
+    not there (another grpc version), the public ``write`` is the fallback.
+    """
+    core = getattr(call, "_cython_call", None)
+    send = getattr(core, "send_serialized_message", None)
+    if core is None or not callable(send):
+        return call.write
+    sender = cast("_CoreSender", core)
+
+    async def write(message: Message) -> None:
+        await sender.send_serialized_message(message.SerializeToString())
+
+    return write
+
+
+class _Upload:
+    """Writes a client-streaming call's requests, then half-closes; stops once the call ends.
+
+    As grpc.aio's request-iterator consumer, except that a write refused because the call ended
+    leaves the server's status for the caller (see :func:`_sender`), and a request iterator that
+    raises ends the call with :attr:`error` (Cancelled, caused by the iterator's exception) for
+    the caller instead of a bare CancelledError, as on the bridge.
+    """
+
+    __slots__ = ("call", "error", "method", "started")
+
+    def __init__(self, call: StreamingRequestCall, method: MethodSpec) -> None:
+        self.call = call
+        self.method = method
+        self.error: AsapError | None = None
+        """Why the upload ended the call (the request iterator failed), else None."""
+        self.started = False
+        """True once :meth:`run` runs: from then on the iterator has been started, so cancelling
+        the upload ends it where it waits and its own cleanup runs (a DuplexStream's releases
+        waiting senders), which a generator that never started cannot do."""
+
+    async def run(self, requests: AsyncIterator[Message]) -> None:
+        """Write every request, pulling the iterator first (also when the call is already over)."""
+        self.started = True
+        call = self.call
+        write = _sender(call)
+        connected = False
+        try:
+            async for request in requests:
+                if call.done():
+                    return
+                if not connected:  # initial metadata first: grpc core needs that order
+                    await call.wait_for_connection()
+                    connected = True
+                await write(request)
+            if not call.done():
+                await call.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.BaseError, asyncio.InvalidStateError):
+            return  # the call is over; its status is what the caller reads
+        except Exception as exc:  # noqa: BLE001 - the request iterator is the caller's code
+            _log.exception("the request iterator of %s failed", self.method.path)
+            error = Cancelled("the request iterator failed")
+            error.__cause__ = exc
+            self.error = error
+            call.cancel()
+        finally:
+            if isinstance(requests, AsyncGenerator):
+                # Finish the caller's generator here rather than in the loop's finalizer task.
+                await requests.aclose()
+
+
 class GrpcChannel(Channel):
     """A Channel to one agent over gRPC.
 
@@ -128,6 +214,8 @@ class GrpcChannel(Channel):
             channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._channel = channel
         self._closed = False
+        self._uploads = TaskOwner("asap.grpc.upload")
+        """The tasks writing client-streaming calls' requests (one per call in flight)."""
         # One multicallable per method, by path; close() empties these so a closed channel fails
         # the lookup instead of paying for a flag check on every call.
         self._unary_unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
@@ -220,25 +308,33 @@ class GrpcChannel(Channel):
             if not isinstance(requests, Message):
                 message = f"{method.name} takes one request message"
                 raise TypeError(message)
-            call = unary_stream(requests, timeout=options.timeout, metadata=metadata)
-            return GrpcResponseStream(self, call)
+            return GrpcResponseStream(
+                self, unary_stream(requests, timeout=options.timeout, metadata=metadata)
+            )
+        call: StreamingRequestCall
         if method.arity is Arity.STREAM_UNARY:
             stream_unary = self._stream_unary.get(method.path)
             if stream_unary is None:
                 raise self._misuse(method)
-            return GrpcResponseStream(
-                self,
-                stream_unary(
-                    _iterator(method, requests), timeout=options.timeout, metadata=metadata
-                ),
-            )
-        stream_stream = self._stream_stream.get(method.path)
-        if stream_stream is None:
-            raise self._misuse(method)
-        return GrpcResponseStream(
-            self,
-            stream_stream(_iterator(method, requests), timeout=options.timeout, metadata=metadata),
-        )
+            upload = _iterator(method, requests)
+            call = stream_unary(timeout=options.timeout, metadata=metadata)
+        else:
+            stream_stream = self._stream_stream.get(method.path)
+            if stream_stream is None:
+                raise self._misuse(method)
+            upload = _iterator(method, requests)
+            call = stream_stream(timeout=options.timeout, metadata=metadata)
+        uploader = _Upload(call, method)
+        task = self._uploads.spawn(uploader.run(upload), name=f"asap.grpc.upload {method.name}")
+
+        def call_over(_call: object) -> None:
+            # Nothing is written any more, and the iterator may wait forever. An upload that has
+            # not started is left to start, pull the iterator once and stop (see _Upload).
+            if uploader.started:
+                task.cancel()
+
+        call.add_done_callback(call_over)
+        return GrpcResponseStream(self, call, uploader)
 
     async def close(self) -> None:
         """Close the connection; calls in flight fail with ConnectionLost (UNAVAILABLE)."""
@@ -250,6 +346,7 @@ class GrpcChannel(Channel):
         self._stream_unary.clear()
         self._stream_stream.clear()
         await self._channel.close()
+        await self._uploads.close()
 
     def _misuse(self, method: MethodSpec) -> Exception:
         if self._closed:
@@ -271,12 +368,19 @@ class GrpcChannel(Channel):
         return None
 
 
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (its own CancelledError is then not ours)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class GrpcResponseStream(ResponseStream):
     """The responses of a grpc.aio streaming call (for client streaming: its one response).
 
     Args:
         channel: The channel the call runs on.
         call: The grpc.aio call; a StreamUnaryCall yields its one response, then ends.
+        upload: What writes a client-streaming call's requests.
     """
 
     def __init__(
@@ -285,9 +389,11 @@ class GrpcResponseStream(ResponseStream):
         call: grpc.aio.UnaryStreamCall[Message, Message]
         | grpc.aio.StreamStreamCall[Message, Message]
         | grpc.aio.StreamUnaryCall[Message, Message],
+        upload: _Upload | None = None,
     ) -> None:
         self._channel = channel
         self._call = call
+        self._upload = upload
         self._reader: (
             grpc.aio.UnaryStreamCall[Message, Message]
             | grpc.aio.StreamStreamCall[Message, Message]
@@ -335,6 +441,9 @@ class GrpcResponseStream(ResponseStream):
         except asyncio.CancelledError:
             self._done = True
             local = self._channel._not_ours(cancelled_locally=self._cancelled)  # noqa: SLF001 - a friend class
+            failed = self._upload.error if self._upload is not None else None
+            if failed is not None and not _cancelling():
+                raise failed from failed.__cause__  # the upload cancelled the call
             if local is None:
                 raise
             raise local from None

@@ -33,7 +33,7 @@ from asap.core.certificates import certificate_identity
 from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
-from asap.core.method import METHODS, SERVICE_NAME, MethodSpec
+from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
 from asap.core.tasks import TaskOwner
 from asap.errors import (
     AsapError,
@@ -89,7 +89,10 @@ class _Undecodable:
         return MalformedFrame(f"the request does not parse as {self.type_name}")
 
 
-def _deserializer(kind: type[Message]) -> Callable[[bytes], Message | _Undecodable]:
+Deserializer = Callable[[bytes], Message | _Undecodable]
+
+
+def _deserializer(kind: type[Message]) -> Deserializer:
     parse = kind.FromString
     undecodable = _Undecodable(kind.DESCRIPTOR.full_name)
 
@@ -182,6 +185,39 @@ class _UnaryCall:
         self.response = message
 
 
+class _UnaryRequestCall:
+    """ServerCall of a unary-request, unary-response call: the request grpc read, then the stream.
+
+    grpc.aio's unary handlers get the first request message and would drop a second one unseen;
+    the core's second ``read`` goes on to ``context.read()``, which returns the next message
+    (undecoded: grpc.aio gives a unary-request handler's context no deserializer) or EOF once
+    the caller half-closed. The same two receives as a streaming-request handler makes, on
+    grpc's unary path (measured: no cheaper for a unary caller, whose request and half-close
+    arrive together; cheaper for one that sends through a request stream).
+    """
+
+    __slots__ = ("context", "deserialize", "request", "response")
+
+    def __init__(self, request: Message, context: Servicer, deserialize: Deserializer) -> None:
+        self.request: Message | None = request
+        self.context = context
+        self.deserialize = deserialize
+        self.response: Message | None = None
+
+    async def read(self) -> Message | None:
+        request = self.request
+        if request is None:
+            following: object = await self.context.read()
+            if isinstance(following, bytes):
+                following = self.deserialize(following)
+            return _checked(following)
+        self.request = None
+        return _checked(request)
+
+    async def write(self, message: Message) -> None:
+        self.response = message
+
+
 class _Writes:
     """The streamed writes of one call, so the final status is sent only once none is in flight.
 
@@ -253,17 +289,22 @@ class _ClientStreamCall:
 
 
 class _BidiCall:
-    """ServerCall of a streaming-response call (unary or streaming request)."""
+    """ServerCall of a streaming-response call; ``first`` is a unary request grpc already read."""
 
-    __slots__ = ("context", "max_bytes", "writes")
+    __slots__ = ("context", "first", "max_bytes", "writes")
 
-    def __init__(self, context: Servicer, max_bytes: int) -> None:
+    def __init__(self, context: Servicer, max_bytes: int, first: Message | None = None) -> None:
         self.context = context
+        self.first = first
         self.max_bytes = max_bytes
         self.writes = _Writes()
 
     async def read(self) -> Message | None:
-        return _checked(await self.context.read())
+        first = self.first
+        if first is None:
+            return _checked(await self.context.read())
+        self.first = None
+        return _checked(first)
 
     async def write(self, message: Message) -> None:
         await _write_streamed(self.context, message, self.max_bytes, self.writes)
@@ -317,31 +358,34 @@ def _context(spec: MethodSpec, context: Servicer, prepare: Prepare | None) -> Ca
 
 
 def _behaviour(
-    dispatcher: Dispatcher, spec: MethodSpec, max_bytes: int, prepare: Prepare | None
+    dispatcher: Dispatcher,
+    spec: MethodSpec,
+    max_bytes: int,
+    deserialize: Deserializer,
+    prepare: Prepare | None,
 ) -> Behaviour:
-    """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing."""
+    """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing.
+
+    Unary-request methods get grpc's unary-request handlers (grpc reads the request as part of
+    the call); the core's check that no second request follows reads on from the stream (see
+    :class:`_UnaryRequestCall`), so a second message is refused, never dropped unseen.
+    """
     handle = dispatcher.handle
     missing = Internal("the method produced no response")
 
-    if not spec.server_streaming:
-        # Unary requests too are read from the stream (grpc's unary handlers would drop a second
-        # request message unseen): the core checks that exactly one arrives.
+    async def answer(
+        ctx: CallContext,
+        call: _UnaryRequestCall | _ClientStreamCall,
+        context: Servicer,
+    ) -> Message:
+        error = await handle(ctx, call)
+        if error is None and call.response is not None:
+            if trailing := ctx.trailing_metadata:
+                context.set_trailing_metadata(trailing)
+            return call.response
+        return await _fail(context, error or missing, ctx)
 
-        async def unary_response(_requests: object, context: Servicer) -> Message:
-            ctx = _context(spec, context, prepare)
-            call = _ClientStreamCall(context)
-            error = await handle(ctx, call)
-            if error is None and call.response is not None:
-                if trailing := ctx.trailing_metadata:
-                    context.set_trailing_metadata(trailing)
-                return call.response
-            return await _fail(context, error or missing, ctx)
-
-        return unary_response
-
-    async def streaming(_requests: object, context: Servicer) -> None:
-        ctx = _context(spec, context, prepare)
-        call = _BidiCall(context, max_bytes)
+    async def stream_answers(ctx: CallContext, call: _BidiCall, context: Servicer) -> None:
         error = await handle(ctx, call)
         await call.writes.settle()
         if error is None:
@@ -350,7 +394,47 @@ def _behaviour(
             return
         await _fail(context, error, ctx)
 
-    return streaming
+    if not spec.server_streaming:
+        if not spec.client_streaming:
+
+            async def unary_unary(request: Message, context: Servicer) -> Message:
+                return await answer(
+                    _context(spec, context, prepare),
+                    _UnaryRequestCall(request, context, deserialize),
+                    context,
+                )
+
+            return unary_unary
+
+        async def stream_unary(_requests: object, context: Servicer) -> Message:
+            return await answer(
+                _context(spec, context, prepare), _ClientStreamCall(context), context
+            )
+
+        return stream_unary
+
+    if not spec.client_streaming:
+
+        async def unary_stream(request: Message, context: Servicer) -> None:
+            call = _BidiCall(context, max_bytes, request)
+            await stream_answers(_context(spec, context, prepare), call, context)
+
+        return unary_stream
+
+    async def stream_stream(_requests: object, context: Servicer) -> None:
+        await stream_answers(
+            _context(spec, context, prepare), _BidiCall(context, max_bytes), context
+        )
+
+    return stream_stream
+
+
+_HANDLER_FACTORIES = {
+    Arity.UNARY_UNARY: grpc.unary_unary_rpc_method_handler,
+    Arity.UNARY_STREAM: grpc.unary_stream_rpc_method_handler,
+    Arity.STREAM_UNARY: grpc.stream_unary_rpc_method_handler,
+    Arity.STREAM_STREAM: grpc.stream_stream_rpc_method_handler,
+}
 
 
 def method_handlers(
@@ -364,23 +448,16 @@ def method_handlers(
     Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``;
     ``prepare`` completes each call's context from its connection.
     """
-    # Every method reads its requests from the stream, so a second request message on a
-    # unary-request method is seen (and refused by the core) instead of silently dropped.
-    factories = {
-        False: grpc.stream_unary_rpc_method_handler,
-        True: grpc.stream_stream_rpc_method_handler,
-    }
-    return {
-        spec.name: factories[spec.server_streaming](
-            _behaviour(dispatcher, spec, max_message_bytes, prepare),
+    handlers: dict[str, grpc.RpcMethodHandler[Message, Message]] = {}
+    for spec in METHODS.values():
+        deserialize = _deserializer(spec.request_type)
+        handlers[spec.name] = _HANDLER_FACTORIES[spec.arity](
+            _behaviour(dispatcher, spec, max_message_bytes, deserialize, prepare),
             # The handler's reads accept the _Undecodable marker too (see _checked).
-            request_deserializer=cast(
-                "Callable[[bytes], Message]", _deserializer(spec.request_type)
-            ),
+            request_deserializer=cast("Callable[[bytes], Message]", deserialize),
             response_serializer=spec.response_type.SerializeToString,
         )
-        for spec in METHODS.values()
-    }
+    return handlers
 
 
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
