@@ -348,7 +348,9 @@ class Deliverer:
                 except AsapError as error:
                     _log.error("could not store the outcome of %s: %s", envelope.id, error)
                 completed = True
-            if not answered and result.HasField("envelope"):
+            if not answered and sink.attached and result.HasField("envelope"):
+                # Only to a call still there: a detached delivery has nobody to answer, and
+                # its sink's loop turn would only delay the end (and its bookkeeping) at random.
                 await sink(result.envelope)
             return result
         finally:

@@ -280,6 +280,12 @@ class RedisDedupeStore:
             self._release(name, claim.token)
 
     def _hold(self, name: bytes, token: bytes, fingerprint: bytes) -> None:
+        previous = self._held.get(name)
+        if previous is not None:
+            # The previous holder's claim is already gone from Redis (this claim won the key),
+            # but its release may not have run yet: it would then find this entry, not its own,
+            # and never wake the waiters parked on it. Wake them now; they re-read the key.
+            previous.done.set()
         self._held[name] = _Held(token, fingerprint, asyncio.Event())
         if self._renewer is None and not self._closed:
             self._renewer = asyncio.get_running_loop().create_task(
