@@ -171,6 +171,7 @@ async def serve_asap(options: argparse.Namespace) -> None:
         rate_limit_per_second=0,
         max_concurrent_calls=100_000,
         max_connections=options.max_connections,
+        max_connections_per_peer=0,  # every bench connection (the idle ones too) is from 127.0.0.1
         heartbeat_interval=options.heartbeat,
         heartbeat_timeout=max(options.heartbeat, 5.0),
     )
