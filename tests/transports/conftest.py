@@ -67,6 +67,8 @@ class Probe:
     """Completed runs of the "count" and "gate" skills, by envelope id."""
     produced: int = 0
     """Updates the "flood" skill has produced."""
+    flood_done: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a "flood" handler has ended (returned, failed or been closed)."""
 
 
 def make_agent(probe: Probe) -> Agent:
@@ -153,10 +155,15 @@ def make_agent(probe: Probe) -> Agent:
     ) -> AsyncIterator[payload_pb2.TaskUpdate | payload_pb2.TaskResponse]:
         fields = request.payload.input.fields
         padding = "p" * int(fields["size"].number_value)
-        for step in range(int(fields["count"].number_value)):
-            probe.produced += 1
-            yield payload_pb2.TaskUpdate(task_id="t-flood", progress_percent=step, message=padding)
-        yield payload_pb2.TaskResponse(task_id="t-flood", status=task_pb2.TASK_STATUS_COMPLETED)
+        try:
+            for step in range(int(fields["count"].number_value)):
+                probe.produced += 1
+                yield payload_pb2.TaskUpdate(
+                    task_id="t-flood", progress_percent=step, message=padding
+                )
+            yield payload_pb2.TaskResponse(task_id="t-flood", status=task_pb2.TASK_STATUS_COMPLETED)
+        finally:
+            probe.flood_done.set()
 
     @agent.skill("gate")
     async def gate(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:

@@ -314,6 +314,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             # The session has queued the CallStatus (CANCELLED, or the stream's error).
             call = self.calls.pop(event.stream_id, None)
             if call is not None:
+                # A write waiting for credit must see the stream end (its send is then dropped):
+                # the delivery it belongs to may run on, and would otherwise wait forever.
+                call.credit_available()
                 if isinstance(event, CallCancelled) and event.deadline_exceeded and call.ctx:
                     call.ctx.deadline_reached()
                 if call.task is not None:

@@ -3,6 +3,7 @@ peers"): what a third-party client sees, without the Python client's own bookkee
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -94,6 +95,28 @@ async def test_server_never_sends_beyond_the_clients_credit(
         frames += 1
     assert frame.status.status.code == 0
     assert frames == count + 1
+
+
+@pytest.mark.asyncio
+async def test_a_handler_waiting_for_credit_runs_on_after_cancel(
+    server: Server, raw: RawFactory, kit: Kit, probe: Probe, wire: Wire
+) -> None:
+    """Cancel while the handler waits for credit: the wait ends with the stream (its later
+    writes are dropped), so the delivery runs on to completion instead of waiting forever."""
+    ws = await raw(kit.url(server))
+    await ws.send(wire.frame(settings=bridge_pb2.Settings(initial_window_bytes=WINDOW)))
+    count, size = 200, 500
+    await ws.send(subscribe_flood(1, kit, count, size))
+    received = 0
+    while received < WINDOW:
+        received += len(await recv_bytes(ws))
+    await ws.send(wire.frame(ping=bridge_pb2.Ping(nonce=3)))
+    assert bridge_pb2.Frame.FromString(await recv_bytes(ws)).pong.nonce == 3
+    assert probe.produced < count  # the handler waits in its write, for credit
+    await ws.send(wire.frame(1, cancel=bridge_pb2.Cancel(reason="enough")))
+    async with asyncio.timeout(10):
+        await probe.flood_done.wait()
+    assert probe.produced == count  # ran on to the end (exactly-once), nothing sent after
 
 
 @pytest.mark.asyncio
