@@ -181,11 +181,13 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if not isinstance(event, Request):  # pragma: no cover - a server receives requests only
             return
         listener = self.listener
-        if listener.trusted_proxies:  # per-peer limits count the client a trusted proxy names
+        if listener.trusted_proxies:
+            # Calls see the client a trusted proxy names, and per-peer limits count it.
             forwarded = event.headers.get_all(FORWARDED_FOR)
             client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
             if client is not None:
                 self.peer_key = peer_key(str(client))
+                self.call_peer = peer_string(client)
         response = listener.policy.check(self.server_ws, event)
         if response is None and listener.handshake_auth is not None:
             # The verifier is async: answer when it returns. Nothing is read meanwhile (a client
@@ -234,10 +236,6 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.authorization = credentials(event)
         if self.transport is not None:
             self.tls_identity = listener.client_identity(self.transport)
-        if listener.trusted_proxies:
-            forwarded = event.headers.get_all(FORWARDED_FOR)
-            client = listener.trusted_proxies.client_of(parse_peer(self.peer), forwarded)
-            self.call_peer = None if client is None else peer_string(client)
         user_agent = event.headers.get("User-Agent")
         if user_agent and set(user_agent) <= _TEXT_CHARS:
             # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
