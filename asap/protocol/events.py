@@ -30,6 +30,15 @@ class CallStarted:
     """Seconds the caller will wait, or ``None`` for no deadline."""
     deadline: float | None
     """``now + timeout`` on the clock passed to ``receive_data`` (timeouts run from receipt)."""
+    message: bridge_pb2.MessageFrame | None = None
+    """The first request message, when the CallStart carried one (bridge.proto "Combined
+    frames"): checked exactly as a MessageFrame, and reported here rather than as a
+    :class:`MessageReceived` of its own."""
+    message_size: int = 0
+    """The flow-control cost of :attr:`message` (see :attr:`MessageReceived.size`)."""
+    half_closed: bool = False
+    """The CallStart carried ``half_close``: no request follows (no :class:`HalfClosed` then).
+    A unary call whose CallStart has both is complete in this one event."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,11 @@ clock; a session owns every rule of bridge.proto. The I/O layer loops:
 The ``send_*`` methods queue frames the same way; call :meth:`Session.data_to_send` after them.
 
 Combined frames (bridge.proto): a CallStart may carry the call's first message and its HalfClose,
-and a CallStatus a last response. A session turns them into exactly the events, checks and stream
-states of the separate frames (every received message goes through one method,
-``Session._accept_message``), so the I/O layer never sees which form the peer used.
+and a CallStatus a last response. A session applies exactly the checks and stream states of the
+separate frames (every received message goes through one method, ``Session._admit_message``). A
+combined CallStart is reported as one :class:`~asap.protocol.events.CallStarted` carrying its
+message and HalfClose, so a unary call arrives complete in one event; otherwise the events are
+those of the separate frames.
 
 Failures follow bridge.proto "Errors". A frame that breaks the rules for a stream it can be
 attributed to fails only that stream (:class:`~asap.protocol.events.StreamError`): the server
@@ -338,6 +340,18 @@ class Session(ABC):
             ``True`` if reported as :class:`~asap.protocol.events.MessageReceived`; ``False`` if
             the stream failed instead.
         """
+        cost = self._admit_message(stream, body)
+        if cost is None:
+            return False
+        self.events.append(MessageReceived(stream.stream_id, body, cost))
+        return True
+
+    def _admit_message(self, stream: Stream, body: bridge_pb2.MessageFrame) -> int | None:
+        """Check one received call message and advance the stream; fail the stream if it breaks a rule.
+
+        Returns:
+            The message's flow-control cost, or ``None`` if the stream failed instead.
+        """
         codec = self.codec
         error: AsapError
         if stream.next_state(self.peer_message) is None:
@@ -354,12 +368,11 @@ class Session(ABC):
                     stream.credit.received(cost)
                 except FlowControlViolation as exc:
                     self._fail(stream.stream_id, exc)
-                    return False
+                    return None
             stream.advance(self.peer_message)
-            self.events.append(MessageReceived(stream.stream_id, body, cost))
-            return True
+            return cost
         self._fail(stream.stream_id, error)
-        return False
+        return None
 
     def _stream_for(self, stream_id: int, kind: str) -> Stream | None:
         """The open stream a frame is for; ``None`` when the frame was ignored or failed."""
@@ -616,16 +629,32 @@ class ServerSession(Session):
             self.streams[stream_id] = stream
             self.highest_stream_id = stream_id
             deadline = None if timeout is None else now + timeout
-            self.events.append(CallStarted(stream_id, start.method, metadata, timeout, deadline))
-            # bridge.proto "Combined frames": the same events, checks and states as a MessageFrame
-            # and a HalfClose received right after this CallStart.
+            # bridge.proto "Combined frames": the same checks and states as a MessageFrame and a
+            # HalfClose received right after this CallStart, reported in the one CallStarted (a
+            # unary call is then complete in one event). A message that fails its checks fails
+            # the stream before the call is reported at all.
             has_message = start.HasField("message")
-            if has_message or start.half_close:
-                stream.combined = True
-                if has_message and not self._accept_message(stream, start.message):
+            if not (has_message or start.half_close):
+                self.events.append(
+                    CallStarted(stream_id, start.method, metadata, timeout, deadline)
+                )
+                return
+            stream.combined = True
+            body = start.message if has_message else None
+            cost = 0
+            if body is not None:
+                admitted = self._admit_message(stream, body)
+                if admitted is None:
                     return
-                if start.half_close:
-                    self._half_close(stream)
+                cost = admitted
+            half_closed = bool(start.half_close)
+            if half_closed:
+                stream.advance(StreamEvent.HALF_CLOSE)  # always allowed right after the start
+            self.events.append(
+                CallStarted(
+                    stream_id, start.method, metadata, timeout, deadline, body, cost, half_closed
+                )
+            )
 
     def _on_half_close(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
         stream = self._stream_for(stream_id, "half_close")

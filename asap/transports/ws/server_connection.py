@@ -380,15 +380,21 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             ctx.identity = ctx.tls_identity = self.tls_identity
         call = BridgeServerCall(self, stream_id, spec)
         call.ctx = ctx
+        if event.message is not None:
+            call.inbox.append((event.message, event.message_size))
+        call.half_closed = event.half_closed
         self.calls[stream_id] = call
         self._running += 1
         self.idle.clear()
-        if ctx.deadline is not None:
-            self.watch_deadline(call, ctx.deadline)
         if spec.client_streaming:
             self._launch(call)
-        # A unary request starts when it is complete (at its HalfClose, usually in this same
-        # frame): then the call can run eagerly, to the end, before this read is written back.
+        elif event.half_closed:
+            # A unary request starts when it is complete (here, for a combined CallStart; else at
+            # its HalfClose): it runs eagerly, to the end unless it suspends, before this read is
+            # written back. One that finishes so needs no deadline watch at all.
+            self._launch(call, eager=True)
+        if ctx.deadline is not None and call.ctx is not None:
+            self.watch_deadline(call, ctx.deadline)
 
     def _launch(self, call: BridgeServerCall, *, eager: bool = False) -> None:
         """Start the call's handler: in a task, or eagerly (see asap.core.tasks.start_eagerly)."""
