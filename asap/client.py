@@ -173,7 +173,7 @@ class Client:
         self._token = token
         check_metadata(metadata)
         self._metadata = metadata
-        self._retry = retry or RetryPolicy()
+        self._retry_policy = retry or RetryPolicy()
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._closed = False
         self._plain_options: dict[float | None, CallOptions] = {}
@@ -270,35 +270,51 @@ class Client:
 
     async def _unary(self, spec: MethodSpec, request: Message, options: CallOptions) -> Reply:
         """Make a unary call, retrying UNAVAILABLE as the retry policy says."""
-        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        started = time.monotonic()
+        try:
+            return await self._calls.unary(spec, request, options)
+        except Unavailable as error:
+            return await self._retry(spec, request, options, error, started)
+
+    async def _retry(
+        self,
+        spec: MethodSpec,
+        request: Message,
+        options: CallOptions,
+        error: Unavailable,
+        started: float,
+    ) -> Reply:
+        """Retry a unary call whose first attempt (at ``started``) failed with ``error``."""
+        deadline = None if options.timeout is None else started + options.timeout
         attempt = 1
         drained = 0
         while True:
+            if self._closed:
+                # After close() the channel refuses every call: a retry could only turn the
+                # call's real error (ConnectionLost) into InvalidState.
+                raise error
+            if isinstance(error, ShuttingDown) and drained < MAX_DRAIN_RETRIES:
+                # The server is draining (a rolling deploy): the channel moves to a fresh
+                # connection or the next endpoint. Not the call's fault, so it does not spend the
+                # retry budget; bounded, in case every server keeps draining.
+                drained += 1
+                delay = min(MAX_DRAIN_BACKOFF, self._retry_policy.delay(drained, self._rng))
+            elif attempt >= self._retry_policy.max_attempts:
+                raise error
+            else:
+                delay = self._retry_policy.delay(attempt, self._rng)
+                attempt += 1
+            if deadline is not None:
+                remaining = deadline - time.monotonic() - delay
+                if remaining <= 0:
+                    raise error
+                options = CallOptions(timeout=remaining, metadata=options.metadata)
+            _log.info("%s failed (%s); retry in %.3fs", spec.name, error, delay)
+            await asyncio.sleep(delay)
             try:
                 return await self._calls.unary(spec, request, options)
-            except Unavailable as error:
-                if self._closed:
-                    # After close() the channel refuses every call: a retry could only turn
-                    # the call's real error (ConnectionLost) into InvalidState.
-                    raise
-                if isinstance(error, ShuttingDown) and drained < MAX_DRAIN_RETRIES:
-                    # The server is draining (a rolling deploy): the channel moves to a fresh
-                    # connection or the next endpoint. Not the call's fault, so it does not spend
-                    # the retry budget; bounded, in case every server keeps draining.
-                    drained += 1
-                    delay = min(MAX_DRAIN_BACKOFF, self._retry.delay(drained, self._rng))
-                elif attempt >= self._retry.max_attempts:
-                    raise
-                else:
-                    delay = self._retry.delay(attempt, self._rng)
-                    attempt += 1
-                if deadline is not None:
-                    remaining = deadline - time.monotonic() - delay
-                    if remaining <= 0:
-                        raise
-                    options = CallOptions(timeout=remaining, metadata=options.metadata)
-                _log.info("%s failed (%s); retry in %.3fs", spec.name, error, delay)
-                await asyncio.sleep(delay)
+            except Unavailable as again:
+                error = again
 
     # -- the RPCs ---------------------------------------------------------------------------
 
@@ -328,7 +344,11 @@ class Client:
         options = self._cached_options(timeout, metadata) or await self._provided_options(
             timeout, metadata
         )
-        reply = await self._unary(_SEND, request, options)
+        started = time.monotonic()
+        try:  # the first attempt inline: one coroutine less on every call's path
+            reply = await self._calls.unary(_SEND, request, options)
+        except Unavailable as error:
+            reply = await self._retry(_SEND, request, options, error, started)
         return _expect(reply.message, agent_service_pb2.SendResponse)
 
     async def send_batch(

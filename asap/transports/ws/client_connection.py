@@ -131,7 +131,8 @@ class ClientCall:
         frames = self.frames
         if frames:
             frame, size = frames.popleft()
-            self.conn.consumed(self, size)
+            if self.status is None and self.error is None:  # an ended call's credit is moot
+                self.conn.consumed(self, size)
             return frame
         if self.error is not None:
             raise self.error
