@@ -61,8 +61,8 @@ class ClientSession(Session):
         self.goaway_reason: str | None = None
         """The server's GoAway reason once it sent one; no new calls after that."""
         self.handlers.update(headers=self._on_headers, status=self._on_status)
-        self._starts: dict[tuple[str, int | None], bridge_pb2.CallStart] = {}
-        """CallStarts without metadata by (method, timeout in ms), at most _MAX_CACHED_STARTS."""
+        self._starts: dict[tuple[str, float | None], bridge_pb2.CallStart] = {}
+        """CallStarts without metadata by (method, timeout), at most _MAX_CACHED_STARTS."""
 
     @property
     def accepting_calls(self) -> bool:
@@ -142,24 +142,24 @@ class ClientSession(Session):
     ) -> bridge_pb2.CallStart:
         """The CallStart for a call (never modified: the codec copies or serializes it).
 
-        Calls without metadata reuse one per (method, timeout in ms): most calls of a client share
-        both, and building the message and its Duration was a visible part of each call's cost.
+        Calls without metadata reuse one per (method, timeout): most calls of a client share both,
+        and building the message and its Duration (and checking the timeout) was a visible part of
+        each call's cost.
         """
-        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
-            msg = "timeout must be 0 or more and finite"
-            raise ValueError(msg)
-        # Whole milliseconds, rounded up (as gRPC rounds its grpc-timeout header up to a unit):
-        # the caller enforces its own deadline, and calls a millisecond apart share a CallStart.
-        millis = None if timeout is None else math.ceil(timeout * 1000)
-        key = (method, millis)
-        plain = isinstance(metadata, tuple | list) and not metadata
+        key = (method, timeout)
+        plain = not metadata and isinstance(metadata, tuple | list)
         if plain:
             cached = self._starts.get(key)
             if cached is not None:
                 return cached
+        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+            msg = "timeout must be 0 or more and finite"
+            raise ValueError(msg)
         start = bridge_pb2.CallStart(method=method, metadata=metadata_to_entries(metadata))
-        if millis is not None:
-            start.timeout.FromMilliseconds(millis)
+        if timeout is not None:
+            # Whole milliseconds, rounded up (as gRPC rounds its grpc-timeout header up to a
+            # unit): the caller enforces its own deadline.
+            start.timeout.FromMilliseconds(math.ceil(timeout * 1000))
         if plain:
             if len(self._starts) >= _MAX_CACHED_STARTS:
                 self._starts.clear()
@@ -255,7 +255,7 @@ class ClientSession(Session):
         ):
             return
         try:
-            trailers = metadata_from_entries(call_status.trailers)
+            trailers = metadata_from_entries(call_status.trailers) if call_status.trailers else ()
         except MalformedFrame as exc:
             self._fail(stream_id, exc)
             return

@@ -69,7 +69,12 @@ from asap.protocol.limits import Limits
 from asap.protocol.metadata import metadata_to_entries
 from asap.tls import ClientTLS, check_plaintext_allowed
 from asap.transports.base import CallOptions, Channel, Reply
-from asap.transports.ws.client_connection import ClientBridgeConnection, ClientCall, remaining
+from asap.transports.ws.client_connection import (
+    PENDING,
+    ClientBridgeConnection,
+    ClientCall,
+    remaining,
+)
 from asap.transports.ws.reconnect import ReconnectPolicy, connection_error
 from asap.transports.ws.stream import WebSocketResponseStream
 from asap.v1 import manifest_pb2
@@ -288,23 +293,25 @@ class WebSocketChannel(Channel):
         """
         if method.arity is not Arity.UNARY_UNARY or self._closed:
             raise self._misuse(method)
-        loop = asyncio.get_running_loop()
-        deadline = None if options.timeout is None else loop.time() + options.timeout
+        timeout = options.timeout
         conn = self._current
         call: ClientCall | None = None
         try:
-            if conn is None or not conn.accepting or conn.streams_full:
+            if conn is not None and conn.ready:
+                deadline = None if timeout is None else conn.loop.time() + timeout
+            else:
                 # The slow path (connecting, or waiting for a stream) is the only one that needs
                 # its own timer; a call on a ready connection uses the connection's (see below).
+                loop = asyncio.get_running_loop()
+                deadline = None if timeout is None else loop.time() + timeout
                 async with asyncio.timeout_at(deadline):
                     if conn is None or not conn.accepting:
                         conn = await self._connection()
                     await conn.acquire_stream()
                     if not conn.accepting:
                         conn = await self._connection()
-            call = conn.start_call(
-                method, options.metadata, remaining(deadline, loop), request, half_close=True
-            )
+                timeout = remaining(deadline, loop)
+            call = conn.start_call(method, options.metadata, timeout, request, half_close=True)
             if deadline is not None:
                 conn.watch_deadline(call, deadline)
             frame = await call.next()
@@ -313,7 +320,11 @@ class WebSocketChannel(Channel):
                 raise Internal(message)
             try:
                 response = conn.client_session().codec.unpack_message(frame, method.response_type)
-                if await call.next() is not None:
+                # From an ASAP server the status came with the response (one frame): no await.
+                rest = call.poll()
+                if rest is PENDING:
+                    rest = await call.next()
+                if rest is not None:
                     message = "more than one response to a unary call"
                     raise MalformedFrame(message)
             except MalformedFrame as exc:

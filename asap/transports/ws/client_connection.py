@@ -16,9 +16,11 @@ gRPC queues streams beyond HTTP/2's limit, instead of failing.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from google.protobuf.message import Message
 from websockets.client import ClientProtocol
@@ -48,6 +50,16 @@ USER_AGENT = f"asap-python websockets/{websockets_version}"
 """The User-Agent header of the bridge client's handshake."""
 
 _log = logging.getLogger("asap.client")
+
+
+class Pending(enum.Enum):
+    """The type of :data:`PENDING`."""
+
+    PENDING = "pending"
+
+
+PENDING: Final = Pending.PENDING
+""":meth:`ClientCall.poll`: nothing has arrived yet (await :meth:`ClientCall.next`)."""
 
 
 class ClientCall:
@@ -110,32 +122,43 @@ class ClientCall:
         if self.on_end is not None:
             self.on_end()
 
+    def poll(self) -> bridge_pb2.MessageFrame | Pending | None:
+        """The next response message if one is here; None when the call ended with OK; else PENDING.
+
+        Raises:
+            AsapError: The call failed; the error carries the trailers.
+        """
+        frames = self.frames
+        if frames:
+            frame, size = frames.popleft()
+            if self.status is None and self.error is None:  # an ended call's credit is moot
+                self.conn.consumed(self, size)
+            return frame
+        if self.error is not None:
+            raise self.error
+        status = self.status
+        if status is None:
+            return PENDING
+        if status.code == 0:
+            return None
+        error = from_status(status)
+        error.trailing_metadata = self.trailers
+        self.error = error
+        raise error
+
     async def next(self) -> bridge_pb2.MessageFrame | None:
         """The next response message; None when the call ended with OK.
 
         Raises:
             AsapError: The call failed; the error carries the trailers.
         """
-        frames = self.frames
-        while not frames:
-            if self.error is not None:
-                raise self.error
-            status = self.status
-            if status is not None:
-                if status.code == 0:
-                    return None
-                error = from_status(status)
-                error.trailing_metadata = self.trailers
-                self.error = error
-                raise error
+        while (item := self.poll()) is PENDING:
             waiter = self.waiter = asyncio.get_running_loop().create_future()
             try:
                 await waiter
             finally:
                 self.waiter = None
-        frame, size = frames.popleft()
-        self.conn.consumed(self, size)
-        return frame
+        return item
 
     async def wait_credit(self) -> None:
         """Wait until a request message may be sent (the server granted credit, or the call ended)."""
@@ -318,6 +341,17 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
             finally:
                 if waiter in self._slot_waiters:
                     self._slot_waiters.remove(waiter)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a call can start at once: :attr:`accepting`, and a stream is free."""
+        session = self.session
+        return (
+            session is not None
+            and self.is_open
+            and session.accepting_calls
+            and len(session.streams) < session.peer_max_streams
+        )
 
     @property
     def streams_full(self) -> bool:

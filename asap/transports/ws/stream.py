@@ -21,7 +21,12 @@ from asap.errors import (
     MessageTooLarge,
 )
 from asap.transports.base import CallOptions, ResponseStream
-from asap.transports.ws.client_connection import ClientBridgeConnection, ClientCall, remaining
+from asap.transports.ws.client_connection import (
+    PENDING,
+    ClientBridgeConnection,
+    ClientCall,
+    remaining,
+)
 from asap.v1 import bridge_pb2
 
 
@@ -159,22 +164,20 @@ class WebSocketResponseStream(ResponseStream):
         """
         if self._done:
             raise StopAsyncIteration
+        scope: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout_at(self._deadline) as scope:
-                call = self._call
-                if call is None:
-                    await self._ready.wait()
-                    call = self._call
-                    if call is None:
-                        raise self._error or Cancelled()
-                frame = await call.next()
-                if frame is None:
-                    self._done = True
-                    self._trailing = call.trailers
-                    raise StopAsyncIteration
-                return self._unpack(frame)
+            if self._deadline is None:
+                # No deadline (the streaming default): no timeout scope to enter per response.
+                frame = await self._next_frame()
+            else:
+                async with asyncio.timeout_at(self._deadline) as scope:
+                    frame = await self._next_frame()
+            if frame is None:
+                self._done = True
+                raise StopAsyncIteration
+            return self._unpack(frame)
         except TimeoutError:
-            if not scope.expired():
+            if scope is None or not scope.expired():
                 raise
             self._finish(DeadlineExceeded())
             raise DeadlineExceeded from None
@@ -185,6 +188,21 @@ class WebSocketResponseStream(ResponseStream):
         except asyncio.CancelledError:
             self._finish(Cancelled("the caller cancelled the call"))
             raise
+
+    async def _next_frame(self) -> bridge_pb2.MessageFrame | None:
+        """The next response message (None once the call ended with OK), once the call started."""
+        call = self._call
+        if call is None:
+            await self._ready.wait()
+            call = self._call
+            if call is None:
+                raise self._error or Cancelled()
+        frame = call.poll()  # a response already here needs no await
+        if frame is PENDING:
+            frame = await call.next()
+        if frame is None:
+            self._trailing = call.trailers
+        return frame
 
     def _unpack(self, frame: bridge_pb2.MessageFrame) -> Message:
         conn = self._conn

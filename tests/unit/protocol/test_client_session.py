@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,7 +18,7 @@ from asap.errors import (
     from_status,
     to_status,
 )
-from asap.protocol.client_session import ClientSession
+from asap.protocol.client_session import _MAX_CACHED_STARTS, ClientSession
 from asap.protocol.events import (
     CallCancelled,
     CallEnded,
@@ -136,6 +138,20 @@ def test_send_start_allocates_increasing_ids(client: ClientSession) -> None:
     assert first.start.timeout.ToNanoseconds() == 1_250_000_000
     assert not second.start.HasField("timeout")
     assert client.next_stream_id() == 3
+
+
+def test_call_starts_are_shared_per_timeout_and_bounded(client: ClientSession) -> None:
+    """Calls without metadata share one CallStart per (method, timeout); the cache stays bounded."""
+    assert client._start_head(METHOD, (), 2.0) is client._start_head(METHOD, (), 2.0)
+    assert client._start_head(METHOD, [("k", "v")], 2.0) is not client._start_head(METHOD, (), 2.0)
+    timeouts = [1 + i / 1000 for i in range(3 * _MAX_CACHED_STARTS)]
+    for timeout in timeouts:
+        client.send_start(METHOD, timeout=timeout)
+        assert len(client._starts) <= _MAX_CACHED_STARTS
+    client.send_start(METHOD, timeout=timeouts[0])  # evicted meanwhile: built again, the same
+    frames = sent(client)
+    millis = [math.ceil(timeout * 1000) for timeout in [*timeouts, timeouts[0]]]
+    assert [frame.start.timeout.ToMilliseconds() for frame in frames] == millis
 
 
 @pytest.mark.parametrize("timeout", [-1.0, float("inf"), float("nan")])
