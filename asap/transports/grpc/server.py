@@ -194,6 +194,13 @@ class _UnaryRequestCall:
     the caller half-closed. The same two receives as a streaming-request handler makes, on
     grpc's unary path (measured: no cheaper for a unary caller, whose request and half-close
     arrive together; cheaper for one that sends through a request stream).
+
+    That second receive is the one grpc core batch a Send makes beyond a raw grpc.aio unary
+    handler (request, receive, receive-close, final send), and each batch is a round trip
+    through grpc.aio's poller thread and a loop turn: measured 30-75 µs of server CPU per call
+    at 64 in flight on a loaded 2-core machine, the largest cost this transport adds to
+    grpc.aio (building the CallContext: ~10 µs). grpc.aio tells a handler that the caller
+    half-closed only through such a receive, so it stays while a second request must be refused.
     """
 
     __slots__ = ("context", "deserialize", "request", "response")
