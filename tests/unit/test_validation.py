@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import string
 from collections.abc import Iterator
 
@@ -478,11 +479,31 @@ def test_fill_defaults_rounds_nanos_into_range() -> None:
 
 def test_default_ids_are_unique_hex() -> None:
     """The default id generator gives distinct 32-digit lowercase hex ids within MAX_ID_LENGTH."""
-    ids = {validation.new_envelope_id() for _ in range(100)}
-    assert len(ids) == 100
+    count = 3 * validation._IDS_PER_READ + 7  # across several reads of the random pool
+    ids = {validation.new_envelope_id() for _ in range(count)}
+    assert len(ids) == count
     for value in ids:
         assert len(value) == 32
         assert set(value) <= set(string.hexdigits.lower())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    """Ids come from a pool of random bits; a child forked mid-pool reads fresh bits of its own."""
+    validation.new_envelope_id()  # the pool now holds unread ids
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write, validation.new_envelope_id().encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 64).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != validation.new_envelope_id()
 
 
 def test_filled_envelope_validates() -> None:
