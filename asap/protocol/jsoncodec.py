@@ -372,9 +372,9 @@ _SPECIAL_WRITERS: Final[dict[str, _Write]] = {
 _SKIP: Final = object()
 """The plan entry of ``@type`` in a regular message inside an Any."""
 
-# (json name, whether the key is the proto name and differs, oneof, merge, clear on null)
 _Clear = Callable[[Message], None]
-_Entry = tuple[str, bool, str | None, _Merge, _Clear]
+_Entry = tuple[str | None, _Merge, _Clear]
+"""A field's plan for reading: its oneof, how to merge a value, what ``null`` does."""
 
 
 def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
@@ -391,17 +391,17 @@ def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
         return special
     plan: dict[str, object] = {}
     oneof_names = {oneof.name for oneof in descriptor.oneofs}
-    entries: dict[FieldDescriptor, tuple[str | None, _Merge, _Clear]] = {}
+    entries: dict[FieldDescriptor, _Entry] = {}
     for field in descriptor.fields:
         if field.is_extension or field.name in oneof_names or field.json_name in oneof_names:
             return _decline  # json_format mixes field and oneof names in one list: left to it
         oneof = field.containing_oneof
         group = None if oneof is None else oneof.name
         entries[field] = (group, _field_merger(field), _null_clearer(field))
-    for field, (group, merge, clear) in entries.items():
-        plan[field.name] = (field.json_name, field.name != field.json_name, group, merge, clear)
-    for field, (group, merge, clear) in entries.items():  # a JSON name wins over a proto name
-        plan[field.json_name] = (field.json_name, False, group, merge, clear)
+    for field, entry in entries.items():
+        plan[field.name] = entry
+    for field, entry in entries.items():  # a JSON name wins over another field's proto name
+        plan[field.json_name] = entry
     if in_any:
         plan["@type"] = _SKIP
 
@@ -415,9 +415,8 @@ def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
                 raise Unsupported  # an unknown field: jsonwire's rules apply
             if entry is _SKIP:
                 continue
-            json_name, alternate, group, merge, clear = cast("_Entry", entry)
-            if alternate and json_name in document:
-                raise Unsupported  # the same field twice: json_format merges them
+            # A field under both its names is merged twice, in document order, as json_format does.
+            group, merge, clear = cast("_Entry", entry)
             if value is None:
                 clear(message)
                 continue
