@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from google.protobuf import (
@@ -65,6 +65,12 @@ _StringForm = timestamp_pb2.Timestamp | duration_pb2.Duration | field_mask_pb2.F
 _POOL: Final = descriptor_pool.Default()
 _TYPE_URL_PREFIX: Final = "type.googleapis.com/"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive, as protobuf: its isoformat has no offset
+_MIN_SECONDS: Final = -62135596800
+"""0001-01-01T00:00:00Z, the earliest Timestamp."""
+_MAX_SECONDS: Final = 253402300799
+"""9999-12-31T23:59:59Z, the latest Timestamp."""
+_NANOS: Final = 1_000_000_000
 _DIGITS: Final = re.compile(r"-?[0-9]+", re.ASCII)
 _TIMESTAMP: Final = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z"
@@ -339,6 +345,21 @@ def _write_list(message: struct_pb2.ListValue) -> object:
     return [_write_value(item) for item in message.values]
 
 
+def _write_timestamp(message: timestamp_pb2.Timestamp) -> object:
+    """``Timestamp.ToJsonString``'s text, without its float arithmetic."""
+    seconds, nanos = message.seconds, message.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < _NANOS):
+        raise Unsupported  # protobuf raises: let it
+    text = (_NAIVE_EPOCH + timedelta(seconds=seconds)).isoformat()
+    if nanos == 0:
+        return text + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{text}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{text}.{nanos // 1000:06d}Z"
+    return f"{text}.{nanos:09d}Z"
+
+
 def _write_string_form(message: _StringForm) -> object:
     text: str = message.ToJsonString()  # what json_format calls
     return text
@@ -364,6 +385,7 @@ _SPECIAL_WRITERS: Final[dict[str, _Write]] = {
     "google.protobuf.Struct": _write_struct,
     "google.protobuf.ListValue": _write_list,
     **dict.fromkeys(_STRING_FORM, _write_string_form),
+    "google.protobuf.Timestamp": _write_timestamp,
 }
 
 
