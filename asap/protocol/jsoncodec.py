@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Final, cast
 
 from google.protobuf import (
@@ -64,7 +64,10 @@ _StringForm = timestamp_pb2.Timestamp | duration_pb2.Duration | field_mask_pb2.F
 
 _POOL: Final = descriptor_pool.Default()
 _TYPE_URL_PREFIX: Final = "type.googleapis.com/"
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_WHOLE_SECONDS: Final = re.compile(r"-?[0-9]+s", re.ASCII)
+_MAX_DURATION: Final = 315_576_000_000
+"""Seconds in 10,000 years: the longest Duration protobuf accepts."""
 _NAIVE_EPOCH: Final = datetime(1970, 1, 1)  # naive, as protobuf: its isoformat has no offset
 _MIN_SECONDS: Final = -62135596800
 """0001-01-01T00:00:00Z, the earliest Timestamp."""
@@ -697,19 +700,33 @@ def _merge_timestamp(document: object, message: timestamp_pb2.Timestamp, _depth:
         message.FromJsonString(document)  # other offsets and forms: protobuf's own parser
         return
     year, month, day, hour, minute, second, fraction = match.groups()
-    moment = datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC
-    )
-    elapsed = moment - _EPOCH
-    message.seconds = elapsed.seconds + elapsed.days * 86_400
+    hours, minutes, seconds = int(hour), int(minute), int(second)
+    if hours > 23 or minutes > 59 or seconds > 59:
+        raise Unsupported  # protobuf refuses these (strptime and datetime)
+    # date() refuses what strptime refuses: month 0 or 13, February 30, year 0.
+    days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+    message.seconds = days * 86_400 + hours * 3600 + minutes * 60 + seconds
     # Protobuf's own rounding of the fraction.
     message.nanos = round(float("0." + fraction) * 1e9) if fraction else 0
+
+
+def _merge_duration(document: object, message: duration_pb2.Duration, _depth: int) -> None:
+    if type(document) is not str:
+        raise Unsupported
+    if _WHOLE_SECONDS.fullmatch(document) is None:
+        message.FromJsonString(document)  # fractions: protobuf's own parser
+        return
+    seconds = int(document[:-1])
+    if not -_MAX_DURATION <= seconds <= _MAX_DURATION:
+        raise Unsupported  # protobuf refuses it
+    message.seconds = seconds
+    message.nanos = 0
 
 
 def _merge_string_form(document: object, message: _StringForm, _depth: int) -> None:
     if type(document) is not str:
         raise Unsupported
-    message.FromJsonString(document)  # Duration, FieldMask: protobuf's own (cheap) parsers
+    message.FromJsonString(document)  # FieldMask: protobuf's own (cheap) parser
 
 
 def _merge_any(document: object, message: any_pb2.Any, depth: int) -> None:
@@ -735,6 +752,6 @@ _SPECIAL_MERGERS: Final[dict[str, _Merge]] = {
     "google.protobuf.Struct": _merge_struct,
     "google.protobuf.ListValue": _merge_list,
     "google.protobuf.Timestamp": _merge_timestamp,
-    "google.protobuf.Duration": _merge_string_form,
+    "google.protobuf.Duration": _merge_duration,
     "google.protobuf.FieldMask": _merge_string_form,
 }

@@ -299,7 +299,10 @@ _ODD_VALUES: list[object] = [
     None, 0, 1, -1, 1.0, 1.5, 1e400, "", "x", "1", "-7", " 1", "1e3", "1.0", "NaN", "Infinity",
     "nan", True, False, [], [None], {}, {"a": None}, 2**70, "0x10", "AAAA", "YQ", "_-8=",
     "1972-01-01T10:00:20.021-05:00", "1972-01-01T10:00:20Z", "1972-02-30T10:00:20Z",
-    "1.5s", "-0.5s", "1.0000000001s", "ACK_STATUS_PROCESSED", "NOPE_NAME",
+    "2020-01-01T24:00:00Z", "2020-01-01T23:59:60Z", "0000-01-01T00:00:00Z", "2020-13-01T00:00:00Z",
+    "2024-02-29T00:00:00Z", "2023-02-29T00:00:00Z", "9999-12-31T23:59:59.999999999Z",
+    "1.5s", "-0.5s", "1.0000000001s", "30s", "-7s", "+5s", "315576000001s", "-315576000000s",
+    "ACK_STATUS_PROCESSED", "NOPE_NAME",
     {"@type": "type.googleapis.com/asap.v1.Nope"},
     {"@type": "type.googleapis.com/google.protobuf.Duration", "value": "1s"},
     {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "R"},
@@ -570,3 +573,30 @@ def test_skew_still_goes_through_jsonwire() -> None:
     frame = JsonCodec().decode(json.dumps(document))
     request = agent_service_pb2.SendRequest.FromString(frame.start.message.typed.value)
     assert request.envelope.SerializeToString() == jsonwire.ENVELOPE_DROPPED_MARK
+
+
+TIME_TEXTS = [
+    "1970-01-01T00:00:00Z", "2024-02-29T23:59:59.5Z", "2023-02-29T00:00:00Z", "0001-01-01T00:00:00Z",
+    "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999999Z", "2020-01-01T24:00:00Z",
+    "2020-01-01T23:60:00Z", "2020-01-01T23:59:60Z", "2020-13-01T00:00:00Z", "2020-00-10T00:00:00Z",
+    "2020-01-01T00:00:00.1234567891Z", "2020-01-01T00:00:00.Z", "2020-01-01t00:00:00Z",
+    "2020-01-01T00:00:00+01:00", "2020-01-01T00:00:00z", "2020-1-01T00:00:00Z", "", "Z",
+    "2020-01-01T00:00:00.000000001Z", "2020-01-01T00:00:00.100Z", "\u0662020-01-01T00:00:00Z",
+    "0s", "30s", "-7s", "+5s", "1.5s", "-0.5s", "315576000000s", "315576000001s",
+    "-315576000001s", "1.0000000001s", "s", "5", "1e3s", " 5s", "\u0665s",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", TIME_TEXTS)
+@pytest.mark.parametrize(
+    "descriptor", [timestamp_pb2.Timestamp.DESCRIPTOR, duration_pb2.Duration.DESCRIPTOR]
+)
+def test_timestamps_and_durations_read_as_protobuf_reads_them(
+    text: str, descriptor: Descriptor
+) -> None:
+    """Every spelling: the same seconds and nanos as protobuf, or declined where it refuses."""
+    expected, fast = _reference_parse(text, descriptor), _fast_parse(text, descriptor)
+    assert fast == expected or (fast[0] == "declined" and expected[0] == "error"), (text, fast)
+    canonical = text.endswith("Z") and "T" in text and "." not in text and "+" not in text
+    if expected[0] == "ok" and (canonical or re.fullmatch(r"-?[0-9]+s", text)):
+        assert fast[0] == "ok"  # the common forms stay on the fast path
