@@ -117,7 +117,8 @@ def to_json(message: Message) -> object:
 
     Raises:
         Unsupported: A value this converter leaves to json_format (e.g. an Any of an unknown type).
-        ValueError, KeyError, TypeError: As protobuf raises them on the way (json_format decides).
+        ValueError, KeyError, TypeError, DecodeError: As protobuf raises them on the way (an Any
+            whose bytes do not parse, say); json_format decides.
     """
     return _writer(_descriptor(message))(message)
 
