@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta
-from typing import Any, Final, cast
+from typing import Final, cast
 
 from google.protobuf import (
     any_pb2,
@@ -56,10 +56,11 @@ class Unsupported(Exception):
     """The fast converter does not handle this value: use ``json_format`` instead."""
 
 
-# Field values are dynamically typed (scalars, containers, messages): ``Any`` is their type here.
-_Write = Callable[[Any], object]
+# Converters of field values (scalars, containers, messages). Those of one value type are
+# registered with cast(): the plan that picks one knows the value's type, which mypy cannot see.
+_Write = Callable[[object], object]
 _Read = Callable[[object], object]
-_Merge = Callable[[object, Any, int], None]
+_Merge = Callable[[object, Message, int], None]
 _StringForm = timestamp_pb2.Timestamp | duration_pb2.Duration | field_mask_pb2.FieldMask
 
 _POOL: Final = descriptor_pool.Default()
@@ -238,8 +239,8 @@ def _build_writer(descriptor: Descriptor) -> _Write:
     if name in _WRAPPERS:
         convert = _scalar_writer(descriptor.fields_by_name["value"])
         if convert is None:
-            return lambda message: message.value
-        return lambda message: convert(message.value)
+            return _wrapped
+        return lambda message: convert(_wrapped(message))
     special = _SPECIAL_WRITERS.get(name)
     if special is not None:
         return special
@@ -254,7 +255,12 @@ def _build_writer(descriptor: Descriptor) -> _Write:
             out[name] = value if convert is None else convert(value)
         return out
 
-    return write
+    return cast("_Write", write)
+
+
+def _wrapped(message: object) -> object:
+    """The ``value`` of a wrapper message (``google.protobuf.Int64Value`` and the rest)."""
+    return getattr(message, "value")  # noqa: B009 - any of nine types
 
 
 def _field_writer(field: FieldDescriptor) -> _Write | None:
@@ -275,14 +281,18 @@ def _field_writer(field: FieldDescriptor) -> _Write | None:
                 return {str(key): v for key, v in value.items()}
             return {str(key): item(v) for key, v in value.items()}
 
-        return write_map
+        return cast("_Write", write_map)
     single = _value_writer(field)
     if not field.is_repeated:
         return single
     if single is None:
-        return list
+        return cast("_Write", list)
+
+    def write_list(value: Iterable[object]) -> object:
+        return [convert(item) for item in value]
+
     convert = single
-    return lambda value: [convert(item) for item in value]
+    return cast("_Write", write_list)
 
 
 def _value_writer(field: FieldDescriptor) -> _Write | None:
@@ -299,11 +309,11 @@ def _scalar_writer(field: FieldDescriptor) -> _Write | None:
     if cpp_type in _INTEGERS64:
         return str
     if cpp_type == _C.CPPTYPE_DOUBLE:
-        return _write_double
+        return cast("_Write", _write_double)
     if cpp_type == _C.CPPTYPE_FLOAT:
         return _unsupported  # json_format rounds to the shortest float: left to it
     if field.type == _C.TYPE_BYTES:
-        return _write_bytes
+        return cast("_Write", _write_bytes)
     return None  # strings, bools, 32-bit integers, enums (as numbers)
 
 
@@ -384,12 +394,12 @@ def _write_any(message: any_pb2.Any) -> object:
 
 
 _SPECIAL_WRITERS: Final[dict[str, _Write]] = {
-    _ANY: _write_any,
-    _VALUE: _write_value,
-    "google.protobuf.Struct": _write_struct,
-    "google.protobuf.ListValue": _write_list,
-    **dict.fromkeys(_STRING_FORM, _write_string_form),
-    "google.protobuf.Timestamp": _write_timestamp,
+    _ANY: cast("_Write", _write_any),
+    _VALUE: cast("_Write", _write_value),
+    "google.protobuf.Struct": cast("_Write", _write_struct),
+    "google.protobuf.ListValue": cast("_Write", _write_list),
+    **dict.fromkeys(_STRING_FORM, cast("_Write", _write_string_form)),
+    "google.protobuf.Timestamp": cast("_Write", _write_timestamp),
 }
 
 
@@ -748,11 +758,11 @@ def _merge_any(document: object, message: any_pb2.Any, depth: int) -> None:
 
 
 _SPECIAL_MERGERS: Final[dict[str, _Merge]] = {
-    _ANY: _merge_any,
-    _VALUE: _merge_value,
-    "google.protobuf.Struct": _merge_struct,
-    "google.protobuf.ListValue": _merge_list,
-    "google.protobuf.Timestamp": _merge_timestamp,
-    "google.protobuf.Duration": _merge_duration,
-    "google.protobuf.FieldMask": _merge_string_form,
+    _ANY: cast("_Merge", _merge_any),
+    _VALUE: cast("_Merge", _merge_value),
+    "google.protobuf.Struct": cast("_Merge", _merge_struct),
+    "google.protobuf.ListValue": cast("_Merge", _merge_list),
+    "google.protobuf.Timestamp": cast("_Merge", _merge_timestamp),
+    "google.protobuf.Duration": cast("_Merge", _merge_duration),
+    "google.protobuf.FieldMask": cast("_Merge", _merge_string_form),
 }
