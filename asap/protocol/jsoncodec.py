@@ -405,12 +405,15 @@ _SPECIAL_WRITERS: Final[dict[str, _Write]] = {
 
 # -- reading ----------------------------------------------------------------------------------
 
-_SKIP: Final = object()
-"""The plan entry of ``@type`` in a regular message inside an Any."""
 
 _Clear = Callable[[Message], None]
-_Entry = tuple[str | None, _Merge, _Clear]
-"""A field's plan for reading: its oneof, how to merge a value, what ``null`` does."""
+_Entry = tuple[str | None, _Merge | None, _Clear, str, _Read]
+"""A field's plan for reading: its oneof, how to merge a value (``None``: a singular scalar, set
+to ``convert(value)``), what ``null`` does, its name, and that scalar's ``convert``."""
+
+
+def _ignore(_document: object, _message: object, _depth: int) -> None:
+    """``@type`` in a regular message inside an Any: the Any's, not a field."""
 
 
 def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
@@ -425,7 +428,7 @@ def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
     special = _SPECIAL_MERGERS.get(name)
     if special is not None:
         return special
-    plan: dict[str, object] = {}
+    plan: dict[str, _Entry] = {}
     oneof_names = {oneof.name for oneof in descriptor.oneofs}
     entries: dict[FieldDescriptor, _Entry] = {}
     for field in descriptor.fields:
@@ -433,13 +436,17 @@ def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
             return _decline  # json_format mixes field and oneof names in one list: left to it
         oneof = field.containing_oneof
         group = None if oneof is None else oneof.name
-        entries[field] = (group, _field_merger(field), _null_clearer(field))
+        clear = _null_clearer(field)
+        if field.message_type is None and not field.is_repeated:  # set here, without a call
+            entries[field] = (group, None, clear, field.name, _scalar_reader(field))
+        else:
+            entries[field] = (group, _field_merger(field), clear, field.name, _unsupported)
     for field, entry in entries.items():
         plan[field.name] = entry
     for field, entry in entries.items():  # a JSON name wins over another field's proto name
         plan[field.json_name] = entry
     if in_any:
-        plan["@type"] = _SKIP
+        plan["@type"] = _TYPE_ENTRY
 
     def merge_message(document: object, message: Message, depth: int) -> None:
         if type(document) is not dict or depth > MAX_DEPTH:
@@ -449,10 +456,8 @@ def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
             entry = plan.get(key)
             if entry is None:
                 raise Unsupported  # an unknown field: jsonwire's rules apply
-            if entry is _SKIP:
-                continue
             # A field under both its names is merged twice, in document order, as json_format does.
-            group, merge, clear = cast("_Entry", entry)
+            group, merge, clear, name, convert = entry
             if value is None:
                 clear(message)
                 continue
@@ -463,7 +468,10 @@ def _build_merger(descriptor: Descriptor, *, in_any: bool) -> _Merge:
                     raise Unsupported  # two members of a oneof: json_format refuses
                 else:
                     oneofs.add(group)
-            merge(value, message, depth)
+            if merge is None:
+                setattr(message, name, convert(value))
+            else:
+                merge(value, message, depth)
 
     return merge_message
 
@@ -494,6 +502,9 @@ def _null_clearer(field: FieldDescriptor) -> _Clear:
 
 def _decline_null(_message: object) -> None:
     raise Unsupported
+
+
+_TYPE_ENTRY: Final[_Entry] = (None, _ignore, _decline_null, "", _unsupported)
 
 
 def _field_merger(field: FieldDescriptor) -> _Merge:
