@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import ClassVar, Literal, TypeVar
 
@@ -27,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
 
 from asap.errors import MalformedFrame, MessageTooLarge
-from asap.protocol import jsonwire
+from asap.protocol import jsoncodec, jsonwire
 from asap.protocol.limits import Limits
 from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2
 
@@ -430,12 +431,19 @@ class JsonCodec(Codec):
         """Encode a frame as compact proto3 JSON (enum values as numbers; see the class)."""
         self._forms.forget(frame)
         try:
-            data = json_format.MessageToDict(
+            data = jsoncodec.to_json(frame)
+        except _FAST_WRITE_DECLINED:  # json_format decides (and raises what it raises)
+            data = self._frame_to_dict(frame)
+        return _JSON_ENCODER.encode(data)
+
+    def _frame_to_dict(self, frame: bridge_pb2.Frame) -> object:
+        """The frame as protobuf's json_format converts it (the slow path)."""
+        try:
+            return json_format.MessageToDict(
                 frame, descriptor_pool=self.pool, use_integers_for_enums=True
             )
         except TypeError:  # an Any of a type the pool lacks: written as an OpaqueAny
-            data = jsonwire.frame_to_dict(frame, self.pool)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+            return jsonwire.frame_to_dict(frame, self.pool)
 
     def decode(self, data: bytes | str) -> bridge_pb2.Frame:
         """Parse a text message into a frame (see :meth:`Codec.decode`)."""
@@ -455,6 +463,16 @@ class JsonCodec(Codec):
             raise FrameError(CloseCode.PROTOCOL_ERROR, "frame is not a JSON object")
         frame = bridge_pb2.Frame()
         try:
+            jsoncodec.parse(parsed, frame)
+        except _FAST_READ_DECLINED:  # json_format and jsonwire decide, from a fresh Frame
+            frame = self._parse_slowly(parsed)
+        self._forms.observe(frame)
+        return frame
+
+    def _parse_slowly(self, parsed: dict[str, object]) -> bridge_pb2.Frame:
+        """The frame as protobuf's json_format parses it, else under jsonwire's skew rules."""
+        frame = bridge_pb2.Frame()
+        try:
             json_format.ParseDict(parsed, frame, descriptor_pool=self.pool)
         except _JSON_ERRORS:  # unknown fields, types or enum names: the lenient reader decides
             try:
@@ -467,8 +485,104 @@ class JsonCodec(Codec):
                     else "JSON is not a Frame"
                 )
                 raise FrameError(CloseCode.PROTOCOL_ERROR, reason, stream_id=stream_id) from None
-        self._forms.observe(frame)
         return frame
+
+    def encode_message(
+        self, stream_id: int, message: Message, *, max_message_bytes: int | None = None
+    ) -> str:
+        """Encode ``Frame{stream_id, message{typed}}`` from the message itself (not packed first)."""
+        if self._typed_ok(stream_id, message):
+            _check_size(message.ByteSize(), max_message_bytes)
+            try:
+                typed = jsoncodec.packed_json(message)
+            except _FAST_WRITE_DECLINED:
+                pass
+            else:
+                return self._dump(stream_id, _JSON_MESSAGE, {_JSON_TYPED: typed})
+        return self.encode(
+            bridge_pb2.Frame(
+                stream_id=stream_id,
+                message=self._checked_body(stream_id, message, max_message_bytes),
+            )
+        )
+
+    def encode_start(
+        self,
+        stream_id: int,
+        start: bridge_pb2.CallStart,
+        message: Message | None = None,
+        *,
+        half_close: bool = False,
+        max_message_bytes: int | None = None,
+    ) -> str:
+        """Encode a CallStart around the request's own JSON (see :meth:`Codec.encode_start`)."""
+        if (
+            message is not None
+            and not start.HasField("message")
+            and not start.half_close
+            and self._typed_ok(stream_id, message)
+        ):
+            _check_size(message.ByteSize(), max_message_bytes)
+            try:
+                head = jsoncodec.to_json_object(start)
+                typed = jsoncodec.packed_json(message)
+            except _FAST_WRITE_DECLINED:
+                pass
+            else:
+                # CallStart.message (4) and half_close (5) follow every other field: field order.
+                head[_JSON_START_MESSAGE] = {_JSON_TYPED: typed}
+                if half_close:
+                    head[_JSON_HALF_CLOSE] = True
+                return self._dump(stream_id, _JSON_START, head)
+        return self.encode(
+            self._start_frame(stream_id, start, message, half_close, max_message_bytes)
+        )
+
+    def encode_status(
+        self,
+        stream_id: int,
+        call_status: bridge_pb2.CallStatus,
+        message: Message | None = None,
+        *,
+        max_message_bytes: int | None = None,
+    ) -> str:
+        """Encode a CallStatus around the response's own JSON (see :meth:`Codec.encode_status`)."""
+        if (
+            message is not None
+            and not call_status.HasField("message")
+            and self._typed_ok(stream_id, message)
+        ):
+            _check_size(message.ByteSize(), max_message_bytes)
+            try:
+                head = jsoncodec.to_json_object(call_status)
+                typed = jsoncodec.packed_json(message)
+            except _FAST_WRITE_DECLINED:
+                pass
+            else:
+                self._forms.forget_stream(stream_id)
+                # CallStatus.message (3) follows status (1) and trailers (2): field order.
+                head[_JSON_STATUS_MESSAGE] = {_JSON_TYPED: typed}
+                return self._dump(stream_id, _JSON_STATUS, head)
+        return self.encode(self._status_frame(stream_id, call_status, message, max_message_bytes))
+
+    def _typed_ok(self, stream_id: int, message: Message) -> bool:
+        """Whether ``message`` goes in ``typed`` on a valid stream id (the JSON built directly)."""
+        return 0 <= stream_id <= MAX_STREAM_ID and not self._forms.binary(stream_id, message)
+
+    def _checked_body(
+        self, stream_id: int, message: Message, max_message_bytes: int | None
+    ) -> bridge_pb2.MessageFrame:
+        body = self._pack_for(stream_id, message)
+        _check_size(self.body_size(body), max_message_bytes)
+        return body
+
+    @staticmethod
+    def _dump(stream_id: int, kind: str, value: dict[str, object]) -> str:
+        """``Frame{stream_id, kind: value}`` as JSON text (``streamId`` omitted when 0, as protobuf)."""
+        frame: dict[str, object] = (
+            {_JSON_STREAM_ID: stream_id, kind: value} if stream_id else {kind: value}
+        )
+        return _JSON_ENCODER.encode(frame)
 
     def pack_message(self, message: Message) -> bridge_pb2.MessageFrame:
         """Pack a message into ``MessageFrame.typed``."""
@@ -533,6 +647,21 @@ _JSON_ERRORS = (
     RecursionError,
     ArithmeticError,  # OverflowError: an integer like 10**400 where protobuf wants a double
 )
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Compact proto3 JSON text (one encoder, not one per frame as ``json.dumps`` with options)."""
+_FRAME_FIELDS = bridge_pb2.Frame.DESCRIPTOR.fields_by_name
+_JSON_STREAM_ID = _FRAME_FIELDS["stream_id"].json_name
+_JSON_START = _FRAME_FIELDS["start"].json_name
+_JSON_MESSAGE = _FRAME_FIELDS["message"].json_name
+_JSON_STATUS = _FRAME_FIELDS["status"].json_name
+_JSON_START_MESSAGE = bridge_pb2.CallStart.DESCRIPTOR.fields_by_name["message"].json_name
+_JSON_HALF_CLOSE = bridge_pb2.CallStart.DESCRIPTOR.fields_by_name["half_close"].json_name
+_JSON_STATUS_MESSAGE = bridge_pb2.CallStatus.DESCRIPTOR.fields_by_name["message"].json_name
+_JSON_TYPED = bridge_pb2.MessageFrame.DESCRIPTOR.fields_by_name["typed"].json_name
+_FAST_READ_DECLINED = (jsoncodec.Unsupported, *_JSON_ERRORS)
+"""What :func:`jsoncodec.parse` raises when it leaves a frame to json_format."""
+_FAST_WRITE_DECLINED = (jsoncodec.Unsupported, ValueError, TypeError, KeyError, DecodeError)
+"""What :func:`jsoncodec.to_json` raises when it leaves a frame to json_format."""
 
 
 def _check_size(size: int, limit: int | None) -> None:
@@ -634,7 +763,7 @@ def _leading_stream_id(data: bytes) -> int | None:
     return None
 
 
-def _json_stream_id(parsed: dict[object, object]) -> int | None:
+def _json_stream_id(parsed: Mapping[str, object]) -> int | None:
     """Read ``streamId`` (or ``stream_id``) from a JSON object that is not a valid Frame."""
     value = parsed.get("streamId", parsed.get("stream_id"))
     if isinstance(value, str) and value.isascii() and value.isdigit():

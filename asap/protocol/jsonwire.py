@@ -89,19 +89,39 @@ def has_unknown_fields(message: Message) -> bool:
     """
     if len(unknown_fields.UnknownFieldSet(message)):
         return True
+    searched = _searched_fields(message.DESCRIPTOR)
+    if not searched:
+        return False
     for field, value in message.ListFields():
-        element = _element_type(field)
-        if element is None or element.full_name.startswith(_WELL_KNOWN_PREFIX):
+        kind = searched.get(field)
+        if kind is None:
             continue
-        if _is_map(field):
+        if kind is _MAP:
             if any(has_unknown_fields(item) for item in value.values()):
                 return True
-        elif field.is_repeated:
+        elif kind is _REPEATED:
             if any(has_unknown_fields(item) for item in value):
                 return True
         elif has_unknown_fields(value):
             return True
     return False
+
+
+_SINGLE: Final = "single"
+_REPEATED: Final = "repeated"
+_MAP: Final = "map"
+
+
+@cache
+def _searched_fields(descriptor: Descriptor) -> Mapping[FieldDescriptor, str]:
+    """The fields :func:`has_unknown_fields` looks into (messages not of a well-known type)."""
+    searched: dict[FieldDescriptor, str] = {}
+    for field in descriptor.fields:
+        element = _element_type(field)
+        if element is None or element.full_name.startswith(_WELL_KNOWN_PREFIX):
+            continue
+        searched[field] = _MAP if _is_map(field) else _REPEATED if field.is_repeated else _SINGLE
+    return searched
 
 
 class BodyForms:
@@ -141,6 +161,10 @@ class BodyForms:
         """Drop a stream whose CallStatus is being encoded."""
         if frame.WhichOneof("kind") == "status":
             self._served.pop(frame.stream_id, None)
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop a stream whose CallStatus is being encoded (the frame is not built)."""
+        self._served.pop(stream_id, None)
 
 
 @cache

@@ -127,7 +127,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self.call_peer: str | None = None
         """The client a trusted proxy forwarded this connection for: the peer calls see."""
         self._handler_time = 0.0
-        """Seconds the current read spent running calls eagerly (not charged to the decode budget)."""
+        """CPU seconds the current read spent running calls eagerly (not charged to the decode
+        budget)."""
         self.idle = asyncio.Event()
         """Set while no handler runs (graceful stop waits for it)."""
         self.idle.set()
@@ -159,14 +160,16 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         The per-connection decode budget (:attr:`Limits.decode_slice`): a connection whose bytes
         took more than the slice of loop time is not read for ``decode_pause_factor`` times what
         it used, so a peer sending expensive frames gets a bounded share of the event loop and the
-        other connections, gRPC's included, keep theirs.
+        other connections, gRPC's included, keep theirs. The time is the loop thread's CPU time:
+        while the thread waits (another process on the core, another thread holding the GIL) the
+        loop runs nobody's frames, so that wait is not the peer's to pay.
         """
-        started = time.perf_counter()
+        started = time.thread_time()
         self._handler_time = 0.0
         super().data_received(data)
         # Only decoding counts: calls that ran eagerly inside this read did the peer's legitimate
         # (rate-limited) work, and charging it would throttle a busy, honest connection.
-        used = time.perf_counter() - started - self._handler_time
+        used = time.thread_time() - started - self._handler_time
         limits = self.listener.limits
         if used > limits.decode_slice and not self.closed:
             self.pause_reading_for(used * limits.decode_pause_factor)
@@ -406,9 +409,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call.task = self.tasks.spawn(coro, name=CALL_TASK)
             return
         ctx.eager = True
-        started = time.perf_counter()
+        started = time.thread_time()
         call.task = start_eagerly(self.tasks, coro, name=CALL_TASK)
-        self._handler_time += time.perf_counter() - started
+        self._handler_time += time.thread_time() - started
         ctx.eager = False  # finished, or suspended and now continuing in call.task
 
     def _forget(self, call: BridgeServerCall) -> None:
