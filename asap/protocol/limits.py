@@ -132,7 +132,7 @@ class Limits:
     connection_max_age_grace: float = 300.0
     """gRPC: seconds calls may still run on a connection past ``connection_max_age``."""
 
-    decode_slice: float = 0.002
+    decode_slice: float = 0.004
     """Seconds of the event loop's CPU time (its thread's, so not the time it waits for a core or
     the GIL) one bridge connection may spend decoding in one read before it stops being read for a
     while (``decode_pause_factor`` times what it used): one peer sending expensive
