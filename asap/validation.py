@@ -346,14 +346,23 @@ def wrap(payload: Payload, **fields: Unpack[EnvelopeFields]) -> envelope_pb2.Env
     Raises:
         TypeError: When ``payload`` is not one of the payload message types.
     """
+    envelope = envelope_pb2.Envelope(**fields)
+    put_payload(envelope, payload)
+    return envelope
+
+
+def put_payload(envelope: envelope_pb2.Envelope, payload: Payload) -> None:
+    """Set a copy of ``payload`` as the envelope's payload, in place (see :func:`wrap`).
+
+    Raises:
+        TypeError: When ``payload`` is not one of the payload message types.
+    """
     accessor = _ACCESSOR_BY_TYPE.get(type(payload))
     if accessor is None:
         text = f"{type(payload).__name__} is not an envelope payload type"
         raise TypeError(text)
-    envelope = envelope_pb2.Envelope(**fields)
     field: Message = accessor(envelope)  # as Message: CopyFrom then accepts the whole union
     field.CopyFrom(payload)
-    return envelope
 
 
 def fill_defaults(

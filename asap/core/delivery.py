@@ -365,6 +365,7 @@ class Deliverer:
     ) -> tuple[agent_service_pb2.DeliveryResult, bool]:
         """The handler's outcome, and whether its answer was already emitted (streaming)."""
         answered = False
+        result = agent_service_pb2.DeliveryResult()
         try:
             payload = validation.payload_of(envelope)
             route = self.agent.route_for(payload)
@@ -387,12 +388,12 @@ class Deliverer:
                 else:
                     reply = await route.handler(incoming)  # type: ignore[misc]
                 if reply is not None:
-                    answer = self._answer(envelope, reply)
+                    # Built where it is kept: no copy of the answer into the result.
+                    answer = self._answer(envelope, reply, into=result.envelope)
         except Exception as exc:  # noqa: BLE001 - the delivery boundary: every failure becomes a status
             error = as_asap_error(exc, where=f"handler for {envelope.id}")
             return self.refused(envelope, error), answered
-        result = agent_service_pb2.DeliveryResult()
-        if answer is not None:
+        if answer is not None and answer is not result.envelope:
             result.envelope.CopyFrom(answer)
         if envelope.requires_ack:
             result.ack.CopyFrom(self._ack_payload(envelope, payload_pb2.ACK_STATUS_PROCESSED, ""))
@@ -415,11 +416,18 @@ class Deliverer:
         message = f"this server is {self.agent.id}, not the envelope's recipient {preview!r}"
         return UnknownRecipient(message, metadata={"recipient": self.agent.id})
 
-    def _answer(self, request: envelope_pb2.Envelope, reply: Reply) -> envelope_pb2.Envelope:
+    def _answer(
+        self,
+        request: envelope_pb2.Envelope,
+        reply: Reply,
+        *,
+        into: envelope_pb2.Envelope | None = None,
+    ) -> envelope_pb2.Envelope:
         """Wrap a handler's reply in an envelope from the agent back to the request's sender.
 
         The sender is always the agent's own id, also on an envelope the handler built: a server
-        never answers as anyone else.
+        never answers as anyone else. With ``into`` (an empty envelope), a payload reply is
+        wrapped there, in place, and ``into`` is returned; an envelope reply is returned as is.
         """
         if isinstance(reply, envelope_pb2.Envelope):
             answer = reply
@@ -427,13 +435,12 @@ class Deliverer:
             if not answer.correlation_id:
                 answer.correlation_id = request.id
         else:
-            answer = validation.wrap(
-                reply,
-                sender=self.agent.id,
-                recipient=request.sender,
-                correlation_id=request.id,
-                trace_id=request.trace_id,
-            )
+            answer = envelope_pb2.Envelope() if into is None else into
+            answer.sender = self.agent.id
+            answer.recipient = request.sender
+            answer.correlation_id = request.id
+            answer.trace_id = request.trace_id
+            validation.put_payload(answer, reply)
         validation.fill_defaults(answer, now=self._clock(), new_id=validation.new_envelope_id)
         return answer
 

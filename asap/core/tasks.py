@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Coroutine, Generator
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from asap.errors import InvalidState
 
@@ -97,34 +97,40 @@ def start_eagerly(
         ``None`` if ``coro`` finished; else the task continuing it.
     """
     step = _first_step(coro)
-    if isinstance(step, asyncio.Future):
-        if step.exception() is not None:  # as TaskOwner logs a failed task
-            _log.error("%s failed", name, exc_info=step.exception())
+    if isinstance(step, _Finished):
+        if step.error is not None:  # as TaskOwner logs a failed task
+            _log.error("%s failed", name, exc_info=step.error)
         return None
     resumed, context = step
     return owner.spawn(resumed, name=name, context=context)
 
 
+class _Finished:
+    """A coroutine that ended in its first step: its result, or the exception it raised."""
+
+    __slots__ = ("error", "value")
+
+    def __init__(self, value: object, error: Exception | None) -> None:
+        self.value = value
+        self.error = error
+
+
 def _first_step(
     coro: Coroutine[object, object, T],
-) -> asyncio.Future[T] | tuple[_Resumed[T], contextvars.Context]:
+) -> _Finished | tuple[_Resumed[T], contextvars.Context]:
     """Run ``coro`` in a fresh context until it suspends or ends.
 
     Returns:
-        A done future with its result (or exception) if it ended; else the continuation to hand
-        to a task and the context that task must run in.
+        What it ended with (no future is made for that: most eager calls end here); else the
+        continuation to hand to a task and the context that task must run in.
     """
     context = contextvars.copy_context()
     try:
         pending = context.run(coro.send, None)
     except StopIteration as stop:
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        done.set_result(stop.value)
-        return done
+        return _Finished(stop.value, None)
     except Exception as exc:  # noqa: BLE001 - handed on, as a task would
-        failed: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        failed.set_exception(exc)
-        return failed
+        return _Finished(None, exc)
     return _Resumed(coro, pending), context
 
 
@@ -149,8 +155,13 @@ def start_eagerly_for_result(coro: Coroutine[object, object, T], *, name: str) -
         suspending; else the task continuing it.
     """
     step = _first_step(coro)
-    if isinstance(step, asyncio.Future):
-        return step
+    if isinstance(step, _Finished):
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if step.error is not None:
+            done.set_exception(step.error)
+        else:
+            done.set_result(cast("T", step.value))
+        return done
     resumed, context = step
     return asyncio.get_running_loop().create_task(resumed, name=name, context=context)
 
