@@ -436,7 +436,7 @@ def check_version(asap_version: str) -> None:
         UnsupportedVersion: Another major version, or text that is not ``MAJOR.MINOR``; its
             metadata names the version received and the supported major.
     """
-    if not asap_version:
+    if not asap_version or asap_version == ASAP_VERSION:  # ours: the usual case, no regex
         return
     match = _VERSION_PATTERN.fullmatch(asap_version)
     if match is not None and int(match.group(1)) == schema.SUPPORTED_MAJOR:
