@@ -300,8 +300,11 @@ async def test_stream_async_handlers_get_a_task_each(kit: Kit) -> None:
     @agent.skill("timed")
     async def timed(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
         seen.append(asyncio.current_task())
+        loop = asyncio.get_running_loop()
+        resumed = loop.create_future()
+        loop.call_soon(resumed.set_result, None)
         async with asyncio.timeout(10):
-            await asyncio.sleep(0)
+            await resumed  # suspends: the rest runs in the envelope's task
         return payload_pb2.TaskResponse(task_id=request.envelope.id)
 
     requests = [
