@@ -13,14 +13,16 @@ answers have been written, so a caller that stops reading stops the server readi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from asap.core.context import CallContext
 from asap.core.delivery import Deliverer
+from asap.core.tasks import start_eagerly_in
 from asap.errors import (
     AsapError,
     InvalidArgument,
@@ -66,6 +68,9 @@ STREAM_OUTBOX = 2 * STREAM_WINDOW
 """Answers of one Stream call queued for writing; a handler's emit waits beyond it. Twice the
 window, so envelopes that give one or two answers each (the usual case) never wait to queue them;
 a handler streaming many updates still waits once this many are queued."""
+
+_ENVELOPE = "asap.stream.envelope"
+"""The name of the task that goes on delivering a Stream envelope once it suspends."""
 
 _RESULT_TAG_BYTES = 1
 """The tag of ``results`` (field 1) in SendBatchResponse and PublishResponse."""
@@ -134,26 +139,120 @@ class _Results:
         self.response.results.append(result)
 
 
-@dataclass(slots=True, eq=False)
 class _Slot:
-    """One envelope of a Stream call: its window slot and the task delivering it."""
+    """One envelope of a Stream call: its window slot and the task delivering it (if it has one)."""
 
-    envelope_id: str
-    task: asyncio.Task[None] | None = None
-    released: bool = False
-    """True once the window slot is free again (its answers written, or the envelope failed)."""
-    queued: int = 0
-    """Answers queued and not yet written."""
-    finished: bool = False
-    """True once the envelope's delivery has queued its last answer."""
+    __slots__ = ("envelope_id", "finished", "queued", "released", "task")
+
+    def __init__(self, envelope_id: str) -> None:
+        self.envelope_id = envelope_id
+        self.task: asyncio.Task[None] | None = None
+        """The task delivering it; ``None`` while it runs in the reader, or once it ended there."""
+        self.released = False
+        """True once the window slot is free again (its answers written, or the envelope failed)."""
+        self.queued = 0
+        """Answers queued and not yet written."""
+        self.finished = False
+        """True once the envelope's delivery has queued its last answer."""
 
 
-@dataclass(slots=True, eq=False)
-class _Outgoing:
-    """An answer of a Stream call, with the envelope it belongs to."""
+_Outgoing = tuple[_Slot, agent_service_pb2.StreamResponse]
+"""An answer of a Stream call, with the envelope it belongs to."""
 
-    slot: _Slot
-    response: agent_service_pb2.StreamResponse
+
+class _Outbox:
+    """The answers of one Stream call queued for its one writer, at most ``limit`` of them.
+
+    A put beyond the bound waits, in order, until the writer takes an answer; the writer waits
+    while nothing is queued. (asyncio.Queue does the same at about forty times the cost per
+    answer: it also counts unfinished tasks and keeps a deque of waiting getters.)
+    """
+
+    __slots__ = ("_getter", "_items", "_limit", "_putters")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[_Outgoing | None] = deque()
+        self._limit = limit
+        self._getter: asyncio.Future[None] | None = None
+        self._putters: deque[tuple[asyncio.Future[None], _Outgoing | None]] = deque()
+        """Puts waiting for room, each with its answer (queued for it when room is made)."""
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: _Outgoing | None) -> None:
+        """Queue ``item`` (None: the end), waiting while ``limit`` answers are queued."""
+        if not self._putters and len(self._items) < self._limit:
+            self._items.append(item)
+            self._wake_getter()
+            return
+        entry = (asyncio.get_running_loop().create_future(), item)
+        self._putters.append(entry)
+        try:
+            await entry[0]
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):  # absent: its answer was queued already
+                self._putters.remove(entry)
+            self._admit()
+            raise
+
+    async def get(self) -> _Outgoing | None:
+        """The next queued item, waiting while there is none."""
+        items = self._items
+        while not items:
+            getter = self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await getter
+            finally:
+                self._getter = None
+        item = items.popleft()
+        if self._putters:
+            self._admit()
+        return item
+
+    def _admit(self) -> None:
+        """Queue the answers of waiting puts while there is room, and wake those puts."""
+        items, putters = self._items, self._putters
+        while putters and len(items) < self._limit:
+            waiter, item = putters.popleft()
+            if waiter.done():  # its put was cancelled
+                continue
+            items.append(item)
+            waiter.set_result(None)
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        getter = self._getter
+        if getter is not None and self._items and not getter.done():
+            getter.set_result(None)
+
+
+class _Window:
+    """The window of one Stream call: envelopes in progress, taken by its one reader."""
+
+    __slots__ = ("_waiter", "free")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        """Envelopes that may still start; never above the size."""
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def take(self) -> None:
+        """Take a slot, waiting while the window is full."""
+        while self.free <= 0:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        self.free -= 1
+
+    def give(self) -> None:
+        """Give a slot back (once per slot taken)."""
+        self.free += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 def _raise_for(result: agent_service_pb2.DeliveryResult) -> None:
@@ -265,22 +364,28 @@ class AgentServiceCore:
     async def stream(self, ctx: CallContext, call: ServerCall) -> None:
         """Stream: deliver envelopes concurrently; push acks, updates and answers as they happen.
 
-        One task writes, in order, the answers the envelopes' tasks queue. An answer over the
+        One task writes, in order, the answers the envelopes queue. An answer over the
         maximum message size fails only its envelope: an EnvelopeError (MESSAGE_TOO_LARGE) is
         written instead, the envelope's handler is cancelled and its later answers (and ack) are
         dropped; the Stream goes on.
+
+        Each envelope starts eagerly, in the reader, exactly as a unary call does on the bridge
+        (:func:`~asap.core.tasks.start_eagerly`): one whose delivery never suspends (a plain
+        handler behind the built-in guards and the in-memory store) needs no task at all; one
+        that suspends goes on in a task of its own from there.
         """
-        outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue(STREAM_OUTBOX)
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        outbox = _Outbox(STREAM_OUTBOX)
+        window = _Window(STREAM_WINDOW)
+        deliverer = self._deliverer
 
         def release(slot: _Slot) -> None:
             if not slot.released:
                 slot.released = True
-                window.release()
+                window.give()
 
         async def queue(slot: _Slot, response: agent_service_pb2.StreamResponse) -> None:
             slot.queued += 1
-            await outbox.put(_Outgoing(slot, response))
+            await outbox.put((slot, response))
 
         async def process(envelope: envelope_pb2.Envelope, slot: _Slot) -> None:
             async def push(item: envelope_pb2.Envelope) -> None:
@@ -288,18 +393,18 @@ class AgentServiceCore:
 
             try:
                 try:
-                    await self._deliverer.admit(ctx, (envelope,))
+                    await deliverer.admit(ctx, (envelope,))
                 except AsapError as refusal:
-                    result = self._deliverer.refused(envelope, refusal)
+                    result = deliverer.refused(envelope, refusal)
                 else:
-                    result = await self._deliverer.deliver(ctx, envelope, push, ack_received=True)
+                    result = await deliverer.deliver(ctx, envelope, push, ack_received=True)
                 if result.HasField("error"):
                     error = agent_service_pb2.EnvelopeError(
                         envelope_id=envelope.id, status=result.error
                     )
                     await queue(slot, agent_service_pb2.StreamResponse(error=error))
                 if result.HasField("ack"):
-                    await push(self._deliverer.ack_envelope(envelope, result.ack))
+                    await push(deliverer.ack_envelope(envelope, result.ack))
             finally:
                 slot.finished = True
                 if not slot.queued:  # everything it queued is written: free its slot now
@@ -307,15 +412,21 @@ class AgentServiceCore:
 
         async def read_requests(group: asyncio.TaskGroup) -> None:
             while True:
-                await window.acquire()
+                await window.take()
                 request = await call.read()
                 if request is None:
                     return
                 if not isinstance(request, agent_service_pb2.StreamRequest):
                     text = f"expected {agent_service_pb2.StreamRequest.DESCRIPTOR.name}"
                     raise InvalidArgument(text)
-                slot = _Slot(request.envelope.id)
-                slot.task = group.create_task(process(request.envelope, slot))
+                envelope = request.envelope
+                slot = _Slot(envelope.id)
+                # The core hands off to a task before anything that needs one (ctx.eager).
+                ctx.eager = True
+                try:
+                    slot.task = start_eagerly_in(group, process(envelope, slot), name=_ENVELOPE)
+                finally:
+                    ctx.eager = False
 
         async def pump() -> None:
             async with asyncio.TaskGroup() as group:
@@ -325,10 +436,10 @@ class AgentServiceCore:
         async with asyncio.TaskGroup() as outer:
             outer.create_task(pump())
             while (item := await outbox.get()) is not None:
-                slot = item.slot
+                slot, response = item
                 if not slot.released:
                     try:
-                        await call.write(item.response)
+                        await call.write(response)
                     except MessageTooLarge as exc:
                         release(slot)
                         if slot.task is not None:

@@ -166,6 +166,25 @@ def start_eagerly_for_result(coro: Coroutine[object, object, T], *, name: str) -
     return asyncio.get_running_loop().create_task(resumed, name=name, context=context)
 
 
+def start_eagerly_in(
+    group: asyncio.TaskGroup, coro: Coroutine[object, object, None], *, name: str
+) -> asyncio.Task[None] | None:
+    """Like :func:`start_eagerly`, continuing in a task of ``group`` if ``coro`` suspends.
+
+    An exception escaping ``coro`` before it suspends is raised here, in the caller, where the
+    group's own task would have failed the group with it.
+
+    Returns:
+        ``None`` if ``coro`` finished; else the task continuing it.
+    """
+    step = _first_step(coro)
+    if isinstance(step, asyncio.Future):
+        step.result()
+        return None
+    resumed, context = step
+    return group.create_task(resumed, name=name, context=context)
+
+
 async def leave_eager(call: Eager) -> None:
     """Suspend once if the call runs eagerly (:func:`start_eagerly`), so what follows runs in a task.
 

@@ -509,10 +509,13 @@ class ServerSession(Session):
             stream_id, message, max_message_bytes=self.limits.max_message_bytes
         )
         # Credit is checked before the state changes, so a refused send leaves the stream as it was.
-        self._check_credit(stream)
-        stream.handle(StreamEvent.SERVER_MESSAGE)
-        if stream.credit is not None:
-            stream.credit.sent(wire_size(data))
+        credit = stream.credit
+        if credit is not None and credit.send <= 0:
+            self._check_credit(stream)  # raises InvalidState
+        if not stream.advance(StreamEvent.SERVER_MESSAGE):
+            stream.handle(StreamEvent.SERVER_MESSAGE)  # raises InvalidState
+        if credit is not None:
+            credit.sent(wire_size(data))
         self.outgoing.append(data)
         return True
 

@@ -111,8 +111,9 @@ class BridgeServerCall:
         if not self.spec.server_streaming:
             self.response = message
             return
-        await self.wait_credit()
         conn = self.conn
+        if not conn.session_can_send(self.stream_id):
+            await self.wait_credit()
         if conn.send_message(self.stream_id, message) and not conn.writable:
             await conn.wait_writable()
 

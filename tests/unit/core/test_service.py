@@ -268,6 +268,58 @@ async def test_stream_orders_acks_updates_and_answers_per_envelope(kit: Kit) -> 
 
 
 @pytest.mark.asyncio
+async def test_stream_runs_plain_handlers_without_a_task_each(kit: Kit) -> None:
+    """A plain handler's envelopes run in the stream's reader, one after another: no task each."""
+    agent = kit.agent()
+    seen: list[asyncio.Task[object] | None] = []
+
+    @agent.skill("plain")
+    def plain(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        seen.append(asyncio.current_task())
+        return payload_pb2.TaskResponse(task_id=request.envelope.id)
+
+    requests = [
+        agent_service_pb2.StreamRequest(
+            envelope=kit.envelope(kit.task("plain"), envelope_id=str(i))
+        )
+        for i in range(8)
+    ]
+    result = await kit.Harness(agent).call("Stream", *requests)
+    assert result.error is None
+    assert _by_envelope(result.written) == {str(i): ["task_response"] for i in range(8)}
+    assert len(seen) == 8
+    assert len(set(seen)) == 1
+
+
+@pytest.mark.asyncio
+async def test_stream_async_handlers_get_a_task_each(kit: Kit) -> None:
+    """A coroutine handler still runs in a task of its own, so asyncio.timeout works in it."""
+    agent = kit.agent()
+    seen: list[asyncio.Task[object] | None] = []
+
+    @agent.skill("timed")
+    async def timed(request: Incoming[payload_pb2.TaskRequest]) -> payload_pb2.TaskResponse:
+        seen.append(asyncio.current_task())
+        loop = asyncio.get_running_loop()
+        resumed = loop.create_future()
+        loop.call_soon(resumed.set_result, None)
+        async with asyncio.timeout(10):
+            await resumed  # suspends: the rest runs in the envelope's task
+        return payload_pb2.TaskResponse(task_id=request.envelope.id)
+
+    requests = [
+        agent_service_pb2.StreamRequest(
+            envelope=kit.envelope(kit.task("timed"), envelope_id=str(i))
+        )
+        for i in range(4)
+    ]
+    result = await kit.Harness(agent).call("Stream", *requests)
+    assert result.error is None
+    assert _by_envelope(result.written) == {str(i): ["task_response"] for i in range(4)}
+    assert len(set(seen)) == 4
+
+
+@pytest.mark.asyncio
 async def test_stream_processes_envelopes_concurrently(kit: Kit) -> None:
     """A slow envelope does not hold back a later one; the stream ends after both."""
     agent = kit.agent()

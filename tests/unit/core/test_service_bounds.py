@@ -18,7 +18,7 @@ from asap import errors
 from asap.core.agent import Incoming
 from asap.core.context import CallContext
 from asap.core.method import method
-from asap.core.service import STREAM_OUTBOX, STREAM_WINDOW
+from asap.core.service import STREAM_OUTBOX, STREAM_WINDOW, _Outbox, _Slot
 from asap.v1 import agent_service_pb2, payload_pb2
 
 
@@ -248,3 +248,45 @@ async def test_handler_returning_past_its_deadline_is_deadline_exceeded(kit: Kit
     error = await harness.dispatcher.handle(ctx, call)
     assert isinstance(error, errors.DeadlineExceeded)
     assert ctx.cancelled()
+
+
+def _answer(slot: _Slot, text: str) -> tuple[_Slot, agent_service_pb2.StreamResponse]:
+    error = agent_service_pb2.EnvelopeError(envelope_id=text)
+    return slot, agent_service_pb2.StreamResponse(error=error)
+
+
+@pytest.mark.asyncio
+async def test_outbox_holds_its_bound_and_keeps_waiting_puts_in_order() -> None:
+    """Puts past the bound wait; each get makes room for the first waiting put, in order."""
+    outbox = _Outbox(2)
+    slot = _Slot("e")
+    for text in ("a", "b"):
+        await outbox.put(_answer(slot, text))
+    waiting = [asyncio.create_task(outbox.put(_answer(slot, text))) for text in ("c", "d", "e")]
+    done, _ = await asyncio.wait(waiting, timeout=HOLD)
+    assert not done
+    assert len(outbox) == 2
+    cancelled = waiting[1]  # "d": its answer is never queued, and "e" is not stuck behind it
+    cancelled.cancel()
+    taken: list[str] = []
+    while len(taken) < 4:
+        item = await outbox.get()
+        assert item is not None
+        taken.append(item[1].error.envelope_id)
+        assert len(outbox) <= 2
+    assert taken == ["a", "b", "c", "e"]
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await asyncio.gather(waiting[0], waiting[2])
+    assert len(outbox) == 0
+
+
+@pytest.mark.asyncio
+async def test_outbox_get_waits_for_a_put() -> None:
+    """The writer's get waits while nothing is queued and wakes at the next put."""
+    outbox = _Outbox(2)
+    getting = asyncio.create_task(outbox.get())
+    done, _ = await asyncio.wait({getting}, timeout=HOLD)
+    assert not done
+    await outbox.put(None)
+    assert await getting is None

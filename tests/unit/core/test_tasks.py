@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from asap.core.tasks import TaskOwner, leave_eager, start_eagerly
+from asap.core.tasks import TaskOwner, leave_eager, start_eagerly, start_eagerly_in
 from asap.errors import InvalidState
 
 
@@ -273,3 +273,40 @@ async def test_an_exception_in_the_eager_step_is_logged_not_raised(
     with caplog.at_level("ERROR"):
         assert start_eagerly(owner, work(), name="eager-fails") is None
     assert any("eager-fails failed" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_start_eagerly_in_finishes_in_place_or_continues_in_the_group() -> None:
+    """A coroutine that never suspends needs no task; one that suspends goes on in the group."""
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    async def quick() -> None:
+        ran.append("quick")
+
+    async def slow() -> None:
+        ran.append("slow started")
+        await release.wait()
+        ran.append("slow done")
+
+    async with asyncio.TaskGroup() as group:
+        assert start_eagerly_in(group, quick(), name="quick") is None
+        task = start_eagerly_in(group, slow(), name="slow")
+        assert task is not None
+        assert task.get_name() == "slow"
+        assert ran == ["quick", "slow started"]
+        release.set()
+    assert ran == ["quick", "slow started", "slow done"]
+
+
+@pytest.mark.asyncio
+async def test_start_eagerly_in_raises_an_exception_of_the_eager_step() -> None:
+    """What fails before suspending is raised in the caller, as the group's task would fail."""
+
+    async def broken() -> None:
+        message = "broken"
+        raise ValueError(message)
+
+    async with asyncio.TaskGroup() as group:
+        with pytest.raises(ValueError, match="broken"):
+            start_eagerly_in(group, broken(), name="broken")
