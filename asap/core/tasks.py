@@ -178,8 +178,9 @@ def start_eagerly_in(
         ``None`` if ``coro`` finished; else the task continuing it.
     """
     step = _first_step(coro)
-    if isinstance(step, asyncio.Future):
-        step.result()
+    if isinstance(step, _Finished):
+        if step.error is not None:
+            raise step.error
         return None
     resumed, context = step
     return group.create_task(resumed, name=name, context=context)
