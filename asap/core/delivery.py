@@ -17,7 +17,7 @@ from typing import cast
 
 from asap import validation
 from asap.core import probes
-from asap.core.agent import Agent, Incoming, Reply
+from asap.core.agent import Agent, Incoming, Reply, Route
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext, CancelReason
 from asap.core.dedupe import DedupeStore, Owned, Reused, Stored, dedupe_key, fingerprint
@@ -230,8 +230,10 @@ class Deliverer:
         if self._closed:
             await self._store.abandon(key, claim)
             return self.refused(envelope, ShuttingDown())
-        process = self._process(ctx, envelope, key, claim, sink, ack_received)
-        synchronous = store_is_local and self._synchronous(envelope)
+        route = self._route(envelope)
+        process = self._process(ctx, envelope, key, claim, sink, ack_received, route)
+        # A plain function (or none will run: the envelope fails in _run).
+        synchronous = store_is_local and (route is None or route.synchronous)
         if synchronous and emit is None:
             # Nothing in it can suspend (a plain handler, the in-memory store, nothing to
             # stream), so nothing can cancel it half-way either: no task is needed to outlive
@@ -267,12 +269,12 @@ class Deliverer:
             )
         return result
 
-    def _synchronous(self, envelope: envelope_pb2.Envelope) -> bool:
-        """Whether the envelope's handler is a plain function (or none will run: an error)."""
+    def _route(self, envelope: envelope_pb2.Envelope) -> Route | None:
+        """The envelope's route, or None when it has none (``_run`` then reports why)."""
         try:
-            return self.agent.route_for(validation.payload_of(envelope)).synchronous
+            return self.agent.route_for(validation.payload_of(envelope))
         except AsapError:
-            return True
+            return None
 
     def _finished(self, task: asyncio.Task[agent_service_pb2.DeliveryResult]) -> None:
         self._running.discard(task)
@@ -335,13 +337,14 @@ class Deliverer:
         claim: Owned,
         sink: _Sink,
         ack_received: bool,
+        route: Route | None,
     ) -> agent_service_pb2.DeliveryResult:
         """Run the handler, record the outcome at once, then pass the answer on."""
         completed = False
         try:
             if ack_received and envelope.requires_ack:
                 await sink(self._ack(envelope, payload_pb2.ACK_STATUS_RECEIVED))
-            result, answered = await self._run(ctx, envelope, sink)
+            result, answered = await self._run(ctx, envelope, sink, route)
             if not (result.HasField("error") and Code(result.error.code) in _TRANSIENT):
                 try:
                     await self._store.complete(key, claim, result.SerializeToString())
@@ -361,14 +364,23 @@ class Deliverer:
                     _log.error("could not release the claim of %s: %s", envelope.id, error)
 
     async def _run(
-        self, ctx: CallContext, envelope: envelope_pb2.Envelope, emit: _Sink
+        self,
+        ctx: CallContext,
+        envelope: envelope_pb2.Envelope,
+        emit: _Sink,
+        route: Route | None,
     ) -> tuple[agent_service_pb2.DeliveryResult, bool]:
-        """The handler's outcome, and whether its answer was already emitted (streaming)."""
+        """The handler's outcome, and whether its answer was already emitted (streaming).
+
+        ``route`` is the envelope's route if already known, else None (looked up here, where a
+        failure becomes the outcome).
+        """
         answered = False
         result = agent_service_pb2.DeliveryResult()
         try:
             payload = validation.payload_of(envelope)
-            route = self.agent.route_for(payload)
+            if route is None:  # raises why the envelope has no route
+                route = self.agent.route_for(payload)
             incoming = Incoming(envelope=envelope, payload=payload, call=ctx)
             answer: envelope_pb2.Envelope | None = None
             if ctx.eager and not route.synchronous:

@@ -44,13 +44,20 @@ def _first_leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _check_live(ctx: CallContext) -> None:
-    """Raise if the call was cancelled or its deadline has passed (marking it cancelled)."""
+def _check_live(ctx: CallContext, now: float | None = None) -> None:
+    """Raise if the call was cancelled or its deadline has passed (marking it cancelled).
+
+    ``now`` is the loop's time if the caller has it (else it is read here).
+    """
     if ctx.cancelled():
         raise Cancelled
-    if ctx.deadline is not None and asyncio.get_running_loop().time() >= ctx.deadline:
-        ctx.mark_cancelled()
-        raise DeadlineExceeded
+    deadline = ctx.deadline
+    if deadline is not None:
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        if now >= deadline:
+            ctx.mark_cancelled()
+            raise DeadlineExceeded
 
 
 class _GuardedCall:
@@ -75,9 +82,9 @@ class _GuardedCall:
         return await self._call.read()
 
     async def write(self, message: Message) -> None:
-        _check_live(self._ctx)
-        await self._call.write(message)
         now = self._loop.time()
+        _check_live(self._ctx, now)
+        await self._call.write(message)
         if now - self._yielded_at >= YIELD_INTERVAL:
             self._yielded_at = now
             await asyncio.sleep(0)
