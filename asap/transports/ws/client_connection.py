@@ -406,10 +406,7 @@ class ClientBridgeConnection(BridgePump[ClientSession]):
         )
         call = ClientCall(self, stream_id)
         self.calls[stream_id] = call
-        if len(self.calls) > 1:
-            self.flush_soon()  # others in flight: this loop turn's requests go out in one write
-        else:
-            self.flush()
+        self.flush()
         return call
 
     def abandon(self, call: ClientCall, reason: str, *, deadline_exceeded: bool = False) -> None:
