@@ -16,6 +16,8 @@ from google.protobuf.message import Message
 
 from asap._typing import Metadata
 from asap.core.method import MethodSpec
+from asap.errors import InvalidState
+from asap.tls import ServerTLS
 from asap.v1 import manifest_pb2
 
 
@@ -123,6 +125,40 @@ class ServerTransport(abc.ABC):
     @abc.abstractmethod
     async def stop(self, grace: float | None) -> None:
         """Stop serving, letting in-flight calls finish within ``grace`` seconds."""
+
+
+class TLSListener(ServerTransport):
+    """A listener that may serve TLS and swap its certificate while it serves.
+
+    ``reload_tls`` is the same on both transports: refused on a plaintext listener, else checked
+    and applied by the transport (:meth:`_apply_tls`) before it becomes :attr:`tls`.
+    """
+
+    _tls: ServerTLS | None
+    _name: str = "this"
+
+    @property
+    def tls(self) -> ServerTLS | None:
+        """What new connections are served with (None: plaintext)."""
+        return self._tls
+
+    def reload_tls(self, tls: ServerTLS) -> None:
+        """Use ``tls`` for every new connection; connections already open keep theirs.
+
+        Raises:
+            InvalidState: The listener serves plaintext.
+            ValueError: ``tls`` would turn client certificates on or off, or does not load.
+        """
+        current = self._tls
+        if current is None:
+            message = f"{self._name} listener serves plaintext; it has no certificate to reload"
+            raise InvalidState(message)
+        self._apply_tls(current, tls)
+        self._tls = tls
+
+    @abc.abstractmethod
+    def _apply_tls(self, current: ServerTLS, tls: ServerTLS) -> None:
+        """Check ``tls`` against ``current`` and make new handshakes use it (ValueError: unchanged)."""
 
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognising them, not binding

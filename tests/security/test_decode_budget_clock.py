@@ -9,7 +9,6 @@ read may be paused. Charging wall time paused 6 to 19 reads of 40 here.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -17,10 +16,10 @@ import time
 import pytest
 
 from asap import Limits
-from asap.core.method import method
 from asap.protocol.frames import SUBPROTOCOL_JSON, JsonCodec
 from asap.transports.ws.server import WebSocketServerTransport
 from tests.security.conftest import RawWs, ServeFactory
+from tests.security.test_decode_budgets import expensive_json_frame
 
 
 pytestmark = pytest.mark.asyncio
@@ -30,17 +29,7 @@ READS = 40
 
 def _frame(stream_id: int, members: int) -> str:
     """A unary Send CallStart whose Struct has ``members`` tiny members (costly to decode)."""
-    start = {
-        "method": method("Send").path,
-        "halfClose": True,
-        "message": {
-            "typed": {
-                "@type": "type.googleapis.com/asap.v1.SendRequest",
-                "envelope": {"taskRequest": {"input": {f"k{i}": i for i in range(members)}}},
-            }
-        },
-    }
-    return json.dumps({"streamId": stream_id, "start": start}, separators=(",", ":"))
+    return expensive_json_frame(members, stream_id)
 
 
 def _decode_cost(text: str) -> float:

@@ -93,19 +93,25 @@ CANARY_CALLS = 300
 """Calls the canary makes for each measurement."""
 
 
-def _expensive_json(size: int) -> str:
-    """A JSON frame of about ``size`` bytes that is as costly to decode as JSON gets: tiny members."""
+def expensive_json_frame(members: int, stream_id: int = 1) -> str:
+    """A unary Send CallStart whose Struct has ``members`` tiny members: as costly to decode as
+    JSON gets (about 12 bytes per member)."""
     start = {
         "method": method("Send").path,
         "halfClose": True,
         "message": {
             "typed": {
                 "@type": "type.googleapis.com/asap.v1.SendRequest",
-                "envelope": {"taskRequest": {"input": {f"k{i}": i for i in range(size // 12)}}},
+                "envelope": {"taskRequest": {"input": {f"k{i}": i for i in range(members)}}},
             }
         },
     }
-    return json.dumps({"streamId": 1, "start": start}, separators=(",", ":"))
+    return json.dumps({"streamId": stream_id, "start": start}, separators=(",", ":"))
+
+
+def _expensive_json(size: int) -> str:
+    """A JSON frame of about ``size`` bytes that is as costly to decode as JSON gets."""
+    return expensive_json_frame(size // 12)
 
 
 class Attack:

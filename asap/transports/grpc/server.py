@@ -47,7 +47,7 @@ from asap.errors import (
 from asap.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES, Limits
 from asap.protocol.proxies import FORWARDED_FOR, TrustedProxies, parse_peer, peer_string
 from asap.tls import PeerCertificate, ServerTLS
-from asap.transports.base import ServerTransport, listener_url
+from asap.transports.base import TLSListener, listener_url
 from asap.transports.grpc.detached import Detached
 from asap.transports.grpc.status import to_grpc_status
 from asap.v1 import manifest_pb2
@@ -535,7 +535,7 @@ def _certificate_configuration(tls: ServerTLS) -> grpc.ServerCertificateConfigur
     )
 
 
-class GrpcServerTransport(ServerTransport):
+class GrpcServerTransport(TLSListener):
     """Serves AgentService, health and reflection over gRPC on one address.
 
     Args:
@@ -551,6 +551,8 @@ class GrpcServerTransport(ServerTransport):
         trusted_proxies: Peers whose ``x-forwarded-for`` metadata names the client (the peer
             the core sees); from any other peer it is ignored.
     """
+
+    _name = "this gRPC"
 
     def __init__(
         self,
@@ -661,24 +663,9 @@ class GrpcServerTransport(ServerTransport):
         pending, self._pending_certificates = self._pending_certificates, None
         return pending
 
-    @property
-    def tls(self) -> ServerTLS | None:
-        """What new connections are served with (None: plaintext)."""
-        return self._tls
-
-    def reload_tls(self, tls: ServerTLS) -> None:
-        """Use ``tls`` for every new connection; connections already open keep theirs.
-
-        Raises:
-            InvalidState: The listener serves plaintext.
-            ValueError: ``tls`` would turn client certificates on or off, or does not load.
-        """
-        if self._tls is None:
-            message = "this gRPC listener serves plaintext; it has no certificate to reload"
-            raise InvalidState(message)
-        self._tls.check_reload(tls)  # parses it: grpc would only fail at the next handshake
+    def _apply_tls(self, current: ServerTLS, tls: ServerTLS) -> None:
+        current.check_reload(tls)  # parses it: grpc would only fail at the next handshake
         self._pending_certificates = _certificate_configuration(tls)
-        self._tls = tls
 
     @property
     def endpoint(self) -> manifest_pb2.Endpoint:

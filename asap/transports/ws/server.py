@@ -50,7 +50,7 @@ from asap.protocol.frames import SUBPROTOCOLS, CloseCode
 from asap.protocol.limits import Limits
 from asap.protocol.proxies import TrustedProxies
 from asap.tls import ServerTLS, certificate_from_ssl
-from asap.transports.base import ServerTransport, listener_url
+from asap.transports.base import TLSListener, listener_url
 from asap.transports.ws.handshake import HandshakePolicy, HttpEndpoint, select_subprotocol
 from asap.transports.ws.http_endpoints import HEALTH_PATH, health_endpoint
 from asap.transports.ws.server_connection import GOAWAY_REASON, TRANSPORT, ServerBridgeConnection
@@ -66,7 +66,7 @@ HEARTBEAT_JITTER = 0.2
 _JITTER = random.Random()  # noqa: S311 - spreading timers, not cryptography
 
 
-class WebSocketServerTransport(ServerTransport):
+class WebSocketServerTransport(TLSListener):
     """Serves AgentService over the WebSocket bridge on one address and path.
 
     Args:
@@ -101,6 +101,8 @@ class WebSocketServerTransport(ServerTransport):
 
     reuse_port: bool = False
     """wt-redis: bind with SO_REUSEPORT (set by Server.add_websocket for ``asap serve --workers``)."""
+
+    _name = "this WebSocket"
 
     def __init__(
         self,
@@ -254,23 +256,8 @@ class WebSocketServerTransport(ServerTransport):
         if current is not None and current is not initial:
             ssl_object.context = current
 
-    @property
-    def tls(self) -> ServerTLS | None:
-        """What new connections are served with (None: plaintext)."""
-        return self._tls
-
-    def reload_tls(self, tls: ServerTLS) -> None:
-        """Use ``tls`` for every new connection; connections already open keep theirs.
-
-        Raises:
-            InvalidState: The listener serves plaintext.
-            ValueError: ``tls`` would turn client certificates on or off, or does not load.
-        """
-        if self._tls is None:
-            message = "this WebSocket listener serves plaintext; it has no certificate to reload"
-            raise InvalidState(message)
-        self._ssl = self._tls.check_reload(tls)
-        self._tls = tls
+    def _apply_tls(self, current: ServerTLS, tls: ServerTLS) -> None:
+        self._ssl = current.check_reload(tls)
 
     def client_identity(self, transport: asyncio.BaseTransport) -> Identity | None:
         """The identity of the connection's verified client certificate (mTLS), or None."""
