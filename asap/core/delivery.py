@@ -230,8 +230,10 @@ class Deliverer:
         if self._closed:
             await self._store.abandon(key, claim)
             return self.refused(envelope, ShuttingDown())
-        route = self._route(envelope)
-        process = self._process(ctx, envelope, key, claim, sink, ack_received, route)
+        # validate() has checked the payload's kind, so payload_of cannot fail here.
+        payload = validation.payload_of(envelope)
+        route = self._route(payload)
+        process = self._process(ctx, envelope, payload, key, claim, sink, ack_received, route)
         # A plain function (or none will run: the envelope fails in _run).
         synchronous = store_is_local and (route is None or route.synchronous)
         if synchronous and emit is None:
@@ -269,10 +271,10 @@ class Deliverer:
             )
         return result
 
-    def _route(self, envelope: envelope_pb2.Envelope) -> Route | None:
-        """The envelope's route, or None when it has none (``_run`` then reports why)."""
+    def _route(self, payload: validation.Payload) -> Route | None:
+        """The payload's route, or None when it has none (``_run`` then reports why)."""
         try:
-            return self.agent.route_for(validation.payload_of(envelope))
+            return self.agent.route_for(payload)
         except AsapError:
             return None
 
@@ -333,6 +335,7 @@ class Deliverer:
         self,
         ctx: CallContext,
         envelope: envelope_pb2.Envelope,
+        payload: validation.Payload,
         key: str,
         claim: Owned,
         sink: _Sink,
@@ -344,7 +347,7 @@ class Deliverer:
         try:
             if ack_received and envelope.requires_ack:
                 await sink(self._ack(envelope, payload_pb2.ACK_STATUS_RECEIVED))
-            result, answered = await self._run(ctx, envelope, sink, route)
+            result, answered = await self._run(ctx, envelope, payload, sink, route)
             if not (result.HasField("error") and Code(result.error.code) in _TRANSIENT):
                 try:
                     await self._store.complete(key, claim, result.SerializeToString())
@@ -367,6 +370,7 @@ class Deliverer:
         self,
         ctx: CallContext,
         envelope: envelope_pb2.Envelope,
+        payload: validation.Payload,
         emit: _Sink,
         route: Route | None,
     ) -> tuple[agent_service_pb2.DeliveryResult, bool]:
@@ -378,7 +382,6 @@ class Deliverer:
         answered = False
         result = agent_service_pb2.DeliveryResult()
         try:
-            payload = validation.payload_of(envelope)
             if route is None:  # raises why the envelope has no route
                 route = self.agent.route_for(payload)
             incoming = Incoming(envelope=envelope, payload=payload, call=ctx)

@@ -16,7 +16,7 @@ reaches the call's task between two messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from google.protobuf.message import Message
 
@@ -169,16 +169,24 @@ class Dispatcher:
         if principal is not None and not quota.try_acquire(principal):
             text = f"more than {quota.limit} calls in flight for {principal}"
             raise PrincipalQuotaExceeded(text)
+        if not self._in_flight:
+            self._idle.clear()
         self._in_flight += 1
-        self._idle.clear()
         try:
+            if ctx.method.server_streaming:
+                call = _GuardedCall(ctx, call)
             if ctx.deadline is None or ctx.deadline_enforced_by_transport:
                 # No deadline, or the transport cancels the call at its deadline and reports
                 # DEADLINE_EXCEEDED itself (gRPC): an asyncio timeout here would only cost time.
-                await self._run(ctx, call, rpc)
+                await rpc(ctx, call)
             else:
                 async with asyncio.timeout_at(ctx.deadline) as scope:
-                    await self._run(ctx, call, rpc)
+                    await rpc(ctx, call)
+            # A handler that never awaited may return past its deadline: that is not OK either.
+            _check_live(ctx)
+        except asyncio.CancelledError:
+            ctx.mark_cancelled()
+            raise
         except TimeoutError as exc:
             if (
                 ctx.deadline is not None
@@ -198,19 +206,3 @@ class Dispatcher:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-
-    async def _run(
-        self,
-        ctx: CallContext,
-        call: ServerCall,
-        rpc: Callable[[CallContext, ServerCall], Awaitable[None]],
-    ) -> None:
-        if ctx.method.server_streaming:
-            call = _GuardedCall(ctx, call)
-        try:
-            await rpc(ctx, call)
-            # A handler that never awaited may return past its deadline: that is not OK either.
-            _check_live(ctx)
-        except asyncio.CancelledError:
-            ctx.mark_cancelled()
-            raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
@@ -35,16 +35,20 @@ class MethodSpec:
     request_type: type[Message]
     response_type: type[Message]
     arity: Arity
+    client_streaming: bool = field(init=False, compare=False)
+    """True when the caller sends a stream of messages."""
+    server_streaming: bool = field(init=False, compare=False)
+    """True when the server answers with a stream of messages."""
 
-    @property
-    def client_streaming(self) -> bool:
-        """True when the caller sends a stream of messages."""
-        return self.arity in (Arity.STREAM_UNARY, Arity.STREAM_STREAM)
-
-    @property
-    def server_streaming(self) -> bool:
-        """True when the server answers with a stream of messages."""
-        return self.arity in (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
+    def __post_init__(self) -> None:
+        # Read on every call's path: worked out once here rather than by a property each time.
+        arity = self.arity
+        object.__setattr__(
+            self, "client_streaming", arity in (Arity.STREAM_UNARY, Arity.STREAM_STREAM)
+        )
+        object.__setattr__(
+            self, "server_streaming", arity in (Arity.UNARY_STREAM, Arity.STREAM_STREAM)
+        )
 
 
 def _arity(client_streaming: bool, server_streaming: bool) -> Arity:

@@ -30,7 +30,7 @@ from google.rpc import error_details_pb2
 from asap.errors import MalformedFrame, MessageTooLarge
 from asap.protocol import jsoncodec, jsonwire
 from asap.protocol.limits import Limits
-from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2
+from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2, status_pb2
 
 
 SUBPROTOCOL_PROTO = "asap.v1.1.proto"
@@ -383,7 +383,13 @@ class ProtoCodec(Codec):
         # appending them gives protobuf's own field order, byte for byte.
         tail = _START_HALF_CLOSE if half_close else b""
         return _spliced(
-            stream_id, _FRAME_START, start, _START_MESSAGE, message, tail, max_message_bytes
+            stream_id,
+            _FRAME_START,
+            start.SerializeToString(),
+            _START_MESSAGE,
+            message,
+            tail,
+            max_message_bytes,
         )
 
     def encode_status(
@@ -400,8 +406,13 @@ class ProtoCodec(Codec):
                 self._status_frame(stream_id, call_status, message, max_message_bytes)
             )
         # CallStatus.message is field 3, after status (1) and trailers (2): protobuf's order.
+        head = (
+            _OK_CALL_STATUS_BYTES
+            if call_status is OK_CALL_STATUS
+            else call_status.SerializeToString()
+        )
         return _spliced(
-            stream_id, _FRAME_STATUS, call_status, _STATUS_MESSAGE, message, b"", max_message_bytes
+            stream_id, _FRAME_STATUS, head, _STATUS_MESSAGE, message, b"", max_message_bytes
         )
 
 
@@ -664,6 +675,13 @@ _FAST_WRITE_DECLINED = (jsoncodec.Unsupported, ValueError, TypeError, KeyError, 
 """What :func:`jsoncodec.to_json` raises when it leaves a frame to json_format."""
 
 
+OK = status_pb2.Status()
+"""The OK status (code 0, nothing else); never modified."""
+OK_CALL_STATUS = bridge_pb2.CallStatus(status=OK)
+"""The CallStatus of nearly every call (OK, no trailers), built once; never modified."""
+_OK_CALL_STATUS_BYTES = OK_CALL_STATUS.SerializeToString()
+
+
 def _check_size(size: int, limit: int | None) -> None:
     if limit is not None and size > limit:
         msg = f"message larger than max ({size} vs. {limit})"
@@ -694,7 +712,7 @@ def _stream_prefix(stream_id: int) -> bytes:
 def _spliced(
     stream_id: int,
     kind_tag: bytes,
-    head: Message,
+    head_bytes: bytes,
     body_tag: bytes,
     message: Message,
     tail: bytes,
@@ -702,14 +720,13 @@ def _spliced(
 ) -> bytes:
     """``Frame{stream_id, kind: head + body_tag: MessageFrame{binary: message} + tail}``, by hand.
 
-    ``head`` is serialized by protobuf; the message is serialized once and joined in with its
+    ``head_bytes`` is the serialized head; the message is serialized once and joined in with its
     two length-delimited headers, so its bytes are copied once rather than once per nesting level.
     """
     prefix = _stream_prefix(stream_id)
     body = message.SerializeToString()
     size = len(body)
     _check_size(size, max_message_bytes)
-    head_bytes = head.SerializeToString()
     size_varint = _varint(size)
     message_frame = 1 + len(size_varint) + size
     message_frame_varint = _varint(message_frame)

@@ -67,6 +67,8 @@ from asap.protocol.events import (
 from asap.protocol.flow import DEFAULT_WINDOW_BYTES, StreamCredit, wire_size
 from asap.protocol.frames import (
     JSON_SUBPROTOCOLS,
+    OK,
+    OK_CALL_STATUS,
     CloseCode,
     Codec,
     FrameError,
@@ -79,9 +81,6 @@ from asap.v1 import bridge_pb2, status_pb2
 
 
 _DEFAULT_LIMITS = Limits()
-_OK = status_pb2.Status()
-_OK_STATUS = bridge_pb2.CallStatus(status=_OK)
-"""The CallStatus of nearly every call (OK, no trailers), built once; never modified."""
 _MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
 _Handler = Callable[[int, bridge_pb2.Frame, float], None]
 _MetadataIn = Iterable[tuple[str, str | bytes]]
@@ -551,8 +550,8 @@ class ServerSession(Session):
         # Encode everything first: if that fails (too large, an Any the JSON codec cannot resolve,
         # bad trailers) nothing is queued and the call is still open.
         call_status = (
-            _OK_STATUS
-            if not trailers and status == _OK
+            OK_CALL_STATUS
+            if not trailers and (status is OK or status == OK)
             else bridge_pb2.CallStatus(status=status, trailers=metadata_to_entries(trailers))
         )
         codec = self.codec

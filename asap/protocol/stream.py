@@ -143,7 +143,10 @@ class Stream:
         Returns:
             ``True`` if applied; ``False`` if ``event`` is not allowed (the state is unchanged).
         """
-        state = self.next_state(event)
+        # next_state, inlined: this runs for every frame of every call.
+        if event is HEADERS and self.response_started:
+            return False
+        state = _ROWS[self.state].get(event)
         if state is None:
             return False
         self.state = state

@@ -56,7 +56,7 @@ from asap.protocol.events import (
     ProtocolViolation,
     StreamError,
 )
-from asap.protocol.frames import CloseCode, Codec
+from asap.protocol.frames import OK, CloseCode, Codec
 from asap.protocol.metadata import Metadata
 from asap.protocol.proxies import FORWARDED_FOR, parse_peer, peer_string
 from asap.protocol.session import ServerSession
@@ -64,7 +64,6 @@ from asap.transports.ws.handshake import credentials
 from asap.transports.ws.handshake_auth import check_credentials
 from asap.transports.ws.pump import BridgePump
 from asap.transports.ws.server_call import BridgeServerCall
-from asap.v1 import status_pb2
 
 
 if TYPE_CHECKING:
@@ -88,7 +87,6 @@ HANDSHAKE_TASK = "asap.ws.server.handshake"
 _VERIFYING = object()
 """The read hold while a handshake's credentials are verified."""
 
-_OK = status_pb2.Status()
 USER_AGENT = "user-agent"
 """The metadata key of the client's user agent (gRPC's header; the bridge's handshake header)."""
 _MAX_USER_AGENT = 512
@@ -121,6 +119,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         """Calls whose handler runs, by stream id."""
         self.authorization: str | None = None
         self.user_agent: str | None = None
+        self._connection_metadata: Metadata = ()
+        """What a call without metadata of its own sees: the handshake's credentials and
+        user-agent (set once the handshake is accepted)."""
         """The handshake's User-Agent header, given to calls as ``user-agent`` metadata."""
         self.tls_identity: Identity | None = None
         """The identity of the verified client certificate (mTLS), given to every call."""
@@ -243,6 +244,10 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if user_agent and set(user_agent) <= _TEXT_CHARS:
             # gRPC handlers see the client's user-agent header; bridge handlers see the handshake's.
             self.user_agent = user_agent[:_MAX_USER_AGENT]
+        if self.authorization is not None:
+            self._connection_metadata += ((AUTHORIZATION, self.authorization),)
+        if self.user_agent is not None:
+            self._connection_metadata += ((USER_AGENT, self.user_agent),)
         if listener.closing:
             self.close(CloseCode.GOING_AWAY, GOAWAY_REASON)
             return
@@ -367,10 +372,13 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             session.send_error(stream_id, ShuttingDown())
             return
         metadata = event.metadata
-        if self.authorization is not None and not _has_authorization(metadata):
-            metadata = ((AUTHORIZATION, self.authorization), *metadata)
-        if self.user_agent is not None and not any(key == USER_AGENT for key, _ in metadata):
-            metadata = (*metadata, (USER_AGENT, self.user_agent))
+        if not metadata:
+            metadata = self._connection_metadata  # most calls carry none of their own
+        else:
+            if self.authorization is not None and not _has_authorization(metadata):
+                metadata = ((AUTHORIZATION, self.authorization), *metadata)
+            if self.user_agent is not None and not any(key == USER_AGENT for key, _ in metadata):
+                metadata = (*metadata, (USER_AGENT, self.user_agent))
         ctx = CallContext(
             method=spec,
             metadata=metadata,
@@ -387,8 +395,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call.inbox.append((event.message, event.message_size))
         call.half_closed = event.half_closed
         self.calls[stream_id] = call
+        if not self._running:
+            self.idle.clear()
         self._running += 1
-        self.idle.clear()
         if spec.client_streaming:
             self._launch(call)
         elif event.half_closed:
@@ -409,9 +418,12 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             call.task = self.tasks.spawn(coro, name=CALL_TASK)
             return
         ctx.eager = True
-        started = time.thread_time()
+        # The wall clock, not the thread's CPU time as data_received reads it: a tenth of the
+        # cost, paid per call. It can only overstate what the handler used (time the thread was
+        # preempted), so an honest connection is never charged more decode time for it.
+        started = time.perf_counter()
         call.task = start_eagerly(self.tasks, coro, name=CALL_TASK)
-        self._handler_time += time.thread_time() - started
+        self._handler_time += time.perf_counter() - started
         ctx.eager = False  # finished, or suspended and now continuing in call.task
 
     def _forget(self, call: BridgeServerCall) -> None:
@@ -513,7 +525,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             try:
                 # A unary answer rides in the CallStatus: one frame (bridge.proto "Combined
                 # frames"); on error the response is dropped, as gRPC sends it with OK only.
-                status = _OK if error is None else to_status(error)
+                status = OK if error is None else to_status(error)
                 sent = session.send_status(stream_id, status, trailers, message=response)
             except MessageTooLarge as exc:
                 error = exc  # nothing was queued: the call fails with this instead
