@@ -75,6 +75,7 @@ from asap.transports.ws.client_connection import (
     ClientCall,
     remaining,
 )
+from asap.transports.ws.protocol_logger import CLIENT_LOGGER
 from asap.transports.ws.reconnect import ReconnectPolicy, connection_error
 from asap.transports.ws.stream import WebSocketResponseStream
 from asap.v1 import manifest_pb2
@@ -250,6 +251,7 @@ class WebSocketChannel(Channel):
             uri,
             subprotocols=[Subprotocol(name) for name in offered],
             max_size=limits.max_frame_bytes,
+            logger=CLIENT_LOGGER,
         )
         conn = ClientBridgeConnection(ws, self.url, limits, self._headers)
         loop = asyncio.get_running_loop()

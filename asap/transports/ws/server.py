@@ -53,6 +53,7 @@ from asap.tls import ServerTLS, certificate_from_ssl
 from asap.transports.base import TLSListener, listener_url
 from asap.transports.ws.handshake import HandshakePolicy, HttpEndpoint, select_subprotocol
 from asap.transports.ws.http_endpoints import HEALTH_PATH, health_endpoint
+from asap.transports.ws.protocol_logger import SERVER_LOGGER
 from asap.transports.ws.server_connection import GOAWAY_REASON, TRANSPORT, ServerBridgeConnection
 from asap.v1 import manifest_pb2
 
@@ -277,6 +278,7 @@ class WebSocketServerTransport(TLSListener):
             subprotocols=[Subprotocol(name) for name in self.subprotocols],
             select_subprotocol=select_subprotocol,
             max_size=self.limits.max_frame_bytes,
+            logger=SERVER_LOGGER,
         )
         return ServerBridgeConnection(self, ws)
 
