@@ -59,6 +59,9 @@ class _CountingCall:
 class AccessLog(Interceptor):
     """Logs one line per call (see the module docstring)."""
 
+    eager_safe = True
+    """A clock and a log call, nothing that needs a task: a call may run eagerly through it."""
+
     def __init__(self, logger: logging.Logger = _log) -> None:
         self._logger = logger
 

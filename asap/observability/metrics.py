@@ -200,6 +200,9 @@ class _CountingServerCall:
 
 
 class _ServerInterceptor(Interceptor):
+    eager_safe = True
+    """Counters and a clock, nothing that needs a task: a call may run eagerly through it."""
+
     def __init__(self, family: _Family) -> None:
         self._family = family
 

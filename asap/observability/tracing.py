@@ -162,6 +162,11 @@ class _TracedServerCall:
 
 
 class _ServerTracing(Interceptor):
+    eager_safe = True
+    """Nothing here needs a task: the span's context is a contextvar, and an eager call that
+    suspends goes on in a task of the same Context (asap.core.tasks.start_eagerly), so the
+    token is detached where it was attached."""
+
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
         self._names = {spec.name: f"{SERVICE_NAME}/{spec.name}" for spec in METHODS.values()}
