@@ -111,5 +111,5 @@ async def test_a_plain_call_runs_eagerly_through_metrics_tracing_and_the_access_
     assert seen.trace_ids == [span.context.trace_id for span in spans]
     assert trace.get_current_span() is trace.INVALID_SPAN
     exposition = metrics.exposition()[0].decode()
-    assert 'asap_server_handled_total{code="OK",method="Send",transport="ws"} 3.0' in (exposition)
+    assert 'asap_server_handled_total{code="OK",method="Send",transport="ws"} 3.0' in exposition
     assert sum('"method": "Send"' in record.getMessage() for record in caplog.records) == 3
