@@ -34,7 +34,8 @@ Flags: ``--quick`` (1 round, fewer calls, 200 idle connections), ``--uvloop`` (a
 set on uvloop, only if it is importable; it is not a dependency), ``--json PATH``, ``--only KEY``
 (scenarios whose key contains KEY), ``--skip-idle``, ``--rounds N``, ``--idle-connections K``,
 ``--stores`` (only ``scripts/bench_stores.py``: the Redis store vs in memory, and
-``asap serve --workers 2`` vs 1).
+``asap serve --workers 2`` vs 1), ``--instructions`` (only ``scripts/bench_instructions.py``:
+instructions per call under callgrind, a count that other load on the machine cannot move).
 
 Each measurement also records how much CPU other processes used meanwhile (``/proc/stat``); on a
 shared machine the report says when the numbers are noisy. Servers and the idle-connection holder
@@ -67,7 +68,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import google.protobuf
 import grpc
@@ -174,7 +175,9 @@ class ServerProcess:
     """One subprocess of ``_bench_servers.py``; :meth:`stop` ends it (idempotent).
 
     It announces ``PORT <n>`` (or ``READY <n>``) on stdout and answers ``stats`` on stdin; it also
-    exits by itself when its stdin closes, so it cannot outlive this process.
+    exits by itself when its stdin closes, so it cannot outlive this process. ``prefix`` runs it
+    under another program (``scripts/bench_instructions.py``: valgrind), ``stderr`` takes its
+    standard error.
     """
 
     def __init__(
@@ -186,13 +189,17 @@ class ServerProcess:
         uvloop: bool,
         ready: str = "PORT",
         timeout: float = 30.0,
+        prefix: Sequence[str] = (),
+        stderr: int | IO[bytes] | None = None,
+        stop_timeout: float = 5.0,
     ) -> None:
-        command = [sys.executable, str(SERVERS_SCRIPT), kind, *args]
+        command = [*prefix, sys.executable, str(SERVERS_SCRIPT), kind, *args]
         if cpus:
             command += ["--cpus", ",".join(str(cpu) for cpu in sorted(cpus))]
         if uvloop:
             command.append("--uvloop")
         self.kind = kind
+        self._stop_timeout = stop_timeout
         self._buffer = b""
         # A new session: Ctrl-C in the terminal reaches only this process, which then stops the
         # servers in order instead of racing them.
@@ -200,6 +207,7 @@ class ServerProcess:
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=stderr,
             cwd=ROOT,
             start_new_session=True,
         )
@@ -260,7 +268,7 @@ class ServerProcess:
                 if end is not None:
                     end()
                 try:
-                    proc.wait(5.0)
+                    proc.wait(self._stop_timeout)
                     break
                 except subprocess.TimeoutExpired:
                     continue
@@ -1280,10 +1288,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="only Send throughput with the Redis store vs in memory, and --workers 2 vs 1",
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="only instructions per call under callgrind, server and client (needs valgrind)",
+    )
     options = parser.parse_args(argv)
-    if options.stores:
-        stores = Path(__file__).with_name("bench_stores.py")
-        return subprocess.run([sys.executable, str(stores)], check=False).returncode  # noqa: S603
+    for flag, script in (("stores", "bench_stores.py"), ("instructions", "bench_instructions.py")):
+        if getattr(options, flag):
+            path = Path(__file__).with_name(script)
+            return subprocess.run([sys.executable, str(path)], check=False).returncode  # noqa: S603
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
     logging.basicConfig(level=logging.ERROR)  # plaintext-to-loopback warnings are expected here
