@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 RELEASED_IMAGE := proto/released/asap-v1.binpb
 
-.PHONY: setup demo test lint typecheck check-generated generate pytest bench release-schema lock clean \
-	npm-setup test-ts generate-ts check-generated-ts redis
+.PHONY: setup demo test lint typecheck check-generated generate pytest bench bench-interpreted release-schema lock clean \
+	npm-setup test-ts generate-ts check-generated-ts redis compiled pytest-compiled
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ASAP needs Python 3.11+")'
@@ -25,7 +25,7 @@ redis:
 demo: setup
 	$(PY) -m asap.demo
 
-test: setup redis lint typecheck check-generated pytest test-ts
+test: setup redis lint typecheck check-generated pytest pytest-compiled test-ts
 
 lint: setup
 	$(BIN)/buf lint
@@ -43,12 +43,27 @@ check-generated: setup
 pytest: setup redis
 	PYTHONASYNCIODEBUG=1 $(BIN)/pytest -q
 
+# ASAP's hot modules compiled with mypyc into .build/compiled (scripts/compile.py; needs gcc and the
+# Python headers), and the conformance suite run again on that build: the same cases, assertions
+# and transports, so the compiled modules are held to the same semantics.
+compiled: setup
+	$(PY) scripts/compile.py
+
+pytest-compiled: compiled redis
+	PYTHONASYNCIODEBUG=1 ASAP_EXPECT_COMPILED=1 PYTHONPATH=$$($(PY) scripts/compile.py --python-path) \
+		$(BIN)/pytest -q -p no:cacheprovider tests/conformance
+
 generate: setup
 	$(PY) scripts/generate.py
 
+# The mypyc build (what a deployment that wants the speed runs); `make bench-interpreted` measures
+# the sources as they are. Both keep raw grpc.aio and raw websockets in the same run.
 bench: setup redis
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --compiled
 	$(PY) scripts/bench.py --stores
+
+bench-interpreted: setup redis
+	$(PY) scripts/bench.py
 
 # Run only when a schema version is released (docs/versioning.md): records proto/VERSION as released
 # and keeps its image; later schemas must stay wire compatible with it.
@@ -86,5 +101,5 @@ test-ts: setup npm-setup check-generated-ts
 	cd $(TS) && node --test --test-concurrency=1 --test-reporter=dot build/test/browser.test.js
 
 clean:
-	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) dist build .build .mypy_cache .ruff_cache .pytest_cache
 	rm -rf $(TS)/node_modules $(TS)/dist $(TS)/build

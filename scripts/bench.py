@@ -33,7 +33,9 @@ caller's latency with and without them.
 Flags: ``--quick`` (1 round, fewer calls, 200 idle connections), ``--uvloop`` (a second column
 set on uvloop, only if it is importable; it is not a dependency), ``--json PATH``, ``--only KEY``
 (scenarios whose key contains KEY), ``--skip-idle``, ``--rounds N``, ``--idle-connections K``,
-``--stores`` (only ``scripts/bench_stores.py``: the Redis store vs in memory, and
+``--compiled`` (build ASAP's hot modules with mypyc, ``scripts/compile.py``, and measure that
+build; raw baselines as always in the same run), ``--stores`` (only ``scripts/bench_stores.py``:
+the Redis store vs in memory, and
 ``asap serve --workers 2`` vs 1), ``--instructions`` (only ``scripts/bench_instructions.py``:
 instructions per call under callgrind, a count that other load on the machine cannot move).
 
@@ -1231,10 +1233,37 @@ def environment(server_cpus: set[int], client_cpus: set[int]) -> dict[str, Any]:
         "protobuf": google.protobuf.__version__,
         "protobuf_implementation": api_implementation.Type(),
         "websockets": importlib.metadata.version("websockets"),
+        "asap_build": build_kind(),
     }
 
 
 # -- main -------------------------------------------------------------------------------------
+
+
+_COMPILED_RUN = "ASAP_BENCH_COMPILED"
+
+
+def _run_compiled(argv: list[str]) -> int:
+    """Build the mypyc tree, then run this script again with it first on the path (servers too)."""
+    script = str(Path(__file__).with_name("compile.py"))
+    subprocess.run([sys.executable, script], check=True)  # noqa: S603 - scripts/compile.py
+    path = subprocess.run(  # noqa: S603 - scripts/compile.py
+        [sys.executable, script, "--python-path"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    environ = {**os.environ, "PYTHONPATH": path, _COMPILED_RUN: "1"}
+    command = [sys.executable, __file__, *argv]
+    return subprocess.run(command, env=environ, check=False).returncode  # noqa: S603 - this script
+
+
+def build_kind() -> str:
+    """``mypyc`` when the hot modules imported here are the compiled ones, else ``interpreted``."""
+    from asap.protocol import session
+
+    compiled = not session.__file__ or not session.__file__.endswith(".py")
+    if os.environ.get(_COMPILED_RUN) == "1" and not compiled:
+        message = "--compiled, but asap.protocol.session was imported from source"
+        raise RuntimeError(message)
+    return "mypyc" if compiled else "interpreted"
 
 
 def _loops(requested: bool) -> list[str]:
@@ -1289,6 +1318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only Send throughput with the Redis store vs in memory, and --workers 2 vs 1",
     )
     parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="build ASAP's hot modules with mypyc (scripts/compile.py) and measure that build",
+    )
+    parser.add_argument(
         "--instructions",
         action="store_true",
         help="only instructions per call under callgrind, server and client (needs valgrind)",
@@ -1298,6 +1332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(options, flag):
             path = Path(__file__).with_name(script)
             return subprocess.run([sys.executable, str(path)], check=False).returncode  # noqa: S603
+    if options.compiled and os.environ.get(_COMPILED_RUN) != "1":
+        return _run_compiled(sys.argv[1:] if argv is None else list(argv))
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
     logging.basicConfig(level=logging.ERROR)  # plaintext-to-loopback warnings are expected here
@@ -1323,6 +1359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle = bridge and not options.skip_idle and (not options.only or "ws" in options.only)
     print(
         f"bench: {'quick' if options.quick else 'full'}, {settings.rounds} round(s), "
+        f"ASAP {build_kind()}, "
         f"server CPUs {sorted(server_cpus) or 'any'}, client CPUs {sorted(client_cpus) or 'any'}",
         flush=True,
     )

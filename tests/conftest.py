@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,24 @@ from tests.conformance._service import (
     make_agent,
 )
 from tests.redis_server import RedisServer, unique_prefix
+
+
+COMPILED_MODULE_SUFFIXES = (".so", ".pyd")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``ASAP_EXPECT_COMPILED=1`` (``make pytest-compiled``), refuse to run on the sources.
+
+    A PYTHONPATH that missed the mypyc tree would otherwise test the interpreted modules twice
+    and call it a test of the compiled ones.
+    """
+    from asap.protocol import session
+
+    if os.environ.get("ASAP_EXPECT_COMPILED") == "1" and not str(session.__file__).endswith(
+        COMPILED_MODULE_SUFFIXES
+    ):
+        message = f"ASAP_EXPECT_COMPILED=1 but asap.protocol.session is {session.__file__}"
+        raise pytest.UsageError(message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from asap.core import probes
 from asap.v1 import envelope_pb2
 
@@ -162,6 +164,7 @@ class DedupeStats:
     """Of those, outcomes dropped before the replay window passed: a duplicate could run again."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class InMemoryDedupeStore:
     """A bounded in-process :class:`DedupeStore` (least recently stored evicted first).
 

@@ -42,6 +42,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
+from mypy_extensions import mypyc_attr
+
 from asap.core.tasks import leave_eager
 from asap.errors import AsapError, Cancelled, DeadlineExceeded, Internal
 
@@ -56,6 +58,7 @@ CallNext: TypeAlias = "Callable[[CallContext, ServerCall], Awaitable[None]]"
 """The rest of the chain: the next interceptor, or in the end the RPC itself."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Interceptor:
     """A hook run by the core around every call, whichever transport carries it.
 

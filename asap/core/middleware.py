@@ -11,7 +11,6 @@ refuses by raising an :class:`~asap.errors.AsapError`; it may also enrich the co
 
 from __future__ import annotations
 
-import copy
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -59,7 +58,7 @@ class BearerAuth(Interceptor):
         The server passes :meth:`RateLimit.charge_failure`, so failed attempts cost the caller's
         (anonymous) principal a token and token guessing is rate limited like any call.
         """
-        charged = copy.copy(self)
+        charged = BearerAuth(self._verifier, eager_safe=self.eager_safe)
         charged.on_failure = on_failure
         return charged
 

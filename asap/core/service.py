@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -93,12 +93,17 @@ async def _read_one(call: ServerCall, kind: type[M]) -> M:
     return message
 
 
-async def _read_all(call: ServerCall, kind: type[M]) -> AsyncIterator[M]:
-    while (message := await call.read()) is not None:
-        if not isinstance(message, kind):
-            text = f"expected {kind.DESCRIPTOR.name}"
-            raise InvalidArgument(text)
-        yield message
+async def _read_next(call: ServerCall, kind: type[M]) -> M | None:
+    """The next request of a client stream, or None at its end.
+
+    A coroutine, not an async generator: mypyc, which compiles this module (scripts/compile.py),
+    has no async generators.
+    """
+    message = await call.read()
+    if message is not None and not isinstance(message, kind):
+        text = f"expected {kind.DESCRIPTOR.name}"
+        raise InvalidArgument(text)
+    return message
 
 
 def _result_bytes(result: agent_service_pb2.DeliveryResult) -> int:
@@ -348,7 +353,7 @@ class AgentServiceCore:
         """
         results = _Results(agent_service_pb2.PublishResponse(), "Publish", self._max_bytes)
         count = 0
-        async for request in _read_all(call, agent_service_pb2.PublishRequest):
+        while (request := await _read_next(call, agent_service_pb2.PublishRequest)) is not None:
             count += 1
             if count > self._max_envelopes:
                 text = f"Publish takes at most {self._max_envelopes} envelopes per call"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import cast
+from typing import ClassVar, cast
 
 from google.protobuf.message import Message
 
@@ -54,7 +54,7 @@ class ClientSession(Session):
         limits: ``max_message_bytes`` applies to messages both sent and received.
     """
 
-    peer_message = StreamEvent.SERVER_MESSAGE
+    peer_message: ClassVar[StreamEvent] = StreamEvent.SERVER_MESSAGE
 
     def __init__(self, codec: Codec, limits: Limits = _DEFAULT_LIMITS) -> None:
         super().__init__(codec, limits)

@@ -26,6 +26,7 @@ from typing import ClassVar, Literal, TypeVar
 from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
+from mypy_extensions import mypyc_attr
 
 from asap.errors import MalformedFrame, MessageTooLarge
 from asap.protocol import jsoncodec, jsonwire
@@ -116,6 +117,7 @@ class FrameError(Exception):
         return f"FrameError({self.code!r}, {self.reason!r}, stream_id={self.stream_id!r})"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Codec(ABC):
     """Encodes and decodes Frames for one subprotocol; stateless apart from its size cap.
 
@@ -429,7 +431,7 @@ class JsonCodec(Codec):
     text = True
     body_kind = "typed"
     body_kinds = ("typed", "binary")
-    pool = descriptor_pool.Default()
+    pool: ClassVar[descriptor_pool.DescriptorPool] = descriptor_pool.Default()
     """The types an Any may name: every generated module imported so far."""
 
     def __init__(

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Self, cast
+from typing import ClassVar, Self, cast
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
+from mypy_extensions import mypyc_attr
 
 from asap._typing import Metadata
 from asap.errors import (
@@ -86,6 +87,7 @@ _Handler = Callable[[int, bridge_pb2.Frame, float], None]
 _MetadataIn = Iterable[tuple[str, str | bytes]]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Session(ABC):
     """What both sides share: decoding, ping/pong, stream lookup, failure handling, the queues.
 
@@ -94,7 +96,7 @@ class Session(ABC):
         limits: Message size and concurrency limits.
     """
 
-    peer_message: StreamEvent
+    peer_message: ClassVar[StreamEvent]
     """The stream event a received MessageFrame is."""
 
     def __init__(self, codec: Codec, limits: Limits = _DEFAULT_LIMITS) -> None:
@@ -441,7 +443,7 @@ class ServerSession(Session):
     (CANCELLED, reported as :class:`~asap.protocol.events.CallCancelled`).
     """
 
-    peer_message = StreamEvent.CLIENT_MESSAGE
+    peer_message: ClassVar[StreamEvent] = StreamEvent.CLIENT_MESSAGE
 
     def __init__(self, codec: Codec, limits: Limits = _DEFAULT_LIMITS) -> None:
         super().__init__(codec, limits)

@@ -29,6 +29,7 @@ import asyncio
 import logging
 from typing import Generic, TypeVar, cast
 
+from mypy_extensions import mypyc_attr
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState as WsInvalidState
 from websockets.frames import Frame, Opcode
@@ -72,6 +73,7 @@ def peer_of(transport: asyncio.BaseTransport) -> str:
     return "unknown"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BridgePump(asyncio.Protocol, Generic[S]):
     """One WebSocket connection: websockets' sans-I/O protocol, the bridge session, the transport.
 

@@ -64,6 +64,10 @@ class BridgeServerCall:
         self.deadline_hit = False
         """Set when the connection's deadline timer cancelled the call (DEADLINE_EXCEEDED)."""
 
+    def running(self) -> bool:
+        """Whether the call has not ended yet."""
+        return self.ctx is not None
+
     def feed(self, frame: bridge_pb2.MessageFrame, size: int) -> None:
         """Queue a request message (connection side)."""
         self.inbox.append((frame, size))

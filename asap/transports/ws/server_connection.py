@@ -405,7 +405,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             # its HalfClose): it runs eagerly, to the end unless it suspends, before this read is
             # written back. One that finishes so needs no deadline watch at all.
             self._launch(call, eager=True)
-        if ctx.deadline is not None and call.ctx is not None:
+        if ctx.deadline is not None and call.running():
             self.watch_deadline(call, ctx.deadline)
 
     def _launch(self, call: BridgeServerCall, *, eager: bool = False) -> None:
