@@ -60,10 +60,11 @@ generate: setup
 # the sources as they are. Both keep raw grpc.aio and raw websockets in the same run.
 bench: setup redis
 	$(PY) scripts/bench.py --compiled
-	$(PY) scripts/bench.py --stores
+	$(PY) scripts/bench.py --compiled --stores
 
 bench-interpreted: setup redis
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --stores
 
 # Run only when a schema version is released (docs/versioning.md): records proto/VERSION as released
 # and keeps its image; later schemas must stay wire compatible with it.

@@ -1328,12 +1328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only instructions per call under callgrind, server and client (needs valgrind)",
     )
     options = parser.parse_args(argv)
+    if options.compiled and os.environ.get(_COMPILED_RUN) != "1":
+        return _run_compiled(sys.argv[1:] if argv is None else list(argv))
     for flag, script in (("stores", "bench_stores.py"), ("instructions", "bench_instructions.py")):
         if getattr(options, flag):
             path = Path(__file__).with_name(script)
             return subprocess.run([sys.executable, str(path)], check=False).returncode  # noqa: S603
-    if options.compiled and os.environ.get(_COMPILED_RUN) != "1":
-        return _run_compiled(sys.argv[1:] if argv is None else list(argv))
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started ignoring it
     logging.basicConfig(level=logging.ERROR)  # plaintext-to-loopback warnings are expected here

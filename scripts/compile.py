@@ -15,10 +15,12 @@ extensions in place there. Run code against it with::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 
@@ -92,11 +94,42 @@ def _copy_sources() -> None:
         shutil.copytree(ROOT / name, TREE / name, ignore=ignore)
 
 
-def build() -> None:
-    """Copy the sources to :data:`TREE` and compile :data:`MODULES` in place there."""
+def _ensure_compiler() -> None:
+    """A C compiler and the Python headers, installed with apt-get when root (CI), else named."""
     if shutil.which(os.environ.get("CC", "cc")) is None:
-        message = "mypyc needs a C compiler: install one (Debian: apt-get install gcc python3-dev)"
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            subprocess.run(["apt-get", "install", "-y", "-q", "gcc"], check=True)  # noqa: S607
+        else:
+            message = "mypyc needs a C compiler: install one (Debian: apt-get install gcc)"
+            raise SystemExit(message)
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        message = f"mypyc needs the Python headers ({headers}): Debian: apt-get install python3-dev"
         raise SystemExit(message)
+
+
+def _fingerprint() -> str:
+    """A digest of every source file copied and of the module list: what a build was made from."""
+    digest = hashlib.sha256("\n".join(MODULES).encode())
+    for name in ("asap", "generated"):
+        for path in sorted((ROOT / name).rglob("*.py*")):
+            if "__pycache__" not in path.parts and path.suffix in {".py", ".pyi"}:
+                digest.update(str(path.relative_to(ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def build() -> None:
+    """Copy the sources to :data:`TREE` and compile :data:`MODULES` in place there.
+
+    Skipped when the tree was built from exactly these sources (``.sources-sha256``).
+    """
+    stamp = TREE / ".sources-sha256"
+    fingerprint = _fingerprint()
+    if stamp.exists() and stamp.read_text() == fingerprint:
+        print(f"{TREE.relative_to(ROOT)} is up to date")
+        return
+    _ensure_compiler()
     _copy_sources()
     setup = TREE / "setup_compiled.py"
     setup.write_text(_SETUP)
@@ -113,6 +146,7 @@ def build() -> None:
     if len(built) != len(MODULES):
         message = f"expected {len(MODULES)} compiled modules, found {len(built)}"
         raise SystemExit(message)
+    stamp.write_text(fingerprint)
     print(f"compiled {len(built)} modules into {TREE.relative_to(ROOT)}")
 
 
