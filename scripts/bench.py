@@ -84,6 +84,9 @@ from asap.example import agent
 from asap.interceptors import ClientInterceptor
 from asap.protocol.frames import DEFAULT_PATH, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
 from asap.v1 import envelope_pb2
+from scripts.compile import build as build_compiled
+from scripts.compile import is_compiled
+from scripts.compile import python_path as compiled_python_path
 
 
 if TYPE_CHECKING:
@@ -1245,23 +1248,17 @@ _COMPILED_RUN = "ASAP_BENCH_COMPILED"
 
 def _run_compiled(argv: list[str]) -> int:
     """Build the mypyc tree, then run this script again with it first on the path (servers too)."""
-    script = str(Path(__file__).with_name("compile.py"))
-    subprocess.run([sys.executable, script], check=True)  # noqa: S603 - scripts/compile.py
-    path = subprocess.run(  # noqa: S603 - scripts/compile.py
-        [sys.executable, script, "--python-path"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    environ = {**os.environ, "PYTHONPATH": path, _COMPILED_RUN: "1"}
+    build_compiled()
+    environ = {**os.environ, "PYTHONPATH": compiled_python_path(), _COMPILED_RUN: "1"}
     command = [sys.executable, __file__, *argv]
     return subprocess.run(command, env=environ, check=False).returncode  # noqa: S603 - this script
 
 
 def build_kind() -> str:
     """``mypyc`` when the hot modules imported here are the compiled ones, else ``interpreted``."""
-    from asap.protocol import session
-
-    compiled = not session.__file__ or not session.__file__.endswith(".py")
+    compiled = is_compiled()
     if os.environ.get(_COMPILED_RUN) == "1" and not compiled:
-        message = "--compiled, but asap.protocol.session was imported from source"
+        message = "--compiled, but asap was imported from its sources"
         raise RuntimeError(message)
     return "mypyc" if compiled else "interpreted"
 

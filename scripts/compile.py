@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.machinery
 import os
 import shutil
 import subprocess
@@ -81,6 +82,13 @@ setup(
 """
 
 
+def is_compiled() -> bool:
+    """Whether the ``asap`` imported here is the mypyc build (its hot modules are extensions)."""
+    from asap.protocol import session
+
+    return str(session.__file__).endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+
+
 def python_path() -> str:
     """The ``PYTHONPATH`` that imports the compiled tree before anything else."""
     return os.pathsep.join((str(TREE), str(TREE / "generated")))
@@ -109,8 +117,8 @@ def _ensure_compiler() -> None:
 
 
 def _fingerprint() -> str:
-    """A digest of every source file copied and of the module list: what a build was made from."""
-    digest = hashlib.sha256("\n".join(MODULES).encode())
+    """A digest of every source file copied and of this script: what a build was made from."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())  # the module list and build settings
     for name in ("asap", "generated"):
         for path in sorted((ROOT / name).rglob("*.py*")):
             if "__pycache__" not in path.parts and path.suffix in {".py", ".pyi"}:

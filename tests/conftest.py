@@ -26,6 +26,7 @@ from asap.interceptors import ClientInterceptor, Interceptor
 from asap.protocol.frames import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO
 from asap.server import MetricsExporter
 from asap.stores.redis import RedisDedupeStore
+from scripts.compile import is_compiled
 from tests.conformance._service import (
     AGENT_ID,
     GOOD_TOKEN,
@@ -40,21 +41,14 @@ from tests.conformance._service import (
 from tests.redis_server import RedisServer, unique_prefix
 
 
-COMPILED_MODULE_SUFFIXES = (".so", ".pyd")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """With ``ASAP_EXPECT_COMPILED=1`` (``make pytest-compiled``), refuse to run on the sources.
 
     A PYTHONPATH that missed the mypyc tree would otherwise test the interpreted modules twice
     and call it a test of the compiled ones.
     """
-    from asap.protocol import session
-
-    if os.environ.get("ASAP_EXPECT_COMPILED") == "1" and not str(session.__file__).endswith(
-        COMPILED_MODULE_SUFFIXES
-    ):
-        message = f"ASAP_EXPECT_COMPILED=1 but asap.protocol.session is {session.__file__}"
+    if os.environ.get("ASAP_EXPECT_COMPILED") == "1" and not is_compiled():
+        message = "ASAP_EXPECT_COMPILED=1 but asap was imported from its sources"
         raise pytest.UsageError(message)
 
 
