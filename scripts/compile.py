@@ -52,6 +52,7 @@ MODULES = (
     "asap/core/tasks.py",
     "asap/transports/ws/client.py",
     "asap/transports/ws/client_connection.py",
+    "asap/transports/ws/dataframes.py",
     "asap/transports/ws/pump.py",
     "asap/transports/ws/server_call.py",
     "asap/transports/ws/server_connection.py",

@@ -10,6 +10,16 @@ Theory of operation (the shape python-websockets gives its own asyncio layer, an
   → everything this read produced, bridge frames and WebSocket control frames, is written with
   **one** ``transport.writelines``.
 
+Reading has a fast lane. Most frames are whole binary (or, for JSON, text) messages; once the
+handshake is done and no extension or debug logging is on, :meth:`BridgePump.data_received` decodes
+those itself (:mod:`~asap.transports.ws.dataframes`) and hands every other frame — ping, close, a
+fragment, reserved bits, wrong masking, too big — *whole* to websockets, which answers it as before. Whole
+frames only is what keeps websockets' parser at a frame boundary: the handshake's HTTP head is fed
+up to its end, a partial frame waits here (at most one frame: its header is checked against
+``max_size`` first), and once websockets is closing every byte goes to it. Writing has the same
+lane: the session's messages are framed here (a client masks them with keys from a
+:class:`~asap.transports.ws.dataframes.MaskPool`) after websockets' own pending frames.
+
 There is no reader task and no per-message future: frames are decoded where the data arrives, and
 the reader never waits on a stream, so Cancel, Ping, GoAway, credit and the peer's close are seen
 whatever any stream is doing. Frames queued outside ``data_received`` (a handler's answer, a
@@ -34,13 +44,21 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState as WsInvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import OPEN, SEND_EOF
+from websockets.protocol import CONNECTING, OPEN, SEND_EOF
 from websockets.server import ServerProtocol
 
 from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.frames import CloseCode
 from asap.protocol.heartbeat import Beat, Heartbeat
 from asap.protocol.session import Session
+from asap.transports.ws.dataframes import (
+    BINARY,
+    TEXT,
+    MaskPool,
+    apply_mask,
+    frame_header,
+    parse_header,
+)
 
 
 S = TypeVar("S", bound=Session)
@@ -52,6 +70,18 @@ _PAUSED = object()
 """The read hold of :meth:`BridgePump.pause_reading_for`."""
 
 _log = logging.getLogger("asap.ws")
+
+_HEAD_END = b"\r\n\r\n"
+
+# How data_received reads (see "Reading" in the module docstring).
+_READ_HEAD = 0
+"""Feeding websockets the opening handshake, up to the end of its HTTP head."""
+_READ_BOUNDARY = 1
+"""The head was fed whole: websockets waits for a frame's first byte, nothing buffered."""
+_READ_DIRECT = 2
+"""Whole data frames decoded here, every other frame handed whole to websockets."""
+_READ_WEBSOCKETS = 3
+"""Every byte to websockets (closing, an extension or debug logging, a peer that jumped the 101)."""
 
 MAX_CLOSE_REASON_BYTES = 123
 """A close frame's reason is at most 123 UTF-8 bytes (RFC 6455 §5.5)."""
@@ -117,6 +147,15 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         self._read_holds: set[object] = set()
         """Why reading is paused (a revision 1 call's full inbox, the decode budget); read when empty."""
         self._pause_timer: asyncio.TimerHandle | None = None
+        self._reading = _READ_HEAD
+        self._head_tail = b""
+        """The last bytes of the HTTP head fed so far (its end may straddle two reads)."""
+        self._partial = bytearray()
+        """The start of a frame that has not fully arrived (fast lane only; at most one frame)."""
+        self._partial_needs = 0
+        """Bytes :attr:`_partial` must hold before its frame is whole (0: its header is partial)."""
+        self._client_side = isinstance(ws, ClientProtocol)
+        self._masks: MaskPool | None = MaskPool() if self._client_side else None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -129,13 +168,24 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def data_received(self, data: bytes) -> None:
         """Feed the network's bytes through both protocols and write what they produced."""
-        ws = self.ws
-        ws.receive_data(data)
-        self._process(ws.events_received())
+        reading = self._reading
+        if reading == _READ_DIRECT:
+            self._read_frames(data)
+        elif reading == _READ_WEBSOCKETS:
+            self._feed_ws(data)
+        elif reading == _READ_HEAD:
+            self._read_head(data)
+        else:
+            self._read_after_head(data)
         self.flush()
 
     def eof_received(self) -> bool | None:
         """The peer closed its side: let websockets conclude, then close ours."""
+        partial = self._partial
+        if partial:  # a frame cut short: websockets reports the abnormal end
+            self._reading = _READ_WEBSOCKETS
+            self._partial = bytearray()
+            self._feed_ws(bytes(partial))
         self.ws.receive_eof()
         self._process(self.ws.events_received())
         self._write_ws()
@@ -253,6 +303,92 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     # -- reading -------------------------------------------------------------------------
 
+    def _feed_ws(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        self._process(ws.events_received())
+
+    def _read_head(self, data: bytes) -> None:
+        """Feed websockets the handshake up to the end of its HTTP head, and not a byte further."""
+        if self.ws.state is not CONNECTING:  # pragma: no cover - the head comes first
+            self._reading = _READ_WEBSOCKETS
+            self._feed_ws(data)
+            return
+        seen = self._head_tail + data
+        end = seen.find(_HEAD_END)
+        if end < 0:
+            self._head_tail = seen[-3:]
+            self._feed_ws(data)  # websockets bounds the head's lines and headers
+            return
+        cut = end + len(_HEAD_END) - len(self._head_tail)
+        self._head_tail = b""
+        self._reading = _READ_BOUNDARY
+        self._feed_ws(data[:cut])
+        if cut < len(data):
+            self._read_after_head(data[cut:])
+
+    def _read_after_head(self, data: bytes) -> None:
+        """The head is in and nothing buffered: take the fast lane if the connection allows it."""
+        ws = self.ws
+        if ws.state is OPEN and not ws.extensions and not ws.debug:
+            self._reading = _READ_DIRECT
+            self._read_frames(data)
+        else:  # refused, still verifying (a peer that sent frames before the 101), or extended
+            self._reading = _READ_WEBSOCKETS
+            self._feed_ws(data)
+
+    def _read_frames(self, data: bytes) -> None:
+        """The fast lane: decode whole data frames; hand any other frame, whole, to websockets."""
+        partial = self._partial
+        if partial:
+            partial += data
+            if len(partial) < self._partial_needs:
+                return
+            data = bytes(partial)
+            self._partial = bytearray()
+        self._partial_needs = 0
+        ws = self.ws
+        limit = ws.max_message_size
+        expect_mask = not self._client_side
+        size = len(data)
+        pos = 0
+        while pos < size:
+            first, head, length, masked = parse_header(data, pos)
+            if head == 0:
+                break
+            if limit is not None and length > limit:  # websockets refuses it (1009) from the header
+                self._to_websockets(data[pos:])
+                return
+            end = pos + head + length
+            if end > size:
+                self._partial_needs = end - pos
+                break
+            if (
+                first in (BINARY, TEXT)
+                and masked == expect_mask
+                and ws.current_size is None
+                and ws.state is OPEN
+            ):
+                payload = data[pos + head : end]
+                if masked:
+                    payload = apply_mask(payload, data[pos + head - 4 : pos + head])
+                self._on_message(payload, first == TEXT)
+            else:
+                self._feed_ws(data[pos:end])
+            pos = end
+            if ws.state is not OPEN:  # closing: websockets reads the rest
+                if pos < size:
+                    self._to_websockets(data[pos:])
+                else:
+                    self._reading = _READ_WEBSOCKETS
+                return
+        if pos < size:
+            self._partial = bytearray(memoryview(data)[pos:])
+
+    def _to_websockets(self, data: bytes) -> None:
+        self._reading = _READ_WEBSOCKETS
+        self._feed_ws(data)
+
     def _process(self, events: list[Request | Response | Frame]) -> None:
         for event in events:
             if isinstance(event, Frame):
@@ -316,10 +452,25 @@ class BridgePump(asyncio.Protocol, Generic[S]):
             handle.cancel()
             self._flush_handle = None
         session = self.session
+        frames: list[bytes] = []
         if session is not None and session.outgoing:
             data = session.data_to_send()
             ws = self.ws
-            if ws.state is OPEN:
+            if ws.state is OPEN and not ws.extensions and not ws.debug:
+                masks = self._masks
+                for item in data:
+                    if isinstance(item, bytes):
+                        first, payload = BINARY, item
+                    else:
+                        first, payload = TEXT, item.encode()
+                    if masks is None:
+                        frames.append(frame_header(first, len(payload), b""))
+                        frames.append(payload)
+                    else:
+                        mask = masks.take()
+                        frames.append(frame_header(first, len(payload), mask))
+                        frames.append(apply_mask(payload, mask))
+            elif ws.state is OPEN:
                 try:
                     for item in data:
                         if isinstance(item, bytes):
@@ -328,19 +479,22 @@ class BridgePump(asyncio.Protocol, Generic[S]):
                             ws.send_text(item.encode())
                 except WsInvalidState:  # pragma: no cover - checked just above
                     pass
-        self._write_ws()
+        self._write_ws(frames)
 
     def flush_soon(self) -> None:
         """Flush once, at the end of this loop iteration (batches what several tasks queue)."""
         if self._flush_handle is None and not self._lost.done():
             self._flush_handle = self.loop.call_soon(self.flush)
 
-    def _write_ws(self) -> None:
+    def _write_ws(self, frames: list[bytes] | None = None) -> None:
+        """Write websockets' pending bytes, then ``frames`` (data frames framed here), at once."""
         data = self.ws.data_to_send()
         transport = self.transport
-        if data and transport is not None and not transport.is_closing():
+        if (data or frames) and transport is not None and not transport.is_closing():
             eof = SEND_EOF in data
             chunks = [chunk for chunk in data if chunk]
+            if frames:
+                chunks.extend(frames)
             if chunks:
                 transport.writelines(chunks)
             if eof:
