@@ -22,15 +22,23 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from asap.core.method import method
 from asap.protocol.frames import CloseCode
 from asap.protocol.limits import Limits
 from asap.server import Server
-from asap.v1 import bridge_pb2
+from asap.transports.base import CallOptions
+from asap.v1 import agent_service_pb2, bridge_pb2
+from tests.transports.conftest import UPDATES, task_envelope
 
 
 if TYPE_CHECKING:
     from tests.transports.conftest import Kit
-    from tests.transports.ws.conftest import ServerFactory, Wire
+    from tests.transports.ws.conftest import ChannelFactory, ServerFactory, Wire
+
+
+SEND = method("Send")
+SUBSCRIBE = method("Subscribe")
+OPTIONS = CallOptions()
 
 
 class SplitClient:
@@ -279,3 +287,73 @@ async def test_text_frame_on_the_binary_subprotocol_is_a_typed_protocol_error(
     close = client.protocol.close_rcvd
     assert isinstance(close, Close)
     assert close.reason == "text message on asap.v1.proto"
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that forwards every read in pieces of ``chunk`` bytes, both ways."""
+
+    def __init__(self, backend_port: int, chunk: int) -> None:
+        self.backend_port = backend_port
+        self.chunk = chunk
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Listen on 127.0.0.1 (an ephemeral port)."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.backend_port
+        )
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            task = asyncio.create_task(self._pipe(source, sink))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                for start in range(0, len(data), self.chunk):
+                    sink.write(data[start : start + self.chunk])
+                    await sink.drain()
+                    await asyncio.sleep(0)  # one loop turn: the server reads this piece on its own
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    async def close(self) -> None:
+        """Stop listening and end every forwarded connection."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("chunk", [1, 5])
+async def test_real_client_and_server_through_cut_bytes_both_ways(
+    server: Server, open_channel: ChannelFactory, kit: Kit, subprotocol: str, chunk: int
+) -> None:
+    """WebSocketChannel and the server, every byte of theirs cut into pieces both ways (the
+    client's fast lane reads split frames too): unary calls and a stream keep their answers."""
+    port = int(kit.url(server).split(":")[2].split("/")[0])
+    proxy = CuttingProxy(port, chunk)
+    await proxy.start()
+    try:
+        url = kit.url(server).replace(f":{port}/", f":{proxy.port}/")
+        channel = open_channel(url, subprotocol=subprotocol)
+        for n in range(3):
+            reply = await channel.unary(SEND, kit.send_request("echo", n=n), OPTIONS)
+            assert isinstance(reply.message, agent_service_pb2.SendResponse)
+            result = reply.message.envelope.task_response.result
+            assert result.fields["n"].number_value == n
+        request = agent_service_pb2.SubscribeRequest(envelope=task_envelope("progress"))
+        answers = [answer async for answer in channel.open_stream(SUBSCRIBE, request, OPTIONS)]
+        assert len(answers) == UPDATES + 1  # the updates, then the final response
+    finally:
+        await proxy.close()
