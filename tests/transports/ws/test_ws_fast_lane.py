@@ -88,29 +88,27 @@ class SplitClient:
         await self.flush()
         return bool(data)
 
-    async def next_frame(self) -> bridge_pb2.Frame:
-        """The next bridge frame the server sent (skipping its Settings)."""
+    async def _next(self, opcode: Opcode) -> bytes:
+        """The payload of the next frame with ``opcode`` (reading as needed)."""
         while True:
             while self._frames:
                 frame = self._frames.pop(0)
-                if frame.opcode is Opcode.BINARY:
-                    decoded = bridge_pb2.Frame.FromString(bytes(frame.data))
-                    if decoded.WhichOneof("kind") != "settings":
-                        return decoded
-            if not await self._read():
-                message = "the server ended the connection"
-                raise ConnectionError(message)
-
-    async def pong(self) -> bytes:
-        """The payload of the next pong."""
-        while True:
-            while self._frames:
-                frame = self._frames.pop(0)
-                if frame.opcode is Opcode.PONG:
+                if frame.opcode is opcode:
                     return bytes(frame.data)
             if not await self._read():
                 message = "the server ended the connection"
                 raise ConnectionError(message)
+
+    async def next_frame(self) -> bridge_pb2.Frame:
+        """The next bridge frame the server sent (skipping its Settings)."""
+        while True:
+            decoded = bridge_pb2.Frame.FromString(await self._next(Opcode.BINARY))
+            if decoded.WhichOneof("kind") != "settings":
+                return decoded
+
+    async def pong(self) -> bytes:
+        """The payload of the next pong."""
+        return await self._next(Opcode.PONG)
 
     async def close_code(self) -> int | None:
         """Read until the server ends the connection; the code of the close frame it sent."""
