@@ -11,7 +11,8 @@ Theory of operation (the shape python-websockets gives its own asyncio layer, an
   **one** ``transport.writelines``.
 
 Reading has a fast lane. Most frames are whole binary (or, for JSON, text) messages; once the
-handshake is done and no extension or debug logging is on, :meth:`BridgePump.data_received` decodes
+handshake is done (the bridge offers no WebSocket extension, so none is ever negotiated),
+:meth:`BridgePump.data_received` decodes
 those itself (:mod:`~asap.transports.ws.dataframes`) and hands every other frame — ping, close, a
 fragment, reserved bits, wrong masking, too big — *whole* to websockets, which answers it as before. Whole
 frames only is what keeps websockets' parser at a frame boundary: the handshake's HTTP head is fed
@@ -81,7 +82,7 @@ _READ_BOUNDARY = 1
 _READ_DIRECT = 2
 """Whole data frames decoded here, every other frame handed whole to websockets."""
 _READ_WEBSOCKETS = 3
-"""Every byte to websockets (closing, an extension or debug logging, a peer that jumped the 101)."""
+"""Every byte to websockets (closing, refused, or a peer that sent frames before the 101)."""
 
 MAX_CLOSE_REASON_BYTES = 123
 """A close frame's reason is at most 123 UTF-8 bytes (RFC 6455 §5.5)."""
@@ -329,13 +330,11 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def _read_after_head(self, data: bytes) -> None:
         """The head is in and nothing buffered: take the fast lane if the connection allows it."""
-        ws = self.ws
-        if ws.state is OPEN and not ws.extensions and not ws.debug:
+        if self._plain_frames:
             self._reading = _READ_DIRECT
             self._read_frames(data)
-        else:  # refused, still verifying (a peer that sent frames before the 101), or extended
-            self._reading = _READ_WEBSOCKETS
-            self._feed_ws(data)
+        else:  # refused, or still verifying (a peer that sent frames before the 101)
+            self._to_websockets(data)
 
     def _read_frames(self, data: bytes) -> None:
         """The fast lane: decode whole data frames; hand any other frame, whole, to websockets."""
@@ -377,17 +376,21 @@ class BridgePump(asyncio.Protocol, Generic[S]):
                 self._feed_ws(data[pos:end])
             pos = end
             if ws.state is not OPEN:  # closing: websockets reads the rest
-                if pos < size:
-                    self._to_websockets(data[pos:])
-                else:
-                    self._reading = _READ_WEBSOCKETS
+                self._to_websockets(data[pos:])
                 return
         if pos < size:
             self._partial = bytearray(memoryview(data)[pos:])
 
     def _to_websockets(self, data: bytes) -> None:
         self._reading = _READ_WEBSOCKETS
-        self._feed_ws(data)
+        if data:
+            self._feed_ws(data)
+
+    @property
+    def _plain_frames(self) -> bool:
+        """Whether the connection is open with unextended frames, the fast lane's frames."""
+        ws = self.ws
+        return ws.state is OPEN and not ws.extensions
 
     def _process(self, events: list[Request | Response | Frame]) -> None:
         for event in events:
@@ -456,7 +459,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         if session is not None and session.outgoing:
             data = session.data_to_send()
             ws = self.ws
-            if ws.state is OPEN and not ws.extensions and not ws.debug:
+            if self._plain_frames:
                 masks = self._masks
                 for item in data:
                     if isinstance(item, bytes):
@@ -470,7 +473,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
                         mask = masks.take()
                         frames.append(frame_header(first, len(payload), mask))
                         frames.append(apply_mask(payload, mask))
-            elif ws.state is OPEN:
+            elif ws.state is OPEN:  # pragma: no cover - no extension is offered, so none is agreed
                 try:
                     for item in data:
                         if isinstance(item, bytes):

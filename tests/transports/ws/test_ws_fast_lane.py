@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
+from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.typing import Subprotocol
@@ -355,3 +356,17 @@ async def test_real_client_and_server_through_cut_bytes_both_ways(
         assert len(answers) == UPDATES + 1  # the updates, then the final response
     finally:
         await proxy.close()
+
+
+@pytest.mark.asyncio
+async def test_no_extension_is_negotiated_so_every_data_frame_is_plain(
+    server: Server, kit: Kit
+) -> None:
+    """A client offering permessage-deflate gets no extension back: the fast lane's frames (no
+    reserved bits, no compression) are the only data frames a bridge connection carries."""
+    async with connect(kit.url(server), subprotocols=[Subprotocol("asap.v1.proto")]) as ws:
+        assert ws.request is not None
+        assert "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert ws.response is not None
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        assert ws.protocol.extensions == []
