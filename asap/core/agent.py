@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeAlias, TypeVar
+from typing import Final, Generic, TypeAlias, TypeVar
 
 from asap import schema, validation
 from asap.core.context import CallContext
@@ -37,13 +37,23 @@ Reply: TypeAlias = Payload | envelope_pb2.Envelope
 P = TypeVar("P", bound=Payload)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Incoming(Generic[P]):
-    """What a handler receives: the envelope, its typed payload and the call context."""
+    """What a handler receives: the envelope, its typed payload and the call context.
 
-    envelope: envelope_pb2.Envelope
+    Read-only by contract rather than frozen: one is made per call, and a frozen dataclass's
+    ``__init__`` costs several times a plain one. (``payload`` cannot be ``Final``: its type is a
+    type variable.)
+    """
+
+    envelope: Final[envelope_pb2.Envelope]
     payload: P
-    call: CallContext
+    call: Final[CallContext]
+
+    def __init__(self, envelope: envelope_pb2.Envelope, payload: P, call: CallContext) -> None:
+        self.envelope = envelope
+        self.payload = payload
+        self.call = call
 
 
 UnaryHandler: TypeAlias = Callable[[Incoming[P]], Awaitable[Reply | None]]

@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -49,6 +49,12 @@ def dedupe_key(principal: str, envelope: envelope_pb2.Envelope) -> str:
     return f"{principal}\x00{envelope.sender}\x00{envelope.id}"
 
 
+_VOLATILE_TAGS = frozenset({0x12, 0x1A, 0x3A})
+"""Envelope fields a retransmission may change: asap_version (2), timestamp (3), trace_id (7)."""
+_LAST_HEADER_FIELD = 7
+"""Fields 1-7 of Envelope are all length-delimited; the scan stops at the first field after them."""
+
+
 def fingerprint(envelope: envelope_pb2.Envelope) -> bytes:
     """A hash of what an envelope asks for: the same for a retransmission, different for new content.
 
@@ -57,40 +63,69 @@ def fingerprint(envelope: envelope_pb2.Envelope) -> bytes:
     per attempt) and ``asap_version`` (a property of the sending library, not of the request).
     Everything else counts: id, sender, recipient, correlation_id, requires_ack, extensions and the
     payload, serialized deterministically.
+
+    The volatile fields are cut out of the serialized bytes rather than cleared on the message
+    (clearing and restoring them cost more than hashing): the deterministic serialization writes
+    fields in number order, each on its own, so the bytes hashed are exactly those of the envelope
+    without them.
     """
-    had_timestamp = envelope.HasField("timestamp")
-    trace_id, asap_version = envelope.trace_id, envelope.asap_version
-    if not (had_timestamp or trace_id or asap_version):
-        return hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
-    # Cleared in place and restored, rather than hashing a copy: copying the whole envelope
-    # (payload included) cost more than the hash itself on the hot path.
-    seconds, nanos = envelope.timestamp.seconds, envelope.timestamp.nanos
-    envelope.ClearField("timestamp")
-    envelope.trace_id = ""
-    envelope.asap_version = ""
-    try:
-        return hashlib.sha256(envelope.SerializeToString(deterministic=True)).digest()
-    finally:
-        if had_timestamp:
-            envelope.timestamp.seconds = seconds
-            envelope.timestamp.nanos = nanos
-        envelope.trace_id = trace_id
-        envelope.asap_version = asap_version
+    data = envelope.SerializeToString(deterministic=True)
+    digest = hashlib.sha256()
+    kept = 0  # data[kept:pos] is hashed once a volatile field (or the end) follows it
+    pos = 0
+    size = len(data)
+    while pos < size:
+        tag = data[pos]
+        if tag >> 3 > _LAST_HEADER_FIELD:  # a multi-byte tag (field 16 and up) has bit 7 set
+            break
+        length = 0
+        shift = 0
+        pos += 1
+        while True:
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        end = pos + length
+        if tag in _VOLATILE_TAGS:
+            field_start = pos - 1 - _varint_size(length)
+            if field_start > kept:
+                digest.update(data[kept:field_start])
+            kept = end
+        pos = end
+    digest.update(data[kept:] if kept else data)
+    return digest.digest()
 
 
-@dataclass(frozen=True, slots=True)
+def _varint_size(value: int) -> int:
+    size = 1
+    while value >= 0x80:
+        value >>= 7
+        size += 1
+    return size
+
+
+@dataclass(slots=True, init=False)
 class Owned:
     """The caller now owns processing the key; pass this to complete() or abandon()."""
 
-    token: bytes
+    token: Final[bytes]
     """Identifies this claim (a shared store refuses a complete with a token that lost the lease)."""
 
+    def __init__(self, token: bytes) -> None:
+        self.token = token
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class Stored:
     """The key's stored outcome."""
 
-    outcome: bytes
+    outcome: Final[bytes]
+
+    def __init__(self, outcome: bytes) -> None:
+        self.outcome = outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,17 +171,19 @@ ENTRY_OVERHEAD = 160
 """Bytes charged per entry on top of its key, fingerprint and outcome (the Python objects)."""
 
 
-@dataclass(slots=True)
 class _Entry:
-    fingerprint: bytes
-    size: int
-    token: bytes = b""
-    outcome: bytes | None = None
-    stored_at: float = 0.0
-    expires_at: float = float("inf")
-    done: bool = False
-    wakeup: asyncio.Event | None = None
-    """Created only when a second arrival waits (the rare case), so a claim allocates no Event."""
+    __slots__ = ("done", "expires_at", "fingerprint", "outcome", "size", "stored_at", "token", "wakeup")
+
+    def __init__(self, fingerprint: bytes, size: int, token: bytes = b"") -> None:
+        self.fingerprint = fingerprint
+        self.size = size
+        self.token = token
+        self.outcome: bytes | None = None
+        self.stored_at = 0.0
+        self.expires_at = float("inf")
+        self.done = False
+        self.wakeup: asyncio.Event | None = None
+        """Created only when a second arrival waits (the rare case), so a claim allocates no Event."""
 
     def finish(self) -> None:
         self.done = True

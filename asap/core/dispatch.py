@@ -54,7 +54,7 @@ def _check_live(ctx: CallContext, now: float | None = None) -> None:
     deadline = ctx.deadline
     if deadline is not None:
         if now is None:
-            now = asyncio.get_running_loop().time()
+            now = ctx.now()
         if now >= deadline:
             ctx.mark_cancelled()
             raise DeadlineExceeded

@@ -142,7 +142,7 @@ def outcome_of(ctx: CallContext, exc: BaseException) -> AsapError:
         return exc
     if isinstance(exc, asyncio.CancelledError):
         deadline = ctx.deadline
-        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+        if deadline is not None and ctx.now() >= deadline:
             return DeadlineExceeded()
         return Cancelled()
     return Internal()

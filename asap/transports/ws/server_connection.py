@@ -386,6 +386,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             transport=TRANSPORT,
             timeout=event.timeout,
             deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
+            loop=self.loop,
         )
         if self.tls_identity is not None:
             ctx.identity = ctx.tls_identity = self.tls_identity

@@ -7,6 +7,7 @@ The claim/complete/abandon/lookup contract every store keeps (in memory and Redi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 
 FP = b"f" * FINGERPRINT_BYTES
+PINNED_FINGERPRINT = "e2ef4c127ff834244e1a61193aedb0885162515408b4783ce1cfce41d530dd29"
+"""fingerprint(_envelope()) since the first release (also before the hash cut fields from bytes)."""
 
 
 async def _store(store: InMemoryDedupeStore, key: str, outcome: bytes) -> None:
@@ -86,6 +89,47 @@ def test_fingerprint_leaves_the_envelope_as_it_was() -> None:
         fingerprint(envelope)
         assert envelope.SerializeToString() == before
         assert envelope.HasField("timestamp") is had_timestamp
+
+
+def _without_volatile_fields(envelope: envelope_pb2.Envelope) -> bytes:
+    """The definition the fingerprint keeps: SHA-256 of the cleared copy, serialized deterministically."""
+    copy = envelope_pb2.Envelope()
+    copy.CopyFrom(envelope)
+    copy.ClearField("timestamp")
+    copy.ClearField("trace_id")
+    copy.ClearField("asap_version")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).digest()
+
+
+@pytest.mark.parametrize("trace_id", ["", "t", "t" * 200])
+@pytest.mark.parametrize("stamped", [False, True])
+@pytest.mark.parametrize("version", ["", "1.0"])
+@pytest.mark.parametrize("sender_length", [1, 127, 128, 20_000])
+def test_fingerprint_is_the_hash_without_the_volatile_fields(
+    trace_id: str, stamped: bool, version: str, sender_length: int
+) -> None:
+    """Cut out of the bytes or cleared on a copy, the hash is the same, whatever the field sizes.
+
+    Long fields take multi-byte length prefixes; an envelope from a newer schema carries unknown
+    fields (serialized after the known ones), and they count as content.
+    """
+    envelope = _envelope()
+    envelope.trace_id = trace_id
+    envelope.asap_version = version
+    envelope.sender = "s" * sender_length
+    if not stamped:
+        envelope.ClearField("timestamp")
+    newer = envelope_pb2.Envelope.FromString(
+        envelope.SerializeToString() + b"\x82\x03\x03new" + b"\x50\x01"  # fields 48 and 10
+    )
+    for each in (envelope, newer):
+        assert fingerprint(each) == _without_volatile_fields(each)
+    assert fingerprint(newer) != fingerprint(envelope)
+
+
+def test_fingerprint_is_stable_across_versions() -> None:
+    """Pinned: replicas of two releases share a store, so the hash of an envelope never changes."""
+    assert fingerprint(_envelope()).hex() == PINNED_FINGERPRINT
 
 
 def test_key_is_scoped_by_principal_and_sender() -> None:
