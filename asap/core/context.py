@@ -222,10 +222,7 @@ class CallContext:
         """Why the call's task is being cancelled: CALLER, DEADLINE (past it), else TRANSPORT."""
         if self._cancel_reason is not None:
             return self._cancel_reason
-        if (
-            self.deadline is not None
-            and self.now() + DEADLINE_TOLERANCE >= self.deadline
-        ):
+        if self.deadline is not None and self.now() + DEADLINE_TOLERANCE >= self.deadline:
             return CancelReason.DEADLINE
         return CancelReason.TRANSPORT
 

@@ -172,7 +172,16 @@ ENTRY_OVERHEAD = 160
 
 
 class _Entry:
-    __slots__ = ("done", "expires_at", "fingerprint", "outcome", "size", "stored_at", "token", "wakeup")
+    __slots__ = (
+        "done",
+        "expires_at",
+        "fingerprint",
+        "outcome",
+        "size",
+        "stored_at",
+        "token",
+        "wakeup",
+    )
 
     def __init__(self, fingerprint: bytes, size: int, token: bytes = b"") -> None:
         self.fingerprint = fingerprint
