@@ -36,6 +36,7 @@ MODULES = (
     "asap/protocol/events.py",
     "asap/protocol/flow.py",
     "asap/protocol/frames.py",
+    "asap/protocol/jsoncodec.py",
     "asap/protocol/limits.py",
     "asap/protocol/metadata.py",
     "asap/protocol/ratelimit.py",

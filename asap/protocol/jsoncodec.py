@@ -79,9 +79,10 @@ _DIGITS: Final = re.compile(r"-?[0-9]+", re.ASCII)
 _TIMESTAMP: Final = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z"
 )
-# json_format's check for strings (lone UTF-16 surrogates), which json.loads lets through.
+# json_format's check for strings (lone UTF-16 surrogates), which json.loads lets through. The
+# escapes are re's, not the literal's: mypyc (scripts/compile.py) refuses surrogates in literals.
 _UNPAIRED_SURROGATE: Final = re.compile(
-    "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
+    r"[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
 )
 _FLOAT_WORDS: Final = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 _ANY: Final = any_pb2.Any.DESCRIPTOR.full_name
