@@ -24,7 +24,7 @@ from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.interceptors import Interceptor, build_chain
 from asap.core.service import AgentServiceCore, ServerCall
-from asap.core.tasks import YIELD_INTERVAL
+from asap.core.tasks import YIELD_INTERVAL, IdleSignal
 from asap.errors import (
     AsapError,
     Cancelled,
@@ -117,8 +117,7 @@ class Dispatcher:
         self._per_principal = Counts(max_calls_per_principal)
         """Calls in flight by principal; a principal is forgotten when its last call ends, so
         the map never holds more entries than there are calls in flight."""
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle = IdleSignal()
         self.draining = False
         """When True new calls fail with UNAVAILABLE (SHUTTING_DOWN); in-flight calls go on."""
 
@@ -170,7 +169,7 @@ class Dispatcher:
             text = f"more than {quota.limit} calls in flight for {principal}"
             raise PrincipalQuotaExceeded(text)
         if not self._in_flight:
-            self._idle.clear()
+            self._idle.busy()
         self._in_flight += 1
         try:
             if ctx.method.server_streaming:
@@ -205,4 +204,4 @@ class Dispatcher:
                 quota.release(principal)
             self._in_flight -= 1
             if self._in_flight == 0:
-                self._idle.set()
+                self._idle.idle()

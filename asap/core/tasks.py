@@ -80,6 +80,50 @@ class TaskOwner:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
+class IdleSignal:
+    """Whether work is in flight, and a wait for the moment none is (for a flag flipped per call).
+
+    It does the job of an ``asyncio.Event`` set when idle: ``idle``/``busy``/``wait``.
+    asyncio.Event is pure Python: flipping it twice per call cost more than the rest of the
+    bookkeeping. Here ``busy``/``idle`` are two attribute writes, and a future exists only while
+    something waits (a drain, a shutdown).
+    """
+
+    __slots__ = ("_idle", "_waiters")
+
+    def __init__(self) -> None:
+        self._idle = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_idle(self) -> bool:
+        """Whether no work is in flight."""
+        return self._idle
+
+    def busy(self) -> None:
+        """Work started."""
+        self._idle = False
+
+    def idle(self) -> None:
+        """No work is in flight any more: wake every waiter."""
+        self._idle = True
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Return once no work is in flight (at once if none is)."""
+        while not self._idle:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
 def start_eagerly(
     owner: TaskOwner, coro: Coroutine[object, object, None], *, name: str
 ) -> asyncio.Task[None] | None:

@@ -34,7 +34,7 @@ from asap.core.context import ANONYMOUS_PREFIX, CallContext, Identity
 from asap.core.health import HEALTH_CHECK
 from asap.core.method import METHODS
 from asap.core.middleware import AUTHORIZATION
-from asap.core.tasks import TaskOwner, start_eagerly
+from asap.core.tasks import IdleSignal, TaskOwner, start_eagerly
 from asap.errors import (
     AsapError,
     DeadlineExceeded,
@@ -130,9 +130,8 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         self._handler_time = 0.0
         """CPU seconds the current read spent running calls eagerly (not charged to the decode
         budget)."""
-        self.idle = asyncio.Event()
-        """Set while no handler runs (graceful stop waits for it)."""
-        self.idle.set()
+        self.idle = IdleSignal()
+        """Idle while no handler runs (graceful stop waits for it)."""
         self._running = 0
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.peer_key = "unknown"
@@ -397,7 +396,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         call.half_closed = event.half_closed
         self.calls[stream_id] = call
         if not self._running:
-            self.idle.clear()
+            self.idle.busy()
         self._running += 1
         if spec.client_streaming:
             self._launch(call)
@@ -437,7 +436,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
     def _call_done(self) -> None:
         self._running -= 1
         if self._running == 0:
-            self.idle.set()
+            self.idle.idle()
             self._became_idle()
 
     # -- idle timeout: Limits.connection_idle_timeout, as gRPC's max_connection_idle -------

@@ -11,7 +11,14 @@ import warnings
 
 import pytest
 
-from asap.core.tasks import TaskOwner, leave_eager, start_eagerly, start_eagerly_in
+from asap.core.tasks import (
+    IdleSignal,
+    TaskOwner,
+    leave_eager,
+    start_eagerly,
+    start_eagerly_for_result,
+    start_eagerly_in,
+)
 from asap.errors import InvalidState
 
 
@@ -310,3 +317,31 @@ async def test_start_eagerly_in_raises_an_exception_of_the_eager_step() -> None:
     async with asyncio.TaskGroup() as group:
         with pytest.raises(ValueError, match="broken"):
             start_eagerly_in(group, broken(), name="broken")
+
+
+@pytest.mark.asyncio
+async def test_idle_signal_wakes_every_waiter_once_idle() -> None:
+    """wait() returns at once when idle, and wakes all its waiters when the work ends."""
+    signal = IdleSignal()
+    await signal.wait()  # idle from the start
+    signal.busy()
+    # Run to their first suspension now, so each has registered its future before idle().
+    waiters = [start_eagerly_for_result(signal.wait(), name="wait") for _ in range(3)]
+    assert not any(waiter.done() for waiter in waiters)
+    signal.idle()
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert signal.is_idle()
+
+
+@pytest.mark.asyncio
+async def test_idle_signal_forgets_a_cancelled_waiter() -> None:
+    """A cancelled wait leaves no future behind (the list is bounded by the live waiters)."""
+    signal = IdleSignal()
+    signal.busy()
+    waiter = start_eagerly_for_result(signal.wait(), name="wait")
+    assert len(signal._waiters) == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert signal._waiters == []
+    signal.idle()
