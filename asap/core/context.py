@@ -6,12 +6,13 @@ import asyncio
 import enum
 import functools
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 from asap._typing import Metadata, MetadataValue
 from asap.core.method import MethodSpec
+from asap.core.tasks import loop_clock
 from asap.errors import AsapError
 from asap.protocol.admission import peer_key
 
@@ -93,8 +94,8 @@ class CallContext:
     __slots__ = (
         "_cancel_reason",
         "_cancelled",
+        "_clock",
         "_credentials",
-        "_loop",
         "_trailing",
         "deadline",
         "deadline_enforced_by_transport",
@@ -116,15 +117,15 @@ class CallContext:
         transport: str,
         timeout: float | None,
         deadline_enforced_by_transport: bool = False,
-        loop: asyncio.AbstractEventLoop | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.method = method
         self.metadata, self._credentials = redact_credentials(metadata)
         self.peer = peer
         self.transport = transport
-        # The transport passes the loop it runs on when it has it: asking asyncio for the
-        # running loop costs a getpid() system call on Python 3.11, twice per call.
-        self._loop = loop
+        # The transport passes its loop's clock (asap.core.tasks.loop_clock) when it has it:
+        # asking asyncio for the running loop costs a getpid() system call on Python 3.11.
+        self._clock = clock
         self.deadline: float | None = None if timeout is None else self.now() + timeout
         """The deadline on the event loop's clock (``loop.time()``), or None."""
         self.deadline_enforced_by_transport = deadline_enforced_by_transport
@@ -167,10 +168,10 @@ class CallContext:
 
     def now(self) -> float:
         """The event loop's time (``loop.time()``), the clock :attr:`deadline` is on."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        return loop.time()
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = loop_clock(asyncio.get_running_loop())
+        return clock()
 
     def time_remaining(self) -> float | None:
         """Seconds until the deadline (never negative), or None when the call has no deadline."""

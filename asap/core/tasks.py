@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Coroutine, Generator
+import time
+from collections.abc import Callable, Coroutine, Generator
 from typing import Protocol, TypeVar, cast
 
 from asap.errors import InvalidState
@@ -78,6 +79,18 @@ class TaskOwner:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, or ``time.monotonic`` itself where that is all ``loop.time`` does.
+
+    asyncio's own loops read ``time.monotonic()`` in a Python method; the hot path reads the clock
+    several times per call, and the C function costs a fraction of it. Another loop (uvloop) keeps
+    its own clock, and gets its own ``time``.
+    """
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 class IdleSignal:

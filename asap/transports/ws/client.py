@@ -300,7 +300,7 @@ class WebSocketChannel(Channel):
         call: ClientCall | None = None
         try:
             if conn is not None and conn.ready:
-                deadline = None if timeout is None else conn.loop.time() + timeout
+                deadline = None if timeout is None else conn.clock() + timeout
             else:
                 # The slow path (connecting, or waiting for a stream) is the only one that needs
                 # its own timer; a call on a ready connection uses the connection's (see below).

@@ -48,6 +48,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CONNECTING, OPEN, SEND_EOF
 from websockets.server import ServerProtocol
 
+from asap.core.tasks import loop_clock
 from asap.protocol.deadlines import DeadlineQueue
 from asap.protocol.frames import CloseCode
 from asap.protocol.heartbeat import Beat, Heartbeat
@@ -124,6 +125,8 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         """websockets' sans-I/O protocol."""
         self.session = None
         self.loop = asyncio.get_running_loop()
+        self.clock = loop_clock(self.loop)
+        """The loop's clock (``loop.time``, as a C function on asyncio's loops)."""
         self.transport: asyncio.Transport | None = None
         self.close_timeout = close_timeout
         self.peer = "unknown"
@@ -258,7 +261,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def _deadlines_due(self) -> None:
         self._deadline_timer = None
-        for call in self.deadlines.expired(self.loop.time()):
+        for call in self.deadlines.expired(self.clock()):
             self.on_deadline(call)
         self._arm_deadlines()
 
@@ -434,7 +437,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
                 return
         else:
             decoded = data
-        session.receive_data(decoded, self.loop.time())
+        session.receive_data(decoded, self.clock())
         for event in session.events_received():
             self.on_event(event)
 
@@ -535,7 +538,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
 
     def start_heartbeat(self, interval: float, timeout: float) -> None:
         """Ping every ``interval`` seconds; close with 1011 when a ping goes unanswered."""
-        self.heartbeat = Heartbeat(interval, timeout, self.loop.time())
+        self.heartbeat = Heartbeat(interval, timeout, self.clock())
         self._schedule_heartbeat()
 
     def _schedule_heartbeat(self) -> None:
@@ -547,7 +550,7 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         heartbeat = self.heartbeat
         if heartbeat is None or self.ws.state is not OPEN:
             return
-        beat = heartbeat.poll(self.loop.time())
+        beat = heartbeat.poll(self.clock())
         if beat is Beat.DEAD:
             self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
             return

@@ -385,7 +385,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
             transport=TRANSPORT,
             timeout=event.timeout,
             deadline_enforced_by_transport=True,  # one timer per connection: watch_deadline
-            loop=self.loop,
+            clock=self.clock,
         )
         if self.tls_identity is not None:
             ctx.identity = ctx.tls_identity = self.tls_identity
@@ -448,7 +448,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         timer, when it fires early, re-arms itself for the remaining time.
         """
         timeout = self.listener.limits.connection_idle_timeout
-        self._idle_since = self.loop.time()
+        self._idle_since = self.clock()
         if timeout and self._idle_timer is None and not self.closed:
             self._idle_timer = self.loop.call_at(self._idle_since + timeout, self._idle_due)
 
@@ -457,7 +457,7 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         if self._running or not self.is_open:
             return  # a call is open: the next _call_done re-arms the timer
         due = self._idle_since + self.listener.limits.connection_idle_timeout
-        if self.loop.time() < due:
+        if self.clock() < due:
             self._idle_timer = self.loop.call_at(due, self._idle_due)
             return
         _log.debug("closing %s: no call for the idle timeout", self.peer)

@@ -7,6 +7,7 @@ import contextvars
 import gc
 import inspect
 import logging
+import time
 import warnings
 
 import pytest
@@ -15,6 +16,7 @@ from asap.core.tasks import (
     IdleSignal,
     TaskOwner,
     leave_eager,
+    loop_clock,
     start_eagerly,
     start_eagerly_for_result,
     start_eagerly_in,
@@ -345,3 +347,23 @@ async def test_idle_signal_forgets_a_cancelled_waiter() -> None:
         await waiter
     assert signal._waiters == []
     signal.idle()
+
+
+@pytest.mark.asyncio
+async def test_loop_clock_is_the_loops_time() -> None:
+    """On asyncio's loop the clock is time.monotonic itself; on any other, the loop's own time."""
+    loop = asyncio.get_running_loop()
+    clock = loop_clock(loop)
+    assert clock is time.monotonic
+    before = loop.time()
+    assert before <= clock() <= loop.time()
+
+    class OwnClock(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 42.0
+
+    other = OwnClock()
+    try:
+        assert loop_clock(other)() == 42.0
+    finally:
+        other.close()
