@@ -386,9 +386,9 @@ def fill_defaults(
         envelope.id = new_id()
     if not envelope.HasField("timestamp"):
         seconds = math.floor(now)
-        nanos = min(round((now - seconds) * 1e9), 999_999_999)
-        envelope.timestamp.seconds = seconds
-        envelope.timestamp.nanos = nanos
+        stamp = envelope.timestamp  # one sub-message wrapper, not one per field set
+        stamp.seconds = seconds
+        stamp.nanos = min(round((now - seconds) * 1e9), 999_999_999)
     if not envelope.asap_version:
         envelope.asap_version = ASAP_VERSION
 

@@ -11,6 +11,7 @@ import abc
 import socket
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
+from typing import Final
 
 from google.protobuf.message import Message
 
@@ -31,12 +32,19 @@ class CallOptions:
     """Request metadata (lowercase keys; ``-bin`` keys carry bytes)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Reply:
-    """A unary response with the trailing metadata the server sent."""
+    """A unary response with the trailing metadata the server sent.
 
-    message: Message
-    trailing_metadata: Metadata = ()
+    One is made per call, so its ``__init__`` is written out (a frozen dataclass's costs more).
+    """
+
+    message: Final[Message]
+    trailing_metadata: Final[Metadata]
+
+    def __init__(self, message: Message, trailing_metadata: Metadata = ()) -> None:
+        self.message = message
+        self.trailing_metadata = trailing_metadata
 
 
 class ResponseStream(abc.ABC):
