@@ -60,6 +60,7 @@ __all__ = [
     "CORRELATED_KINDS",
     "DEFAULT_POLICY",
     "MAX_ID_LENGTH",
+    "MAX_REMEMBERED_URNS",
     "MAX_URN_LENGTH",
     "PAYLOAD_FIELD_NUMBERS",
     "PAYLOAD_KINDS",
@@ -467,8 +468,18 @@ def _check_id(value: str) -> None:
         raise _invalid(text, reason="INVALID_ID", field="id")
 
 
+MAX_REMEMBERED_URNS: Final = 1024
+"""How many URNs :func:`validate` remembers as valid (then it forgets them all and starts over)."""
+_VALID_URNS: Final[set[str]] = set()
+"""URNs already found valid. Callers send the same few over and over (their own, the agent's),
+so most checks are a set lookup instead of a regular expression; bounded, so a peer that sends a
+new URN every time only makes it start over."""
+
+
 def _check_urn(value: str, field: str) -> None:
     """Raise INVALID_URN unless ``value`` is an agent URN."""
+    if value in _VALID_URNS:
+        return
     if not value:
         text = f"{field} is empty; an agent URN is required"
         raise _invalid(text, reason="INVALID_URN", field=field)
@@ -481,6 +492,9 @@ def _check_urn(value: str, field: str) -> None:
             "ASCII letters, digits and -._: starting with a letter or digit)"
         )
         raise _invalid(text, reason="INVALID_URN", field=field)
+    if len(_VALID_URNS) >= MAX_REMEMBERED_URNS:
+        _VALID_URNS.clear()
+    _VALID_URNS.add(value)
 
 
 def check_timestamp(envelope: envelope_pb2.Envelope, policy: ValidationPolicy, now: float) -> None:

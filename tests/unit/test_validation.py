@@ -255,6 +255,22 @@ def test_urn_over_max_length_fails(field: str) -> None:
     assert "257" in error.message
 
 
+def test_remembered_urns_stay_bounded_and_never_include_a_bad_one() -> None:
+    """A peer sending a new valid URN every time only makes the memory start over; a refused
+    URN is refused again every time (it is never remembered)."""
+    for number in range(3 * validation.MAX_REMEMBERED_URNS):
+        validation.validate(_envelope(sender=f"{PREFIX}caller-{number}"), now=NOW)
+        assert len(validation._VALID_URNS) <= validation.MAX_REMEMBERED_URNS
+    for _ in range(2):
+        for urn in INVALID_URNS:
+            error = _reject(_envelope(sender=urn), "INVALID_URN")
+            assert _violated_fields(error) == ["sender"]
+            assert urn not in validation._VALID_URNS
+    long_urn = PREFIX + "a" * (validation.MAX_URN_LENGTH + 1 - len(PREFIX))
+    for _ in range(2):
+        _reject(_envelope(recipient=long_urn), "INVALID_URN")
+
+
 def test_huge_invalid_urn_is_not_echoed_in_full() -> None:
     """The error message quotes at most a short preview of a bad value."""
     urn = "x" * 200
