@@ -75,6 +75,7 @@ def fingerprint(envelope: envelope_pb2.Envelope) -> bytes:
     pos = 0
     size = len(data)
     while pos < size:
+        field_start = pos
         tag = data[pos]
         if tag >> 3 > _LAST_HEADER_FIELD:  # a multi-byte tag (field 16 and up) has bit 7 set
             break
@@ -90,21 +91,12 @@ def fingerprint(envelope: envelope_pb2.Envelope) -> bytes:
             shift += 7
         end = pos + length
         if tag in _VOLATILE_TAGS:
-            field_start = pos - 1 - _varint_size(length)
             if field_start > kept:
                 digest.update(data[kept:field_start])
             kept = end
         pos = end
     digest.update(data[kept:] if kept else data)
     return digest.digest()
-
-
-def _varint_size(value: int) -> int:
-    size = 1
-    while value >= 0x80:
-        value >>= 7
-        size += 1
-    return size
 
 
 @dataclass(slots=True, init=False)
