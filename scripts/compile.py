@@ -42,6 +42,7 @@ MODULES = (
     "asap/protocol/ratelimit.py",
     "asap/protocol/session.py",
     "asap/protocol/stream.py",
+    "asap/protocol/wire.py",
     "asap/core/context.py",
     "asap/core/dedupe.py",
     "asap/core/delivery.py",

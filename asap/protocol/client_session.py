@@ -14,7 +14,7 @@ has already cancelled are ignored.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import ClassVar, cast
 
 from google.protobuf.message import Message
@@ -31,12 +31,14 @@ from asap.protocol.frames import (
     MAX_STREAM_ID,
     CloseCode,
     Codec,
+    MessageBody,
 )
 from asap.protocol.limits import Limits
 from asap.protocol.metadata import metadata_from_entries, metadata_to_entries
 from asap.protocol.session import Session
 from asap.protocol.stream import Stream, StreamEvent
-from asap.v1 import bridge_pb2
+from asap.protocol.wire import read_status
+from asap.v1 import bridge_pb2, status_pb2
 
 
 _DEFAULT_LIMITS = Limits()
@@ -244,24 +246,44 @@ class ClientSession(Session):
         self.events.append(HeadersReceived(stream_id, metadata))
 
     def _on_status(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
+        call_status = frame.status
+        self._end(
+            stream_id,
+            call_status.status,
+            call_status.trailers,
+            call_status.message if call_status.HasField("message") else None,
+        )
+
+    def _read_unary_frame(self, data: bytes, now: float) -> bool:
+        status = read_status(data)
+        if status is None:
+            return False
+        self._end(status.stream_id, status_pb2.Status(), (), status.body)
+        return True
+
+    def _end(
+        self,
+        stream_id: int,
+        status: status_pb2.Status,
+        trailers: Sequence[bridge_pb2.MetadataEntry],
+        body: MessageBody | None,
+    ) -> None:
+        """End a call from a CallStatus's fields, however the frame was read."""
         stream = self._stream_for(stream_id, "status")
         if stream is None:
             return
-        call_status = frame.status
         # bridge.proto "Combined frames": a message in the CallStatus is a MessageFrame received
         # just before it, with the same checks; the status is then applied as usual.
-        if call_status.HasField("message") and not self._accept_message(
-            stream, call_status.message
-        ):
+        if body is not None and not self._accept_message(stream, body):
             return
         try:
-            trailers = metadata_from_entries(call_status.trailers) if call_status.trailers else ()
+            pairs = metadata_from_entries(trailers) if trailers else ()
         except MalformedFrame as exc:
             self._fail(stream_id, exc)
             return
         stream.handle(StreamEvent.STATUS)
         del self.streams[stream_id]
-        self.events.append(CallEnded(stream_id, call_status.status, trailers))
+        self.events.append(CallEnded(stream_id, status, pairs))
 
     def _unknown_stream(self, stream_id: int, error: AsapError) -> None:
         # The server wrote on a stream id the client never chose: no call to blame it on.

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from asap.errors import AsapError
-from asap.protocol.frames import CloseCode
+from asap.protocol.frames import CloseCode, MessageBody
 from asap.protocol.metadata import Metadata
-from asap.v1 import bridge_pb2, status_pb2
+from asap.v1 import status_pb2
 
 
 @dataclass(slots=True, init=False)
@@ -33,7 +33,7 @@ class CallStarted:
     """Seconds the caller will wait, or ``None`` for no deadline."""
     deadline: Final[float | None]
     """``now + timeout`` on the clock passed to ``receive_data`` (timeouts run from receipt)."""
-    message: Final[bridge_pb2.MessageFrame | None]
+    message: Final[MessageBody | None]
     """The first request message, when the CallStart carried one (bridge.proto "Combined
     frames"): checked exactly as a MessageFrame, and reported here rather than as a
     :class:`MessageReceived` of its own."""
@@ -50,7 +50,7 @@ class CallStarted:
         metadata: Metadata,
         timeout: float | None,
         deadline: float | None,
-        message: bridge_pb2.MessageFrame | None = None,
+        message: MessageBody | None = None,
         message_size: int = 0,
         half_closed: bool = False,
     ) -> None:
@@ -75,8 +75,8 @@ class MessageReceived:
 
     stream_id: Final[int]
     """The call's stream."""
-    message_frame: Final[bridge_pb2.MessageFrame]
-    """The MessageFrame as received."""
+    message_frame: Final[MessageBody]
+    """The message as received: its MessageFrame, or the bytes of its binary body."""
     size: Final[int]
     """Its flow-control cost: pass it to :meth:`~asap.protocol.session.Session.consume` when the
     application takes the message (bridge.proto "Flow control"); 0 on revision 1."""
@@ -84,7 +84,7 @@ class MessageReceived:
     def __init__(
         self,
         stream_id: int,
-        message_frame: bridge_pb2.MessageFrame,
+        message_frame: MessageBody,
         size: int = 0,
     ) -> None:
         self.stream_id = stream_id

@@ -69,6 +69,10 @@ _REGISTERED_FILES = (
 )
 
 _M = TypeVar("_M", bound=Message)
+
+MessageBody = bridge_pb2.MessageFrame | bytes
+"""A received call message: its MessageFrame, or the bytes of ``MessageFrame.binary`` when the
+frame was read straight off the wire (:mod:`asap.protocol.wire`)."""
 _DEFAULT_MAX_FRAME_BYTES = Limits().max_frame_bytes
 
 
@@ -135,6 +139,8 @@ class Codec(ABC):
     """Which ``MessageFrame.body`` field carries call messages under this subprotocol."""
     body_kinds: ClassVar[tuple[str, ...]]
     """Every ``MessageFrame.body`` field a receiver accepts under this subprotocol."""
+    wire_readable: ClassVar[bool] = False
+    """Whether a session may read a unary call's frames with :mod:`asap.protocol.wire`."""
 
     default_subprotocol: ClassVar[str]
 
@@ -168,8 +174,8 @@ class Codec(ABC):
         """Put a call message into a MessageFrame's body field for this subprotocol."""
 
     @abstractmethod
-    def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
-        """Get a call message of type ``cls`` out of a received MessageFrame.
+    def unpack_message(self, frame: MessageBody, cls: type[_M]) -> _M:
+        """Get a call message of type ``cls`` out of a received message body.
 
         Raises:
             asap.errors.MalformedFrame: The body is missing, of the other subprotocol's kind, of
@@ -177,8 +183,8 @@ class Codec(ABC):
         """
 
     @abstractmethod
-    def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
-        """The serialized size of the message a MessageFrame carries, as gRPC counts it."""
+    def body_size(self, frame: MessageBody) -> int:
+        """The serialized size of the message a body carries, as gRPC counts it."""
 
     def encode_message(
         self, stream_id: int, message: Message, *, max_message_bytes: int | None = None
@@ -305,6 +311,7 @@ class ProtoCodec(Codec):
     text = False
     body_kind = "binary"
     body_kinds = ("binary",)
+    wire_readable = True
 
     def encode(self, frame: bridge_pb2.Frame) -> bytes:
         """Serialize a frame (see :meth:`Codec.encode`)."""
@@ -328,20 +335,24 @@ class ProtoCodec(Codec):
         """Serialize a message into ``MessageFrame.binary``."""
         return bridge_pb2.MessageFrame(binary=message.SerializeToString())
 
-    def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
+    def unpack_message(self, frame: MessageBody, cls: type[_M]) -> _M:
         """Parse ``MessageFrame.binary`` as ``cls`` (see :meth:`Codec.unpack_message`)."""
-        if frame.WhichOneof("body") != "binary":
+        if isinstance(frame, bytes):
+            data = frame
+        elif frame.WhichOneof("body") != "binary":
             msg = "asap.v1.proto message frames carry the message in 'binary'"
             raise MalformedFrame(msg)
+        else:
+            data = frame.binary
         try:
-            return cls.FromString(frame.binary)
+            return cls.FromString(data)
         except DecodeError:
             msg = f"message does not parse as {cls.DESCRIPTOR.full_name}"
             raise MalformedFrame(msg) from None
 
-    def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
+    def body_size(self, frame: MessageBody) -> int:
         """Length of ``MessageFrame.binary`` (0 when another body is set)."""
-        return len(frame.binary)
+        return len(frame) if isinstance(frame, bytes) else len(frame.binary)
 
     def encode_message(
         self, stream_id: int, message: Message, *, max_message_bytes: int | None = None
@@ -609,17 +620,16 @@ class JsonCodec(Codec):
             return bridge_pb2.MessageFrame(binary=message.SerializeToString())
         return self.pack_message(message)
 
-    def unpack_message(self, frame: bridge_pb2.MessageFrame, cls: type[_M]) -> _M:
+    def unpack_message(self, frame: MessageBody, cls: type[_M]) -> _M:
         """Unpack ``MessageFrame.typed`` (or ``binary``) as ``cls`` (see :meth:`Codec.unpack_message`)."""
-        kind = frame.WhichOneof("body")
         name = cls.DESCRIPTOR.full_name
-        if kind == "binary":
+        if isinstance(frame, bytes) or frame.WhichOneof("body") == "binary":
             try:
-                return cls.FromString(frame.binary)
+                return cls.FromString(frame if isinstance(frame, bytes) else frame.binary)
             except DecodeError:
                 msg = f"message does not parse as {name}"
                 raise MalformedFrame(msg) from None
-        if kind != "typed":
+        if frame.WhichOneof("body") != "typed":
             msg = "asap.v1.json message frames carry the message in 'typed' or 'binary'"
             raise MalformedFrame(msg)
         if frame.typed.TypeName() != name:
@@ -631,8 +641,10 @@ class JsonCodec(Codec):
             msg = f"message does not parse as {name}"
             raise MalformedFrame(msg) from None
 
-    def body_size(self, frame: bridge_pb2.MessageFrame) -> int:
+    def body_size(self, frame: MessageBody) -> int:
         """Length of the serialized message inside ``MessageFrame.typed`` or ``binary``."""
+        if isinstance(frame, bytes):
+            return len(frame)
         return len(frame.binary) if frame.WhichOneof("body") == "binary" else len(frame.typed.value)
 
 
@@ -682,6 +694,11 @@ OK = status_pb2.Status()
 OK_CALL_STATUS = bridge_pb2.CallStatus(status=OK)
 """The CallStatus of nearly every call (OK, no trailers), built once; never modified."""
 _OK_CALL_STATUS_BYTES = OK_CALL_STATUS.SerializeToString()
+
+
+def body_kind(body: MessageBody) -> str | None:
+    """Which ``MessageFrame.body`` field a received body is in (``binary`` for wire bytes)."""
+    return "binary" if isinstance(body, bytes) else body.WhichOneof("body")
 
 
 def _check_size(size: int, limit: int | None) -> None:

@@ -73,11 +73,14 @@ from asap.protocol.frames import (
     CloseCode,
     Codec,
     FrameError,
+    MessageBody,
+    body_kind,
     codec_for,
 )
 from asap.protocol.limits import Limits
 from asap.protocol.metadata import metadata_from_entries, metadata_to_entries
 from asap.protocol.stream import Stream, StreamEvent
+from asap.protocol.wire import read_start
 from asap.v1 import bridge_pb2, status_pb2
 
 
@@ -170,8 +173,16 @@ class Session(ABC):
             return
         self.last_received = now
         self._received_size = wire_size(data) if self.flow_controlled else 0
+        codec = self.codec
+        if (
+            codec.wire_readable
+            and isinstance(data, bytes)
+            and len(data) <= codec.max_frame_bytes
+            and self._read_unary_frame(data, now)
+        ):
+            return
         try:
-            frame = self.codec.decode(data)
+            frame = codec.decode(data)
         except FrameError as exc:
             if exc.stream_id:
                 self._stream_violation(exc.stream_id, MalformedFrame(exc.reason))
@@ -192,6 +203,14 @@ class Session(ABC):
             self._stream_violation(stream_id, MalformedFrame(f"unexpected {kind or 'empty'} frame"))
         else:
             handler(stream_id, frame, now)
+
+    def _read_unary_frame(self, data: bytes, now: float) -> bool:
+        """Handle ``data`` if it is this side's unary frame in canonical form (:mod:`~asap.protocol.wire`).
+
+        Returns:
+            ``True`` if handled, exactly as the parsed frame would have been; ``False`` to parse it.
+        """
+        return False
 
     def receive_eof(self, close_code: int | None = None) -> None:
         """Record that the connection has ended; every open call ends with it.
@@ -331,7 +350,7 @@ class Session(ABC):
         if stream is not None:
             self._accept_message(stream, frame.message)
 
-    def _accept_message(self, stream: Stream, body: bridge_pb2.MessageFrame) -> bool:
+    def _accept_message(self, stream: Stream, body: MessageBody) -> bool:
         """Apply the rules of one received call message, alone or inside a combined frame.
 
         Every form of bridge.proto ("Combined frames") goes through here, so a message in a
@@ -347,7 +366,7 @@ class Session(ABC):
         self.events.append(MessageReceived(stream.stream_id, body, cost))
         return True
 
-    def _admit_message(self, stream: Stream, body: bridge_pb2.MessageFrame) -> int | None:
+    def _admit_message(self, stream: Stream, body: MessageBody) -> int | None:
         """Check one received call message and advance the stream; fail the stream if it breaks a rule.
 
         Returns:
@@ -357,7 +376,7 @@ class Session(ABC):
         error: AsapError
         if stream.next_state(self.peer_message) is None:
             error = MalformedFrame("message frame not allowed now")
-        elif body.WhichOneof("body") not in codec.body_kinds:
+        elif body_kind(body) not in codec.body_kinds:
             error = MalformedFrame(f"{codec.subprotocol} carries messages in '{codec.body_kind}'")
         elif (size := codec.body_size(body)) > self.limits.max_message_bytes:
             limit = self.limits.max_message_bytes
@@ -603,6 +622,37 @@ class ServerSession(Session):
 
     def _on_start(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
         start = frame.start
+        timeout = start.timeout if start.HasField("timeout") else None
+        self._start(
+            stream_id,
+            start.method,
+            start.metadata,
+            None if timeout is None else (timeout.seconds, timeout.nanos),
+            start.message if start.HasField("message") else None,
+            start.half_close,
+            now,
+        )
+
+    def _read_unary_frame(self, data: bytes, now: float) -> bool:
+        start = read_start(data)
+        if start is None:
+            return False
+        self._start(
+            start.stream_id, start.method, (), start.timeout, start.body, start.half_close, now
+        )
+        return True
+
+    def _start(
+        self,
+        stream_id: int,
+        method: str,
+        entries: Sequence[bridge_pb2.MetadataEntry],
+        timeout_fields: tuple[int, int] | None,
+        body: MessageBody | None,
+        half_close: bool,
+        now: float,
+    ) -> None:
+        """Open a call from a CallStart's fields, however the frame was read."""
         if stream_id <= self.highest_stream_id:
             # Reusing an open id is attributable to that call. Any other id is a finished stream
             # (or one skipped over): answering it would send a second CallStatus for the id.
@@ -613,11 +663,11 @@ class ServerSession(Session):
             return
         try:
             metadata: Metadata = (
-                metadata_from_entries(start.metadata, max_bytes=self.limits.max_metadata_bytes)
-                if start.metadata
+                metadata_from_entries(entries, max_bytes=self.limits.max_metadata_bytes)
+                if entries
                 else ()
             )
-            timeout = _timeout(start)
+            timeout = None if timeout_fields is None else _timeout(*timeout_fields)
         except (MalformedFrame, ResourceExhausted) as exc:
             self._fail(stream_id, exc)
             return
@@ -637,27 +687,20 @@ class ServerSession(Session):
             # HalfClose received right after this CallStart, reported in the one CallStarted (a
             # unary call is then complete in one event). A message that fails its checks fails
             # the stream before the call is reported at all.
-            has_message = start.HasField("message")
-            if not (has_message or start.half_close):
-                self.events.append(
-                    CallStarted(stream_id, start.method, metadata, timeout, deadline)
-                )
+            if body is None and not half_close:
+                self.events.append(CallStarted(stream_id, method, metadata, timeout, deadline))
                 return
             stream.combined = True
-            body = start.message if has_message else None
             cost = 0
             if body is not None:
                 admitted = self._admit_message(stream, body)
                 if admitted is None:
                     return
                 cost = admitted
-            half_closed = bool(start.half_close)
-            if half_closed:
+            if half_close:
                 stream.advance(StreamEvent.HALF_CLOSE)  # always allowed right after the start
             self.events.append(
-                CallStarted(
-                    stream_id, start.method, metadata, timeout, deadline, body, cost, half_closed
-                )
+                CallStarted(stream_id, method, metadata, timeout, deadline, body, cost, half_close)
             )
 
     def _on_half_close(self, stream_id: int, frame: bridge_pb2.Frame, now: float) -> None:
@@ -699,11 +742,8 @@ class ServerSession(Session):
         return self.codec.encode(bridge_pb2.Frame(stream_id=stream_id, status=call_status))
 
 
-def _timeout(start: bridge_pb2.CallStart) -> float | None:
-    """CallStart.timeout in seconds; ``None`` when unset."""
-    if not start.HasField("timeout"):
-        return None
-    seconds, nanos = start.timeout.seconds, start.timeout.nanos
+def _timeout(seconds: int, nanos: int) -> float:
+    """CallStart.timeout (its seconds and nanos) in seconds."""
     if seconds < 0 or not 0 <= nanos < 1_000_000_000:
         msg = "timeout must be a non-negative duration"
         raise MalformedFrame(msg)

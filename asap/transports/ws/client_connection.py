@@ -41,9 +41,10 @@ from asap.protocol.events import (
     SettingsReceived,
     StreamError,
 )
+from asap.protocol.frames import MessageBody
 from asap.protocol.limits import Limits
 from asap.transports.ws.pump import BridgePump
-from asap.v1 import bridge_pb2, status_pb2
+from asap.v1 import status_pb2
 
 
 USER_AGENT = f"asap-python websockets/{websockets_version}"
@@ -85,7 +86,7 @@ class ClientCall:
     def __init__(self, conn: ClientBridgeConnection, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
-        self.frames: deque[tuple[bridge_pb2.MessageFrame, int]] = deque()
+        self.frames: deque[tuple[MessageBody, int]] = deque()
         self.status: status_pb2.Status | None = None
         self.trailers: Metadata = ()
         self.error: AsapError | None = None
@@ -98,7 +99,7 @@ class ClientCall:
         """Whether the call has its final status or error."""
         return self.status is not None or self.error is not None
 
-    def push(self, frame: bridge_pb2.MessageFrame, size: int) -> None:
+    def push(self, frame: MessageBody, size: int) -> None:
         """A response message arrived."""
         self.frames.append((frame, size))
         _wake(self.waiter)
@@ -122,7 +123,7 @@ class ClientCall:
         if self.on_end is not None:
             self.on_end()
 
-    def poll(self) -> bridge_pb2.MessageFrame | Pending | None:
+    def poll(self) -> MessageBody | Pending | None:
         """The next response message if one is here; None when the call ended with OK; else PENDING.
 
         Raises:
@@ -146,7 +147,7 @@ class ClientCall:
         self.error = error
         raise error
 
-    async def next(self) -> bridge_pb2.MessageFrame | None:
+    async def next(self) -> MessageBody | None:
         """The next response message; None when the call ended with OK.
 
         Raises:

@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from asap.core import probes
 from asap.core.context import CallContext
 from asap.core.method import MethodSpec
-from asap.v1 import bridge_pb2
+from asap.protocol.frames import MessageBody
 
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class BridgeServerCall:
         self.conn = conn
         self.stream_id = stream_id
         self.spec = spec
-        self.inbox: deque[tuple[bridge_pb2.MessageFrame, int]] = deque()
+        self.inbox: deque[tuple[MessageBody, int]] = deque()
         self.half_closed = False
         self.reader: asyncio.Future[None] | None = None
         self.credit_waiter: asyncio.Future[None] | None = None
@@ -68,7 +68,7 @@ class BridgeServerCall:
         """Whether the call has not ended yet."""
         return self.ctx is not None
 
-    def feed(self, frame: bridge_pb2.MessageFrame, size: int) -> None:
+    def feed(self, frame: MessageBody, size: int) -> None:
         """Queue a request message (connection side)."""
         self.inbox.append((frame, size))
         _wake(self.reader)

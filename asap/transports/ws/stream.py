@@ -20,6 +20,7 @@ from asap.errors import (
     MalformedFrame,
     MessageTooLarge,
 )
+from asap.protocol.frames import MessageBody
 from asap.transports.base import CallOptions, ResponseStream
 from asap.transports.ws.client_connection import (
     PENDING,
@@ -27,7 +28,6 @@ from asap.transports.ws.client_connection import (
     ClientCall,
     remaining,
 )
-from asap.v1 import bridge_pb2
 
 
 _log = logging.getLogger("asap.client")
@@ -189,7 +189,7 @@ class WebSocketResponseStream(ResponseStream):
             self._finish(Cancelled("the caller cancelled the call"))
             raise
 
-    async def _next_frame(self) -> bridge_pb2.MessageFrame | None:
+    async def _next_frame(self) -> MessageBody | None:
         """The next response message (None once the call ended with OK), once the call started."""
         call = self._call
         if call is None:
@@ -204,7 +204,7 @@ class WebSocketResponseStream(ResponseStream):
             self._trailing = call.trailers
         return frame
 
-    def _unpack(self, frame: bridge_pb2.MessageFrame) -> Message:
+    def _unpack(self, frame: MessageBody) -> Message:
         conn = self._conn
         if conn is None:  # pragma: no cover - a frame implies a started call
             raise InvalidState(_CLOSED_MESSAGE)

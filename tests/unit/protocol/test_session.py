@@ -630,6 +630,14 @@ def test_combined_start_is_the_three_frames_in_one_event(codec: Codec) -> None:
     assert isinstance(started, CallStarted)
     assert isinstance(received, MessageReceived)
     assert closed == HalfClosed(1)
+    (event,) = events
+    assert isinstance(event, CallStarted)
+    assert event.message is not None
+    # The body may be the MessageFrame or, read off the wire, its bytes: the same message.
+    request = codec.unpack_message(event.message, agent_service_pb2.SendRequest)
+    assert request == codec.unpack_message(received.message_frame, agent_service_pb2.SendRequest)
+    assert request.envelope.id == "e1"
+    assert codec.body_size(event.message) == codec.body_size(received.message_frame)
     assert events == [
         CallStarted(
             1,
@@ -637,16 +645,11 @@ def test_combined_start_is_the_three_frames_in_one_event(codec: Codec) -> None:
             started.metadata,
             started.timeout,
             started.deadline,
-            received.message_frame,
+            event.message,
             received.size,
             half_closed=True,
         )
     ]
-    (event,) = events
-    assert isinstance(event, CallStarted)
-    assert event.message is not None
-    request = codec.unpack_message(event.message, agent_service_pb2.SendRequest)
-    assert request.envelope.id == "e1"
     assert combined.streams[1].state is StreamState.HALF_CLOSED_REMOTE
     assert combined.streams[1].state is separate.streams[1].state
     assert sent(combined) == []
@@ -776,13 +779,17 @@ def comparable(event: ServerEvent) -> list[object]:
     CallStarted as the events of the separate frames it stands for."""
     if isinstance(event, StreamError):
         return [(StreamError, event.stream_id, type(event.error), event.error.message)]
+    if isinstance(event, MessageReceived) and isinstance(event.message_frame, bytes):
+        # A body read off the wire is the bytes of MessageFrame.binary: the same message.
+        frame = bridge_pb2.MessageFrame(binary=event.message_frame)
+        return [MessageReceived(event.stream_id, frame, event.size)]
     if isinstance(event, CallStarted) and (event.message is not None or event.half_closed):
         stream_id = event.stream_id
         out: list[object] = [
             CallStarted(stream_id, event.method, event.metadata, event.timeout, event.deadline)
         ]
         if event.message is not None:
-            out.append(MessageReceived(stream_id, event.message, event.message_size))
+            out.extend(comparable(MessageReceived(stream_id, event.message, event.message_size)))
         if event.half_closed:
             out.append(HalfClosed(stream_id))
         return out
