@@ -775,7 +775,8 @@ def _varint(value: int) -> bytes:
     if value < 0x80:
         return _ONE_BYTE_VARINTS[value]
     if value < 0x4000:
-        return bytes(((value & 0x7F) | 0x80, value >> 7))
+        # One int method call; bytes((a, b)) builds a tuple and goes through the type's call.
+        return ((value >> 7) << 8 | (value & 0x7F) | 0x80).to_bytes(2, "little")
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
