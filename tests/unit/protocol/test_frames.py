@@ -8,7 +8,7 @@ import json
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from google.protobuf.message import Message
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from asap.errors import (
@@ -489,6 +489,10 @@ def test_combined_frames_stream_id_range() -> None:
 
 
 @given(value=st.integers(min_value=0, max_value=2**64 - 1))
+@example(value=0x7F)
+@example(value=0x80)
+@example(value=0x3FFF)
+@example(value=0x4000)
 def test_varint_matches_protobuf(value: int) -> None:
     """_varint (with its one- and two-byte fast paths) is protobuf's varint encoding."""
     encoded = bridge_pb2.Ping(nonce=value).SerializeToString()
