@@ -6,9 +6,12 @@ below, each side runs once under ``valgrind --tool=callgrind`` while the other s
 the server (``_bench_servers.py`` behind the valgrind command) or the client (this script again,
 as ``--drive``). Each measured process makes ``WARM_UP`` calls, then ``SHORT`` or ``LONG`` more at
 16 in flight; the difference of the two totals over ``LONG - SHORT`` calls is the per-call count,
-with start-up, imports and warm-up cancelled out. valgrind emulates the CPU: it counts what the
-code executes, not how fast the machine runs it (instructions the emulated CPU lacks, such as
-SHA-NI, are counted as their software fallback, so ``sha256`` weighs more here than it costs).
+with start-up, imports and warm-up cancelled out. Every process runs with ``PYTHONHASHSEED=0``:
+with a random seed, dicts and sets probe differently in each process, and the start-up of two runs
+then differs by more instructions than the calls between them do. valgrind emulates the CPU: it
+counts what the code executes, not how fast the machine runs it (instructions the emulated CPU
+lacks, such as SHA-NI, are counted as their software fallback, so ``sha256`` weighs more here than
+it costs).
 
 Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``); takes several minutes.
 """
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -35,7 +39,7 @@ from scripts import bench  # the scenarios and the server process of bench.py
 
 WARM_UP = 200
 SHORT = 200
-LONG = 1000
+LONG = 2000
 IN_FLIGHT = 16
 PAIRS = (("raw-ws", "asap-ws-proto-send"), ("raw-grpc-unary", "asap-grpc-send"))
 """(raw, ASAP) scenario keys of bench.py, measured side by side."""
@@ -131,6 +135,7 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not on PATH: install it (Debian: apt-get install valgrind)")
         return 1
+    os.environ["PYTHONHASHSEED"] = "0"  # inherited by every process measured (see above)
     print(f"instructions per call, {IN_FLIGHT} in flight, ({LONG} - {SHORT}) calls after {WARM_UP}")
     rows = []
     for raw, asap in PAIRS:
