@@ -360,12 +360,41 @@ def _write_list(message: struct_pb2.ListValue) -> object:
     return [_write_value(item) for item in message.values]
 
 
+class _Day:
+    """The last calendar day converted, each way: timestamps of one run are mostly of one day.
+
+    One tuple each, replaced whole, so a reader never sees one day's number with another's text.
+    """
+
+    __slots__ = ("read", "written")
+
+    def __init__(self) -> None:
+        self.written: tuple[int, str] = (0, "1970-01-01T")
+        """(days since the epoch, ``YYYY-MM-DDT``) of the last timestamp written."""
+        self.read: tuple[str, int] = ("1970-01-01", 0)
+        """(``YYYY-MM-DD``, days since the epoch) of the last timestamp read."""
+
+
+_DAY: Final = _Day()
+_TWO_DIGITS: Final = tuple(f"{number:02d}" for number in range(100))
+
+
 def _write_timestamp(message: timestamp_pb2.Timestamp) -> object:
     """``Timestamp.ToJsonString``'s text, without its float arithmetic."""
     seconds, nanos = message.seconds, message.nanos
     if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < _NANOS):
         raise Unsupported  # protobuf raises: let it
-    text = (_NAIVE_EPOCH + timedelta(seconds=seconds)).isoformat()
+    days, second_of_day = divmod(seconds, 86_400)
+    written = _DAY.written
+    if written[0] == days:
+        day_text = written[1]
+    else:
+        day_text = (_NAIVE_EPOCH + timedelta(days=days)).date().isoformat() + "T"
+        _DAY.written = (days, day_text)
+    hours, rest = divmod(second_of_day, 3600)
+    minutes, second = divmod(rest, 60)
+    two = _TWO_DIGITS
+    text = day_text + two[hours] + ":" + two[minutes] + ":" + two[second]
     if nanos == 0:
         return text + "Z"
     if nanos % 1_000_000 == 0:
@@ -726,8 +755,14 @@ def _merge_timestamp(document: object, message: timestamp_pb2.Timestamp, _depth:
     hours, minutes, seconds = int(hour), int(minute), int(second)
     if hours > 23 or minutes > 59 or seconds > 59:
         raise Unsupported  # protobuf refuses these (strptime and datetime)
-    # date() refuses what strptime refuses: month 0 or 13, February 30, year 0.
-    days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+    day_text = document[:10]
+    read = _DAY.read
+    if read[0] == day_text:
+        days = read[1]
+    else:
+        # date() refuses what strptime refuses: month 0 or 13, February 30, year 0.
+        days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+        _DAY.read = (day_text, days)
     message.seconds = days * 86_400 + hours * 3600 + minutes * 60 + seconds
     # Protobuf's own rounding of the fraction.
     message.nanos = round(float("0." + fraction) * 1e9) if fraction else 0

@@ -600,3 +600,18 @@ def test_timestamps_and_durations_read_as_protobuf_reads_them(
     canonical = text.endswith("Z") and "T" in text and "." not in text and "+" not in text
     if expected[0] == "ok" and (canonical or re.fullmatch(r"-?[0-9]+s", text)):
         assert fast[0] == "ok"  # the common forms stay on the fast path
+
+
+def test_timestamps_of_alternating_days_write_and_read_as_protobuf() -> None:
+    """The converter remembers the last day each way: days that alternate, and times within
+    one day, still give protobuf's text and protobuf's seconds and nanos."""
+    day = 86_400
+    seconds = [1_700_000_000, 1_700_000_001, 1_700_000_000 + day, 1_700_000_002, -1, 0, day - 1]
+    seconds += [-62135596800, 253402300799, 1_700_000_000 + 3 * day, 1_700_000_000 + 3 * day + 7]
+    for index, second in enumerate(seconds):
+        stamp = timestamp_pb2.Timestamp(seconds=second, nanos=(index * 123_000_000) % 10**9)
+        text = jsoncodec.to_json(stamp)
+        assert text == json_format.MessageToJson(stamp).strip('"'), second
+        read = timestamp_pb2.Timestamp()
+        jsoncodec.parse(text, read)
+        assert read == stamp, text
