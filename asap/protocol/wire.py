@@ -76,23 +76,17 @@ def read_start(data: bytes) -> StartFields | None:
     Returns:
         The fields, or ``None`` when ``data`` is not in the canonical form (parse it instead).
     """
-    pos, stream_id = _stream_id(data)
-    if pos < 0 or pos >= len(data) or data[pos] != 0x12:  # Frame.start: field 2, LEN
-        return None
-    pos, end = _length(data, pos + 1, len(data))
-    if end != len(data):
-        return None
+    pos, end, stream_id = _frame_kind(data, 0x12)  # Frame.start: field 2, LEN
     method = ""
     timeout: tuple[int, int] | None = None
     body: bytes | None = None
     half_close = False
     last = 0
-    while pos < end:
+    while 0 <= pos < end:
         tag = data[pos]
-        field = tag >> 3
-        if field <= last or tag & 0x80:
+        if tag >> 3 <= last or tag & 0x80:  # out of order, repeated, or field 16 and up
             return None
-        last = field
+        last = tag >> 3
         pos += 1
         if tag == 0x0A:  # method: field 1, LEN
             pos, stop = _length(data, pos, end)
@@ -112,13 +106,7 @@ def read_start(data: bytes) -> StartFields | None:
                 return None
             pos = stop
         elif tag == 0x22:  # message: field 4, LEN (MessageFrame)
-            pos, stop = _length(data, pos, end)
-            if pos < 0:
-                return None
-            body = _binary_body(data, pos, stop)
-            if body is None:
-                return None
-            pos = stop
+            pos, body = _message(data, pos, end)
         elif tag == 0x28:  # half_close: field 5, varint
             pos, value = _varint(data, pos, end)
             if pos < 0 or value > 1:
@@ -126,6 +114,8 @@ def read_start(data: bytes) -> StartFields | None:
             half_close = value == 1
         else:  # metadata (field 2), or a field this reader does not know
             return None
+    if pos < 0 or pos != end:  # not this kind, or a field that did not read
+        return None
     return StartFields(stream_id, method, timeout, body, half_close)
 
 
@@ -137,56 +127,58 @@ def read_status(data: bytes) -> StatusFields | None:
     Returns:
         The fields, or ``None`` when ``data`` is not in the canonical form (parse it instead).
     """
-    pos, stream_id = _stream_id(data)
-    if pos < 0 or pos >= len(data) or data[pos] != 0x3A:  # Frame.status: field 7, LEN
-        return None
-    pos, end = _length(data, pos + 1, len(data))
-    if end != len(data):
-        return None
+    pos, end, stream_id = _frame_kind(data, 0x3A)  # Frame.status: field 7, LEN
     body: bytes | None = None
     last = 0
-    while pos < end:
+    while 0 <= pos < end:
         tag = data[pos]
-        field = tag >> 3
-        if field <= last or tag & 0x80:
+        if tag >> 3 <= last or tag & 0x80:  # out of order, repeated, or field 16 and up
             return None
-        last = field
+        last = tag >> 3
         pos += 1
         if tag == 0x0A:  # status: field 1, LEN; only an empty Status (code 0, no details)
             if pos >= end or data[pos] != 0:
                 return None
             pos += 1
         elif tag == 0x1A:  # message: field 3, LEN (MessageFrame)
-            pos, stop = _length(data, pos, end)
-            if pos < 0:
-                return None
-            body = _binary_body(data, pos, stop)
-            if body is None:
-                return None
-            pos = stop
+            pos, body = _message(data, pos, end)
         else:  # trailers (field 2), or a field this reader does not know
             return None
+    if pos < 0 or pos != end:  # not this kind, or a field that did not read
+        return None
     return StatusFields(stream_id, body)
 
 
-def _stream_id(data: bytes) -> tuple[int, int]:
-    """``Frame.stream_id`` at the front: (position after it, id); position -1 if not there."""
+def _frame_kind(data: bytes, kind_tag: int) -> tuple[int, int, int]:
+    """``Frame{stream_id, kind}`` with the kind last: (start, end, stream id) of the kind's bytes.
+
+    The start is -1 unless the frame is a non-zero stream id, then ``kind_tag`` and its length,
+    reaching exactly the end of ``data``.
+    """
     if not data or data[0] != 0x08:
-        return -1, 0
-    pos, value = _varint(data, 1, len(data))
-    if pos < 0 or not 0 < value <= MAX_STREAM_ID:
-        return -1, 0
-    return pos, value
+        return -1, -1, 0
+    pos, stream_id = _varint(data, 1, len(data))
+    if pos < 0 or not 0 < stream_id <= MAX_STREAM_ID or pos >= len(data) or data[pos] != kind_tag:
+        return -1, -1, 0
+    start, end = _length(data, pos + 1, len(data))
+    if start < 0 or end != len(data):
+        return -1, -1, 0
+    return start, end, stream_id
 
 
-def _binary_body(data: bytes, pos: int, end: int) -> bytes | None:
-    """The bytes of a MessageFrame holding exactly ``binary`` (field 1, LEN) in data[pos:end]."""
-    if pos >= end or data[pos] != 0x0A:
-        return None
-    start, stop = _length(data, pos + 1, end)
-    if start < 0 or stop != end:
-        return None
-    return data[start:stop]
+def _message(data: bytes, pos: int, end: int) -> tuple[int, bytes | None]:
+    """A length-prefixed MessageFrame at ``pos`` holding exactly ``binary`` (field 1, LEN).
+
+    Returns:
+        (position after it, the binary body); position -1 if it is anything else.
+    """
+    start, stop = _length(data, pos, end)
+    if start < 0 or start >= stop or data[start] != 0x0A:
+        return -1, None
+    body_start, body_stop = _length(data, start + 1, stop)
+    if body_start < 0 or body_stop != stop:
+        return -1, None
+    return stop, data[body_start:body_stop]
 
 
 def _duration(data: bytes, pos: int, end: int) -> tuple[int, int] | None:
