@@ -337,22 +337,18 @@ class ProtoCodec(Codec):
 
     def unpack_message(self, frame: MessageBody, cls: type[_M]) -> _M:
         """Parse ``MessageFrame.binary`` as ``cls`` (see :meth:`Codec.unpack_message`)."""
-        if isinstance(frame, bytes):
-            data = frame
-        elif frame.WhichOneof("body") != "binary":
+        if body_kind(frame) != "binary":
             msg = "asap.v1.proto message frames carry the message in 'binary'"
             raise MalformedFrame(msg)
-        else:
-            data = frame.binary
         try:
-            return cls.FromString(data)
+            return cls.FromString(binary_of(frame))
         except DecodeError:
             msg = f"message does not parse as {cls.DESCRIPTOR.full_name}"
             raise MalformedFrame(msg) from None
 
     def body_size(self, frame: MessageBody) -> int:
         """Length of ``MessageFrame.binary`` (0 when another body is set)."""
-        return len(frame) if isinstance(frame, bytes) else len(frame.binary)
+        return len(binary_of(frame))
 
     def encode_message(
         self, stream_id: int, message: Message, *, max_message_bytes: int | None = None
@@ -623,13 +619,14 @@ class JsonCodec(Codec):
     def unpack_message(self, frame: MessageBody, cls: type[_M]) -> _M:
         """Unpack ``MessageFrame.typed`` (or ``binary``) as ``cls`` (see :meth:`Codec.unpack_message`)."""
         name = cls.DESCRIPTOR.full_name
-        if isinstance(frame, bytes) or frame.WhichOneof("body") == "binary":
+        kind = body_kind(frame)
+        if kind == "binary":
             try:
-                return cls.FromString(frame if isinstance(frame, bytes) else frame.binary)
+                return cls.FromString(binary_of(frame))
             except DecodeError:
                 msg = f"message does not parse as {name}"
                 raise MalformedFrame(msg) from None
-        if frame.WhichOneof("body") != "typed":
+        if isinstance(frame, bytes) or kind != "typed":  # (wire bytes are always binary)
             msg = "asap.v1.json message frames carry the message in 'typed' or 'binary'"
             raise MalformedFrame(msg)
         if frame.typed.TypeName() != name:
@@ -643,9 +640,9 @@ class JsonCodec(Codec):
 
     def body_size(self, frame: MessageBody) -> int:
         """Length of the serialized message inside ``MessageFrame.typed`` or ``binary``."""
-        if isinstance(frame, bytes):
-            return len(frame)
-        return len(frame.binary) if frame.WhichOneof("body") == "binary" else len(frame.typed.value)
+        if isinstance(frame, bytes) or frame.WhichOneof("body") == "binary":
+            return len(binary_of(frame))
+        return len(frame.typed.value)
 
 
 def codec_for(subprotocol: str, *, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYTES) -> Codec:
@@ -699,6 +696,11 @@ _OK_CALL_STATUS_BYTES = OK_CALL_STATUS.SerializeToString()
 def body_kind(body: MessageBody) -> str | None:
     """Which ``MessageFrame.body`` field a received body is in (``binary`` for wire bytes)."""
     return "binary" if isinstance(body, bytes) else body.WhichOneof("body")
+
+
+def binary_of(body: MessageBody) -> bytes:
+    """The ``MessageFrame.binary`` bytes of a received body (empty when another field is set)."""
+    return body if isinstance(body, bytes) else body.binary
 
 
 def _check_size(size: int, limit: int | None) -> None:
