@@ -33,6 +33,7 @@ from asap.errors import (
     UnknownRecipient,
     to_status,
 )
+from asap.protocol.frames import varint
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
 
 
@@ -56,6 +57,11 @@ _TRANSIENT = frozenset(
 
 _PREVIEW = 64
 """Characters of a refused recipient quoted in the error message."""
+
+
+def _envelope_field(data: bytes) -> bytes:
+    """``data`` (a serialized Envelope) as DeliveryResult field 1: tag, length, bytes."""
+    return b"".join((b"\x0a", varint(len(data)), data))
 
 
 class _Sink:
@@ -187,6 +193,7 @@ class Deliverer:
         emit: Emit | None = None,
         *,
         ack_received: bool = False,
+        answer_into: envelope_pb2.Envelope | None = None,
     ) -> agent_service_pb2.DeliveryResult:
         """Validate and process one admitted envelope and return its outcome; never raises AsapError.
 
@@ -196,6 +203,12 @@ class Deliverer:
         answer is emitted then); with different content it fails IDEMPOTENCY_KEY_REUSED. The
         stored outcome is looked up before the timestamp window is applied, so a late
         retransmission still gets its answer.
+
+        With ``answer_into`` (an empty envelope: the field of the response the caller sends), the
+        answer is built (or, from a streaming handler, its last one copied) there instead of in
+        the result, which then has neither envelope nor error; a plain reply's answer reaches
+        ``emit`` as that very object, so the caller can tell it from the others. A stored
+        outcome's answer is in the result as always. Either way the stored outcome holds it.
         """
         try:
             validation.validate(envelope, self._policy, now=self._clock(), timestamp=False)
@@ -233,7 +246,9 @@ class Deliverer:
         # validate() has checked the payload's kind, so payload_of cannot fail here.
         payload = validation.payload_of(envelope)
         route = self._route(payload)
-        process = self._process(ctx, envelope, payload, key, claim, sink, ack_received, route)
+        process = self._process(
+            ctx, envelope, payload, key, claim, sink, ack_received, route, answer_into
+        )
         # A plain function (or none will run: the envelope fails in _run).
         synchronous = store_is_local and (route is None or route.synchronous)
         if synchronous and emit is None:
@@ -341,23 +356,34 @@ class Deliverer:
         sink: _Sink,
         ack_received: bool,
         route: Route | None,
+        answer_into: envelope_pb2.Envelope | None,
     ) -> agent_service_pb2.DeliveryResult:
         """Run the handler, record the outcome at once, then pass the answer on."""
         completed = False
         try:
             if ack_received and envelope.requires_ack:
                 await sink(self._ack(envelope, payload_pb2.ACK_STATUS_RECEIVED))
-            result, answered = await self._run(ctx, envelope, payload, sink, route)
+            result, answered, placed = await self._run(
+                ctx, envelope, payload, sink, route, answer_into
+            )
             if not (result.HasField("error") and Code(result.error.code) in _TRANSIENT):
+                outcome = result.SerializeToString()
+                if placed is not None:
+                    # DeliveryResult.envelope is field 1, as the answer would be serialized there.
+                    outcome = _envelope_field(placed.SerializeToString()) + outcome
                 try:
-                    await self._store.complete(key, claim, result.SerializeToString())
+                    await self._store.complete(key, claim, outcome)
                 except AsapError as error:
                     _log.error("could not store the outcome of %s: %s", envelope.id, error)
                 completed = True
-            if not answered and sink.attached and result.HasField("envelope"):
+            if (
+                not answered
+                and sink.attached
+                and (placed is not None or result.HasField("envelope"))
+            ):
                 # Only to a call still there: a detached delivery has nobody to answer, and
                 # its sink's loop turn would only delay the end (and its bookkeeping) at random.
-                await sink(result.envelope)
+                await sink(result.envelope if placed is None else placed)
             return result
         finally:
             if not completed:
@@ -373,14 +399,17 @@ class Deliverer:
         payload: validation.Payload,
         emit: _Sink,
         route: Route | None,
-    ) -> tuple[agent_service_pb2.DeliveryResult, bool]:
-        """The handler's outcome, and whether its answer was already emitted (streaming).
+        answer_into: envelope_pb2.Envelope | None = None,
+    ) -> tuple[agent_service_pb2.DeliveryResult, bool, envelope_pb2.Envelope | None]:
+        """The handler's outcome, whether its answer was emitted already, and where the answer is.
 
-        ``route`` is the envelope's route if already known, else None (looked up here, where a
-        failure becomes the outcome).
+        The third item is ``answer_into`` if the answer was built there, else None (the answer,
+        if any, is in the outcome). ``route`` is the envelope's route if already known, else None
+        (looked up here, where a failure becomes the outcome).
         """
         answered = False
         result = agent_service_pb2.DeliveryResult()
+        into = result.envelope if answer_into is None else answer_into
         try:
             if route is None:  # raises why the envelope has no route
                 route = self.agent.route_for(payload)
@@ -403,16 +432,21 @@ class Deliverer:
                 else:
                     reply = await route.handler(incoming)  # type: ignore[misc]
                 if reply is not None:
-                    # Built where it is kept: no copy of the answer into the result.
-                    answer = self._answer(envelope, reply, into=result.envelope)
+                    # Built where it is sent from (or kept): no copy of the answer.
+                    answer = self._answer(envelope, reply, into=into)
         except Exception as exc:  # noqa: BLE001 - the delivery boundary: every failure becomes a status
             error = as_asap_error(exc, where=f"handler for {envelope.id}")
-            return self.refused(envelope, error), answered
-        if answer is not None and answer is not result.envelope:
-            result.envelope.CopyFrom(answer)
+            if answer_into is not None:
+                answer_into.Clear()  # a half-built answer must not be sent
+            return self.refused(envelope, error), answered, None
+        placed: envelope_pb2.Envelope | None = None
+        if answer is not None and answer is not into:
+            into.CopyFrom(answer)  # an envelope the handler built itself
+        if answer is not None and into is answer_into:
+            placed = answer_into
         if envelope.requires_ack:
             result.ack.CopyFrom(self._ack_payload(envelope, payload_pb2.ACK_STATUS_PROCESSED, ""))
-        return result, answered
+        return result, answered, placed
 
     def refused(
         self, envelope: envelope_pb2.Envelope, error: AsapError

@@ -173,9 +173,10 @@ class _Outbox:
     answer: it also counts unfinished tasks and keeps a deque of waiting getters.)
     """
 
-    __slots__ = ("_getter", "_items", "_limit", "_putters")
+    __slots__ = ("_getter", "_items", "_limit", "_loop", "_putters")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # asyncio.get_running_loop() costs a getpid() system call each time
         self._items: deque[_Outgoing | None] = deque()
         self._limit = limit
         self._getter: asyncio.Future[None] | None = None
@@ -191,7 +192,7 @@ class _Outbox:
             self._items.append(item)
             self._wake_getter()
             return
-        entry = (asyncio.get_running_loop().create_future(), item)
+        entry = (self._loop.create_future(), item)
         self._putters.append(entry)
         try:
             await entry[0]
@@ -205,7 +206,7 @@ class _Outbox:
         """The next queued item, waiting while there is none."""
         items = self._items
         while not items:
-            getter = self._getter = asyncio.get_running_loop().create_future()
+            getter = self._getter = self._loop.create_future()
             try:
                 await getter
             finally:
@@ -235,9 +236,10 @@ class _Outbox:
 class _Window:
     """The window of one Stream call: envelopes in progress, taken by its one reader."""
 
-    __slots__ = ("_waiter", "free")
+    __slots__ = ("_loop", "_waiter", "free")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self.free = size
         """Envelopes that may still start; never above the size."""
         self._waiter: asyncio.Future[None] | None = None
@@ -245,7 +247,7 @@ class _Window:
     async def take(self) -> None:
         """Take a slot, waiting while the window is full."""
         while self.free <= 0:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = self._loop.create_future()
             try:
                 await waiter
             finally:
@@ -305,10 +307,10 @@ class AgentServiceCore:
         request = await _read_one(call, agent_service_pb2.SendRequest)
         envelope = request.envelope
         await self._deliverer.admit(ctx, (envelope,))
-        result = await self._deliverer.deliver(ctx, envelope)
-        _raise_for(result)
         response = agent_service_pb2.SendResponse()
-        if result.HasField("envelope"):
+        result = await self._deliverer.deliver(ctx, envelope, answer_into=response.envelope)
+        _raise_for(result)
+        if result.HasField("envelope"):  # a stored outcome (the new answer is in place already)
             response.envelope.CopyFrom(result.envelope)
         if result.HasField("ack"):
             response.ack.CopyFrom(result.ack)
@@ -338,10 +340,17 @@ class AgentServiceCore:
         envelope = request.envelope
         await self._deliverer.admit(ctx, (envelope,))
 
-        async def emit(item: envelope_pb2.Envelope) -> None:
-            await call.write(agent_service_pb2.SubscribeResponse(envelope=item))
+        # The answer is built inside the response that carries it (no copy of it for the write).
+        final = agent_service_pb2.SubscribeResponse()
+        placed = final.envelope
 
-        _raise_for(await self._deliverer.deliver(ctx, envelope, emit))
+        async def emit(item: envelope_pb2.Envelope) -> None:
+            response = (
+                final if item is placed else agent_service_pb2.SubscribeResponse(envelope=item)
+            )
+            await call.write(response)
+
+        _raise_for(await self._deliverer.deliver(ctx, envelope, emit, answer_into=placed))
 
     async def publish(self, ctx: CallContext, call: ServerCall) -> None:
         """Publish: deliver each streamed envelope in order; answer with every outcome.
@@ -379,8 +388,9 @@ class AgentServiceCore:
         handler behind the built-in guards and the in-memory store) needs no task at all; one
         that suspends goes on in a task of its own from there.
         """
-        outbox = _Outbox(STREAM_OUTBOX)
-        window = _Window(STREAM_WINDOW)
+        loop = asyncio.get_running_loop()
+        outbox = _Outbox(STREAM_OUTBOX, loop)
+        window = _Window(STREAM_WINDOW, loop)
         deliverer = self._deliverer
 
         def release(slot: _Slot) -> None:
@@ -393,8 +403,15 @@ class AgentServiceCore:
             await outbox.put((slot, response))
 
         async def process(envelope: envelope_pb2.Envelope, slot: _Slot) -> None:
+            # The answer is built inside the response that carries it (no copy of it to queue).
+            final = agent_service_pb2.StreamResponse()
+            placed = final.envelope
+
             async def push(item: envelope_pb2.Envelope) -> None:
-                await queue(slot, agent_service_pb2.StreamResponse(envelope=item))
+                if item is placed:
+                    await queue(slot, final)
+                else:
+                    await queue(slot, agent_service_pb2.StreamResponse(envelope=item))
 
             try:
                 try:
@@ -402,7 +419,9 @@ class AgentServiceCore:
                 except AsapError as refusal:
                     result = deliverer.refused(envelope, refusal)
                 else:
-                    result = await deliverer.deliver(ctx, envelope, push, ack_received=True)
+                    result = await deliverer.deliver(
+                        ctx, envelope, push, ack_received=True, answer_into=placed
+                    )
                 if result.HasField("error"):
                     error = agent_service_pb2.EnvelopeError(
                         envelope_id=envelope.id, status=result.error

@@ -363,11 +363,11 @@ class ProtoCodec(Codec):
         body = message.SerializeToString()
         size = len(body)
         _check_size(size, max_message_bytes)
-        header = _varint(size)
+        header = varint(size)
         # Frame.stream_id (field 1, varint; omitted when 0), Frame.message (field 3,
         # length-delimited) holding MessageFrame.binary (field 1, length-delimited).
         inner = 1 + len(header) + size
-        return b"".join((prefix, b"\x1a", _varint(inner), b"\x0a", header, body))
+        return b"".join((prefix, b"\x1a", varint(inner), b"\x0a", header, body))
 
     def encode_start(
         self,
@@ -727,7 +727,7 @@ def _stream_prefix(stream_id: int) -> bytes:
     if not 0 <= stream_id <= MAX_STREAM_ID:
         msg = f"stream id out of range: {stream_id}"
         raise ValueError(msg)
-    return b"\x08" + _varint(stream_id) if stream_id else b""
+    return b"\x08" + varint(stream_id) if stream_id else b""
 
 
 def _spliced(
@@ -748,15 +748,15 @@ def _spliced(
     body = message.SerializeToString()
     size = len(body)
     _check_size(size, max_message_bytes)
-    size_varint = _varint(size)
+    size_varint = varint(size)
     message_frame = 1 + len(size_varint) + size
-    message_frame_varint = _varint(message_frame)
+    message_frame_varint = varint(message_frame)
     kind = len(head_bytes) + len(body_tag) + len(message_frame_varint) + message_frame + len(tail)
     return b"".join(
         (
             prefix,
             kind_tag,
-            _varint(kind),
+            varint(kind),
             head_bytes,
             body_tag,
             message_frame_varint,
@@ -771,8 +771,8 @@ def _spliced(
 _ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
 
 
-def _varint(value: int) -> bytes:
-    """Encode a non-negative int as a protobuf base-128 varint."""
+def varint(value: int) -> bytes:
+    """Encode a non-negative int as a protobuf base-128 varint (also the core's, for stored bytes)."""
     # Stream ids and frame lengths are mostly one or two varint bytes: skip the loop for them.
     if value < 0x80:
         return _ONE_BYTE_VARINTS[value]

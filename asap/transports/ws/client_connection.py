@@ -154,7 +154,8 @@ class ClientCall:
             AsapError: The call failed; the error carries the trailers.
         """
         while (item := self.poll()) is PENDING:
-            waiter = self.waiter = asyncio.get_running_loop().create_future()
+            # The connection's loop: asyncio.get_running_loop() costs a getpid() system call.
+            waiter = self.waiter = self.conn.loop.create_future()
             try:
                 await waiter
             finally:
@@ -167,7 +168,7 @@ class ClientCall:
         if not self.over and not conn.session_can_send(self.stream_id):
             probes.flow_stalled("ws", "client")
         while not self.over and not conn.session_can_send(self.stream_id):
-            waiter = self.credit_waiter = asyncio.get_running_loop().create_future()
+            waiter = self.credit_waiter = self.conn.loop.create_future()
             try:
                 await waiter
             finally:

@@ -93,7 +93,7 @@ class BridgeServerCall:
         while not inbox:
             if self.half_closed:
                 return None
-            reader = self.reader = asyncio.get_running_loop().create_future()
+            reader = self.reader = self.conn.loop.create_future()  # no getpid() per wait
             try:
                 await reader
             finally:
@@ -128,7 +128,7 @@ class BridgeServerCall:
             return
         probes.flow_stalled("ws", "server")
         while not can_send(self.stream_id):
-            waiter = self.credit_waiter = asyncio.get_running_loop().create_future()
+            waiter = self.credit_waiter = self.conn.loop.create_future()
             try:
                 await waiter
             finally:

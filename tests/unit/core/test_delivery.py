@@ -522,6 +522,55 @@ async def test_an_envelope_for_another_recipient_is_refused_unrun(
 
 
 @pytest.mark.asyncio
+async def test_an_answer_built_in_place_is_the_stored_outcome(kit: Kit, harness: Harness) -> None:
+    """With ``answer_into`` the answer is built there (the result has none of its own), and what
+    a retransmission gets back from the store is that same answer, with the same ack."""
+    envelope = kit.envelope(kit.task("echo", "hi"), envelope_id="placed", requires_ack=True)
+    response = agent_service_pb2.SendResponse()
+    first = await harness.deliverer.deliver(kit.ctx(), envelope, answer_into=response.envelope)
+    assert first.WhichOneof("outcome") is None
+    assert response.envelope.correlation_id == "placed"
+    assert response.envelope.sender == kit.AGENT_ID
+    assert first.ack.status == payload_pb2.ACK_STATUS_PROCESSED
+    replayed = await harness.deliverer.deliver(kit.ctx(), envelope)
+    assert replayed.envelope == response.envelope
+    assert replayed.ack == first.ack
+
+
+@pytest.mark.asyncio
+async def test_a_returned_envelope_is_copied_in_place_and_a_failure_leaves_nothing(
+    kit: Kit,
+) -> None:
+    """A handler's own envelope lands in ``answer_into`` too; a handler that fails leaves it empty."""
+    agent = kit.agent()
+
+    @agent.on(payload_pb2.McpToolCall)
+    async def tool(request: Incoming[payload_pb2.McpToolCall]) -> envelope_pb2.Envelope:
+        if request.payload.tool_name == "fail":
+            message = "no such tool"
+            raise errors.NotFound(message)
+        return envelope_pb2.Envelope(
+            id="mine", mcp_tool_result=payload_pb2.McpToolResult(request_id="r", success=True)
+        )
+
+    harness = kit.Harness(agent)
+    into = envelope_pb2.Envelope()
+    call = payload_pb2.McpToolCall(request_id="r", tool_name="t")
+    result = await harness.deliverer.deliver(
+        kit.ctx(), kit.envelope(call, envelope_id="c"), answer_into=into
+    )
+    assert not result.HasField("envelope")
+    assert (into.id, into.sender, into.correlation_id) == ("mine", kit.AGENT_ID, "c")
+    failed = envelope_pb2.Envelope()
+    broken = payload_pb2.McpToolCall(request_id="r", tool_name="fail")
+    result = await harness.deliverer.deliver(
+        kit.ctx(), kit.envelope(broken, envelope_id="f"), answer_into=failed
+    )
+    assert isinstance(errors.from_status(result.error), errors.NotFound)
+    assert failed == envelope_pb2.Envelope()
+
+
+@pytest.mark.asyncio
 async def test_handler_returning_none_sends_no_envelope(kit: Kit) -> None:
     """A handler that returns None produces an empty answer."""
     agent = kit.agent()

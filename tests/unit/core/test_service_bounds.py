@@ -258,7 +258,7 @@ def _answer(slot: _Slot, text: str) -> tuple[_Slot, agent_service_pb2.StreamResp
 @pytest.mark.asyncio
 async def test_outbox_holds_its_bound_and_keeps_waiting_puts_in_order() -> None:
     """Puts past the bound wait; each get makes room for the first waiting put, in order."""
-    outbox = _Outbox(2)
+    outbox = _Outbox(2, asyncio.get_running_loop())
     slot = _Slot("e")
     for text in ("a", "b"):
         await outbox.put(_answer(slot, text))
@@ -284,7 +284,7 @@ async def test_outbox_holds_its_bound_and_keeps_waiting_puts_in_order() -> None:
 @pytest.mark.asyncio
 async def test_outbox_get_waits_for_a_put() -> None:
     """The writer's get waits while nothing is queued and wakes at the next put."""
-    outbox = _Outbox(2)
+    outbox = _Outbox(2, asyncio.get_running_loop())
     getting = asyncio.create_task(outbox.get())
     done, _ = await asyncio.wait({getting}, timeout=HOLD)
     assert not done

@@ -32,8 +32,8 @@ from asap.protocol.frames import (
     FrameError,
     JsonCodec,
     ProtoCodec,
-    _varint,
     codec_for,
+    varint,
 )
 from asap.v1 import agent_service_pb2, bridge_pb2, envelope_pb2, status_pb2
 
@@ -494,9 +494,9 @@ def test_combined_frames_stream_id_range() -> None:
 @example(value=0x3FFF)
 @example(value=0x4000)
 def test_varint_matches_protobuf(value: int) -> None:
-    """_varint (with its one- and two-byte fast paths) is protobuf's varint encoding."""
+    """varint (with its one- and two-byte fast paths) is protobuf's varint encoding."""
     encoded = bridge_pb2.Ping(nonce=value).SerializeToString()
-    assert (b"\x08" + _varint(value) if value else b"") == encoded
+    assert (b"\x08" + varint(value) if value else b"") == encoded
 
 
 def test_encode_message_stream_id_range() -> None:
