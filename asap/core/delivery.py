@@ -22,7 +22,7 @@ from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext, CancelReason
 from asap.core.dedupe import DedupeStore, Owned, Reused, Stored, dedupe_key, fingerprint
 from asap.core.middleware import Middleware
-from asap.core.tasks import YIELD_INTERVAL, leave_eager, start_eagerly_for_result
+from asap.core.tasks import YIELD_INTERVAL, Finished, leave_eager, start_eagerly_for_result
 from asap.errors import (
     AsapError,
     Code,
@@ -260,14 +260,13 @@ class Deliverer:
         if synchronous:
             # No user code can suspend in it: run it at once, in a task only if a write waits.
             started = start_eagerly_for_result(process, name=name)
-            if started.done():
+            if isinstance(started, Finished):
                 if sink.error is not None:
                     return self.refused(
                         envelope, as_asap_error(sink.error, where=f"answer to {envelope.id}")
                     )
                 return started.result()
-            # Not done, so start_eagerly_for_result returned the task that continues it.
-            task = cast("asyncio.Task[agent_service_pb2.DeliveryResult]", started)
+            task = started  # it suspended: the task that continues it
         else:
             task = asyncio.get_running_loop().create_task(process, name=name)
         self._running.add(task)

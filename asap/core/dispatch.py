@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.interceptors import Interceptor, build_chain
-from asap.core.service import AgentServiceCore, ServerCall
+from asap.core.service import AgentServiceCore, ServerCall, nowait_writer
 from asap.core.tasks import YIELD_INTERVAL, IdleSignal
 from asap.errors import (
     AsapError,
@@ -70,11 +70,12 @@ class _GuardedCall:
     past a Cancel or its deadline without paying a loop turn for every message.
     """
 
-    __slots__ = ("_call", "_ctx", "_loop", "_yielded_at")
+    __slots__ = ("_call", "_ctx", "_loop", "_try_write", "_yielded_at")
 
     def __init__(self, ctx: CallContext, call: ServerCall) -> None:
         self._ctx = ctx
         self._call = call
+        self._try_write = nowait_writer(call)
         self._loop = asyncio.get_running_loop()
         self._yielded_at = self._loop.time()
 
@@ -88,6 +89,17 @@ class _GuardedCall:
         if now - self._yielded_at >= YIELD_INTERVAL:
             self._yielded_at = now
             await asyncio.sleep(0)
+
+    def try_write(self, message: Message) -> bool:
+        """See :class:`~asap.core.service.ServerCall`; False when the loop's turn is due."""
+        inner = self._try_write
+        if inner is None:
+            return False
+        now = self._loop.time()
+        if now - self._yielded_at >= YIELD_INTERVAL:
+            return False  # write() gives the loop its turn
+        _check_live(self._ctx, now)
+        return inner(message)
 
 
 class Dispatcher:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 
@@ -44,6 +44,12 @@ class ServerCall(Protocol):
     control window on a streaming call); it raises :class:`~asap.errors.MessageTooLarge`, with
     the call still open, for a streamed message over the transport's maximum message size. The
     core never calls ``write`` concurrently for the same call.
+
+    A transport (and a wrapper, forwarding it) may also offer ``try_write(message) -> bool``: send
+    a streamed response message at once if nothing has to be waited for, and return True; else
+    return False, and the core uses ``write``. It raises what ``write`` raises. The core then
+    writes a Stream answer where it is produced instead of handing it to the writer task (one
+    task step and one loop turn less per batch of answers); without it nothing changes but that.
     """
 
     async def read(self) -> Message | None:
@@ -53,6 +59,16 @@ class ServerCall(Protocol):
     async def write(self, message: Message) -> None:
         """Send one response message."""
         ...
+
+
+TryWrite = Callable[[Message], bool]
+"""A call's ``try_write`` (see :class:`ServerCall`)."""
+
+
+def nowait_writer(call: object) -> TryWrite | None:
+    """The ``try_write`` of ``call`` (see :class:`ServerCall`), or None if it offers none."""
+    method = getattr(call, "try_write", None)
+    return cast("TryWrite", method) if callable(method) else None
 
 
 M = TypeVar("M", bound=Message)
@@ -398,7 +414,17 @@ class AgentServiceCore:
                 slot.released = True
                 window.give()
 
+        try_write = nowait_writer(call)
+        writing = False  # the writer task is inside call.write: answers queue behind it
+
         async def queue(slot: _Slot, response: agent_service_pb2.StreamResponse) -> None:
+            if try_write is not None and not writing and not outbox and not slot.released:
+                # Nothing is queued before it: write it here, now, if that needs no waiting.
+                try:
+                    if try_write(response):
+                        return
+                except AsapError:
+                    pass  # too large, or the call is over: the writer meets it, as for any answer
             slot.queued += 1
             await outbox.put((slot, response))
 
@@ -462,6 +488,7 @@ class AgentServiceCore:
             while (item := await outbox.get()) is not None:
                 slot, response = item
                 if not slot.released:
+                    writing = True
                     try:
                         await call.write(response)
                     except MessageTooLarge as exc:
@@ -472,6 +499,8 @@ class AgentServiceCore:
                             envelope_id=slot.envelope_id, status=to_status(exc)
                         )
                         await call.write(agent_service_pb2.StreamResponse(error=error))
+                    finally:
+                        writing = False
                 # Counted down only once written: the slot holds while its answer is in the write.
                 slot.queued -= 1
                 if slot.finished and not slot.queued:

@@ -7,7 +7,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Generator
-from typing import Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 from asap.errors import InvalidState
 
@@ -154,7 +154,7 @@ def start_eagerly(
         ``None`` if ``coro`` finished; else the task continuing it.
     """
     step = _first_step(coro)
-    if isinstance(step, _Finished):
+    if isinstance(step, Finished):
         if step.error is not None:  # as TaskOwner logs a failed task
             _log.error("%s failed", name, exc_info=step.error)
         return None
@@ -162,19 +162,28 @@ def start_eagerly(
     return owner.spawn(resumed, name=name, context=context)
 
 
-class _Finished:
+T = TypeVar("T")
+
+
+class Finished(Generic[T]):
     """A coroutine that ended in its first step: its result, or the exception it raised."""
 
     __slots__ = ("error", "value")
 
-    def __init__(self, value: object, error: Exception | None) -> None:
+    def __init__(self, value: T | None, error: Exception | None) -> None:
         self.value = value
         self.error = error
+
+    def result(self) -> T:
+        """The coroutine's result; raises what it raised."""
+        if self.error is not None:
+            raise self.error
+        return cast("T", self.value)
 
 
 def _first_step(
     coro: Coroutine[object, object, T],
-) -> _Finished | tuple[_Resumed[T], contextvars.Context]:
+) -> Finished[T] | tuple[_Resumed[T], contextvars.Context]:
     """Run ``coro`` in a fresh context until it suspends or ends.
 
     Returns:
@@ -185,9 +194,9 @@ def _first_step(
     try:
         pending = context.run(coro.send, None)
     except StopIteration as stop:
-        return _Finished(stop.value, None)
+        return Finished(stop.value, None)
     except Exception as exc:  # noqa: BLE001 - handed on, as a task would
-        return _Finished(None, exc)
+        return Finished(None, exc)
     return _Resumed(coro, pending), context
 
 
@@ -197,28 +206,23 @@ class Eager(Protocol):
     eager: bool
 
 
-T = TypeVar("T")
-
 YIELD_INTERVAL = 0.001
 """Seconds of handler time between the loop turns the core gives a handler that never awaits
 (at its streamed writes), so it cannot hold the loop from every other call."""
 
 
-def start_eagerly_for_result(coro: Coroutine[object, object, T], *, name: str) -> asyncio.Future[T]:
+def start_eagerly_for_result(
+    coro: Coroutine[object, object, T], *, name: str
+) -> Finished[T] | asyncio.Task[T]:
     """Like :func:`start_eagerly`, for a coroutine whose result is wanted (not owned by a TaskOwner).
 
     Returns:
-        A future already done with the coroutine's result (or exception) if it finished without
-        suspending; else the task continuing it.
+        What it finished with if it finished without suspending (no future is made for it:
+        most do); else the task continuing it.
     """
     step = _first_step(coro)
-    if isinstance(step, _Finished):
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        if step.error is not None:
-            done.set_exception(step.error)
-        else:
-            done.set_result(cast("T", step.value))
-        return done
+    if isinstance(step, Finished):
+        return step
     resumed, context = step
     return asyncio.get_running_loop().create_task(resumed, name=name, context=context)
 
@@ -235,7 +239,7 @@ def start_eagerly_in(
         ``None`` if ``coro`` finished; else the task continuing it.
     """
     step = _first_step(coro)
-    if isinstance(step, _Finished):
+    if isinstance(step, Finished):
         if step.error is not None:
             raise step.error
         return None

@@ -58,7 +58,7 @@ from asap.core import probes
 from asap.core.context import CallContext
 from asap.core.interceptors import CallNext, Interceptor, outcome_of
 from asap.core.method import METHODS
-from asap.core.service import ServerCall
+from asap.core.service import ServerCall, nowait_writer
 from asap.errors import AsapError, Code
 from asap.interceptors import (
     ClientCallInfo,
@@ -182,10 +182,11 @@ class _Family:
 class _CountingServerCall:
     """A streaming ServerCall that counts messages read and written."""
 
-    __slots__ = ("inner", "metrics")
+    __slots__ = ("inner", "inner_try_write", "metrics")
 
     def __init__(self, inner: ServerCall, metrics: _CallMetrics) -> None:
         self.inner = inner
+        self.inner_try_write = nowait_writer(inner)
         self.metrics = metrics
 
     async def read(self) -> Message | None:
@@ -197,6 +198,13 @@ class _CountingServerCall:
     async def write(self, message: Message) -> None:
         self.metrics.sent.inc()
         await self.inner.write(message)
+
+    def try_write(self, message: Message) -> bool:
+        inner = self.inner_try_write
+        if inner is None or not inner(message):
+            return False
+        self.metrics.sent.inc()
+        return True
 
 
 class _ServerInterceptor(Interceptor):

@@ -47,7 +47,7 @@ from google.protobuf.message import Message
 from asap.core.context import CallContext
 from asap.core.interceptors import CallNext, Interceptor, outcome_of
 from asap.core.method import METHODS, SERVICE_NAME
-from asap.core.service import ServerCall
+from asap.core.service import ServerCall, nowait_writer
 from asap.errors import AsapError, Code
 from asap.interceptors import (
     ClientCallInfo,
@@ -140,10 +140,11 @@ def _finish(span: Span, code: Code, *, server: bool) -> None:
 class _TracedServerCall:
     """Records the first request's envelope trace id on the span when it is not the span's own."""
 
-    __slots__ = ("inner", "span", "trace_id", "traced")
+    __slots__ = ("inner", "inner_try_write", "span", "trace_id", "traced")
 
     def __init__(self, inner: ServerCall, span: Span, trace_id: str) -> None:
         self.inner = inner
+        self.inner_try_write = nowait_writer(inner)
         self.span = span
         self.trace_id = trace_id
         self.traced = False
@@ -159,6 +160,10 @@ class _TracedServerCall:
 
     async def write(self, message: Message) -> None:
         await self.inner.write(message)
+
+    def try_write(self, message: Message) -> bool:
+        inner = self.inner_try_write
+        return inner is not None and inner(message)
 
 
 class _ServerTracing(Interceptor):

@@ -487,6 +487,11 @@ class BridgePump(asyncio.Protocol, Generic[S]):
                     pass
         self._write_ws(frames)
 
+    def flush_if_pending(self) -> None:
+        """Flush now if a flush is scheduled (what was queued need not wait for the next turn)."""
+        if self._flush_handle is not None:
+            self.flush()
+
     def flush_soon(self) -> None:
         """Flush once, at the end of this loop iteration (batches what several tasks queue)."""
         if self._flush_handle is None and not self._lost.done():

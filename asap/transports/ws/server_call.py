@@ -93,6 +93,8 @@ class BridgeServerCall:
         while not inbox:
             if self.half_closed:
                 return None
+            # Nothing more to read: what this call's handler wrote goes out now, not a turn later.
+            self.conn.flush_if_pending()
             reader = self.reader = self.conn.loop.create_future()  # no getpid() per wait
             try:
                 await reader
@@ -120,6 +122,22 @@ class BridgeServerCall:
             await self.wait_credit()
         if conn.send_message(self.stream_id, message) and not conn.writable:
             await conn.wait_writable()
+
+    def try_write(self, message: Message) -> bool:
+        """Send a streamed response now if credit and the transport's buffer allow it (True).
+
+        Else False: the core uses :meth:`write` (see :class:`~asap.core.service.ServerCall`).
+
+        Raises:
+            asap.errors.MessageTooLarge: As :meth:`write`.
+        """
+        if not self.spec.server_streaming:
+            return False
+        conn = self.conn
+        if not conn.writable or not conn.session_can_send(self.stream_id):
+            return False
+        conn.send_message(self.stream_id, message)
+        return True
 
     async def wait_credit(self) -> None:
         """Wait until the session lets this stream send a call message."""

@@ -9,10 +9,12 @@ import inspect
 import logging
 import time
 import warnings
+from typing import TypeVar
 
 import pytest
 
 from asap.core.tasks import (
+    Finished,
     IdleSignal,
     TaskOwner,
     leave_eager,
@@ -22,6 +24,9 @@ from asap.core.tasks import (
     start_eagerly_in,
 )
 from asap.errors import InvalidState
+
+
+T = TypeVar("T")
 
 
 @pytest.mark.asyncio
@@ -321,6 +326,31 @@ async def test_start_eagerly_in_raises_an_exception_of_the_eager_step() -> None:
             start_eagerly_in(group, broken(), name="broken")
 
 
+def _suspended(started: Finished[T] | asyncio.Task[T]) -> asyncio.Task[T]:
+    assert isinstance(started, asyncio.Task), started
+    return started
+
+
+@pytest.mark.asyncio
+async def test_finished_for_result_makes_no_future() -> None:
+    """A coroutine that ends in its first step gives its result (or error) with no task or future."""
+
+    async def answer() -> int:
+        return 42
+
+    async def broken() -> int:
+        message = "broken"
+        raise ValueError(message)
+
+    done = start_eagerly_for_result(answer(), name="answer")
+    assert isinstance(done, Finished)
+    assert done.result() == 42
+    failed = start_eagerly_for_result(broken(), name="broken")
+    assert isinstance(failed, Finished)
+    with pytest.raises(ValueError, match="broken"):
+        failed.result()
+
+
 @pytest.mark.asyncio
 async def test_idle_signal_wakes_every_waiter_once_idle() -> None:
     """wait() returns at once when idle, and wakes all its waiters when the work ends."""
@@ -328,7 +358,7 @@ async def test_idle_signal_wakes_every_waiter_once_idle() -> None:
     await signal.wait()  # idle from the start
     signal.busy()
     # Run to their first suspension now, so each has registered its future before idle().
-    waiters = [start_eagerly_for_result(signal.wait(), name="wait") for _ in range(3)]
+    waiters = [_suspended(start_eagerly_for_result(signal.wait(), name="wait")) for _ in range(3)]
     assert not any(waiter.done() for waiter in waiters)
     signal.idle()
     await asyncio.wait_for(asyncio.gather(*waiters), 5)
@@ -340,7 +370,7 @@ async def test_idle_signal_forgets_a_cancelled_waiter() -> None:
     """A cancelled wait leaves no future behind (the list is bounded by the live waiters)."""
     signal = IdleSignal()
     signal.busy()
-    waiter = start_eagerly_for_result(signal.wait(), name="wait")
+    waiter = _suspended(start_eagerly_for_result(signal.wait(), name="wait"))
     assert len(signal._waiters) == 1
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
