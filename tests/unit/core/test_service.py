@@ -10,6 +10,7 @@ import pytest
 from google.protobuf.message import Message
 
 from asap import errors
+from asap.core import dispatch
 from asap.core.agent import Agent, Incoming
 from asap.core.method import METHODS
 from asap.core.middleware import BearerAuth, SenderBinding
@@ -17,7 +18,7 @@ from asap.v1 import agent_service_pb2, manifest_pb2, payload_pb2, task_pb2
 
 
 if TYPE_CHECKING:
-    from tests.unit.core.conftest import Harness, Kit
+    from tests.unit.core.conftest import FakeCall, Harness, Kit
 
 
 def _agent(kit: Kit) -> Agent:
@@ -265,6 +266,73 @@ async def test_stream_orders_acks_updates_and_answers_per_envelope(kit: Kit) -> 
         "c": ["task_response"],
         "d": ["error:INVALID_URN", "REJECTED"],
     }
+
+
+def _answered(item: Message) -> tuple[str, bytes]:
+    """The envelope a Stream answer answers, and its task response (ids and times differ)."""
+    assert isinstance(item, agent_service_pb2.StreamResponse)
+    envelope = item.envelope
+    return envelope.correlation_id, envelope.task_response.SerializeToString(deterministic=True)
+
+
+class _NowaitCall:
+    """A test call that also takes writes at once (``try_write``), as the bridge does, except
+    every ``refuse_every``-th one and any answer to an envelope whose id is in ``failing``."""
+
+    def __init__(self, inner: FakeCall, *, refuse_every: int, failing: frozenset[str]) -> None:
+        self.inner = inner
+        self.refuse_every = refuse_every
+        self.failing = failing
+        self.attempts = 0
+        self.taken = 0
+
+    async def read(self) -> Message | None:
+        return await self.inner.read()
+
+    async def write(self, message: Message) -> None:
+        await self.inner.write(message)
+
+    def try_write(self, message: Message) -> bool:
+        self.attempts += 1
+        assert isinstance(message, agent_service_pb2.StreamResponse)
+        if message.envelope.correlation_id in self.failing:
+            text = "refused here: the writer must report it"
+            raise errors.MessageTooLarge(text)
+        if self.attempts % self.refuse_every == 0:
+            return False
+        self.taken += 1
+        self.inner.written.append(type(message).FromString(message.SerializeToString()))
+        return True
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("refuse_every", "taken"), [(1_000_000, 5), (3, 2), (1, 0)])
+async def test_stream_answers_written_at_once_keep_their_order(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, refuse_every: int, taken: int
+) -> None:
+    """Answers taken by try_write and answers the writer writes come out in the same order as
+    through write alone; an error from try_write leaves the answer to the writer, as before.
+
+    The reader never waits here (every request is there), so the answers go out at once until
+    the first one that cannot (refused, or e5's error); every later one queues behind it.
+    """
+    monkeypatch.setattr(dispatch, "YIELD_INTERVAL", 3600.0)  # no loop turn falls due meanwhile
+    requests = [
+        agent_service_pb2.StreamRequest(
+            envelope=kit.envelope(kit.task("echo", str(index)), envelope_id=f"e{index}")
+        )
+        for index in range(12)
+    ]
+    plain = await kit.Harness(_agent(kit)).call("Stream", *requests)
+    inner = kit.Call(requests)
+    nowait = _NowaitCall(inner, refuse_every=refuse_every, failing=frozenset({"e5"}))
+    error = await kit.Harness(_agent(kit)).dispatcher.handle(kit.ctx("Stream"), nowait)
+    assert plain.error is None
+    assert error is None
+    written = [_answered(item) for item in inner.written]
+    assert written == [_answered(item) for item in plain.written]
+    assert [envelope_id for envelope_id, _ in written] == [f"e{index}" for index in range(12)]
+    assert nowait.taken == taken
 
 
 @pytest.mark.asyncio
