@@ -439,9 +439,9 @@ class Deliverer:
                 answer_into.Clear()  # a half-built answer must not be sent
             return self.refused(envelope, error), answered, None
         placed: envelope_pb2.Envelope | None = None
-        if answer is not None and answer is not into:
-            into.CopyFrom(answer)  # an envelope the handler built itself
-        if answer is not None and into is answer_into:
+        if answer is not None:
+            if answer is not into:
+                into.CopyFrom(answer)  # an envelope the handler built, or a stream's last answer
             placed = answer_into
         if envelope.requires_ack:
             result.ack.CopyFrom(self._ack_payload(envelope, payload_pb2.ACK_STATUS_PROCESSED, ""))
