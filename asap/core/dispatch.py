@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext
 from asap.core.interceptors import Interceptor, build_chain
-from asap.core.service import AgentServiceCore, ServerCall, nowait_writer
+from asap.core.service import AgentServiceCore, ServerCall, nowait_writer, read_wait_probe
 from asap.core.tasks import YIELD_INTERVAL, IdleSignal
 from asap.errors import (
     AsapError,
@@ -67,20 +67,28 @@ class _GuardedCall:
     lasts), so a handler that never awaits would otherwise hold the loop: no deadline timer, Cancel
     frame or transport cancellation could reach it. A write therefore gives the loop one turn once
     :data:`YIELD_INTERVAL` has passed since the last one, which bounds how long such a handler runs
-    past a Cancel or its deadline without paying a loop turn for every message.
+    past a Cancel or its deadline without paying a loop turn for every message. A read that waits
+    for the peer gives the loop that turn too, when the transport says so (``read_would_wait``):
+    a Stream answering batch after batch then never owes one.
     """
 
-    __slots__ = ("_call", "_ctx", "_loop", "_try_write", "_yielded_at")
+    __slots__ = ("_call", "_ctx", "_loop", "_read_would_wait", "_try_write", "_yielded_at")
 
     def __init__(self, ctx: CallContext, call: ServerCall) -> None:
         self._ctx = ctx
         self._call = call
         self._try_write = nowait_writer(call)
+        self._read_would_wait = read_wait_probe(call)
         self._loop = asyncio.get_running_loop()
         self._yielded_at = self._loop.time()
 
     async def read(self) -> Message | None:
-        return await self._call.read()
+        would_wait = self._read_would_wait
+        if would_wait is None or not would_wait():
+            return await self._call.read()
+        message = await self._call.read()
+        self._yielded_at = self._loop.time()  # it waited: the loop had its turn
+        return message
 
     async def write(self, message: Message) -> None:
         now = self._loop.time()

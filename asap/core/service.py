@@ -50,6 +50,12 @@ class ServerCall(Protocol):
     return False, and the core uses ``write``. It raises what ``write`` raises. The core then
     writes a Stream answer where it is produced instead of handing it to the writer task (one
     task step and one loop turn less per batch of answers); without it nothing changes but that.
+
+    It may also offer ``read_would_wait() -> bool``: True when the coming ``read`` will wait for
+    the peer (nothing has arrived, the caller has not half-closed), so the loop gets a turn there.
+    The core counts that wait as the loop turn a streaming call's writes owe every
+    :data:`~asap.core.tasks.YIELD_INTERVAL`, so a Stream that reads between its batches of answers
+    keeps writing them at once; without it its writes pay that turn themselves.
     """
 
     async def read(self) -> Message | None:
@@ -69,6 +75,16 @@ def nowait_writer(call: object) -> TryWrite | None:
     """The ``try_write`` of ``call`` (see :class:`ServerCall`), or None if it offers none."""
     method = getattr(call, "try_write", None)
     return cast("TryWrite", method) if callable(method) else None
+
+
+ReadWouldWait = Callable[[], bool]
+"""A call's ``read_would_wait`` (see :class:`ServerCall`)."""
+
+
+def read_wait_probe(call: object) -> ReadWouldWait | None:
+    """The ``read_would_wait`` of ``call`` (see :class:`ServerCall`), or None if it offers none."""
+    method = getattr(call, "read_would_wait", None)
+    return cast("ReadWouldWait", method) if callable(method) else None
 
 
 M = TypeVar("M", bound=Message)

@@ -58,7 +58,7 @@ from asap.core import probes
 from asap.core.context import CallContext
 from asap.core.interceptors import CallNext, Interceptor, outcome_of
 from asap.core.method import METHODS
-from asap.core.service import ServerCall, nowait_writer
+from asap.core.service import ServerCall, nowait_writer, read_wait_probe
 from asap.errors import AsapError, Code
 from asap.interceptors import (
     ClientCallInfo,
@@ -182,11 +182,12 @@ class _Family:
 class _CountingServerCall:
     """A streaming ServerCall that counts messages read and written."""
 
-    __slots__ = ("inner", "inner_try_write", "metrics")
+    __slots__ = ("inner", "inner_read_would_wait", "inner_try_write", "metrics")
 
     def __init__(self, inner: ServerCall, metrics: _CallMetrics) -> None:
         self.inner = inner
         self.inner_try_write = nowait_writer(inner)
+        self.inner_read_would_wait = read_wait_probe(inner)
         self.metrics = metrics
 
     async def read(self) -> Message | None:
@@ -198,6 +199,10 @@ class _CountingServerCall:
     async def write(self, message: Message) -> None:
         self.metrics.sent.inc()
         await self.inner.write(message)
+
+    def read_would_wait(self) -> bool:
+        inner = self.inner_read_would_wait
+        return inner is not None and inner()
 
     def try_write(self, message: Message) -> bool:
         inner = self.inner_try_write

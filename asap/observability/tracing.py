@@ -47,7 +47,7 @@ from google.protobuf.message import Message
 from asap.core.context import CallContext
 from asap.core.interceptors import CallNext, Interceptor, outcome_of
 from asap.core.method import METHODS, SERVICE_NAME
-from asap.core.service import ServerCall, nowait_writer
+from asap.core.service import ServerCall, nowait_writer, read_wait_probe
 from asap.errors import AsapError, Code
 from asap.interceptors import (
     ClientCallInfo,
@@ -140,11 +140,12 @@ def _finish(span: Span, code: Code, *, server: bool) -> None:
 class _TracedServerCall:
     """Records the first request's envelope trace id on the span when it is not the span's own."""
 
-    __slots__ = ("inner", "inner_try_write", "span", "trace_id", "traced")
+    __slots__ = ("inner", "inner_read_would_wait", "inner_try_write", "span", "trace_id", "traced")
 
     def __init__(self, inner: ServerCall, span: Span, trace_id: str) -> None:
         self.inner = inner
         self.inner_try_write = nowait_writer(inner)
+        self.inner_read_would_wait = read_wait_probe(inner)
         self.span = span
         self.trace_id = trace_id
         self.traced = False
@@ -160,6 +161,10 @@ class _TracedServerCall:
 
     async def write(self, message: Message) -> None:
         await self.inner.write(message)
+
+    def read_would_wait(self) -> bool:
+        inner = self.inner_read_would_wait
+        return inner is not None and inner()
 
     def try_write(self, message: Message) -> bool:
         inner = self.inner_try_write

@@ -89,10 +89,7 @@ class BridgeServerCall:
             asap.errors.MalformedFrame: The message does not parse as the method's request type
                 (this call fails with INVALID_ARGUMENT; the connection goes on).
         """
-        inbox = self.inbox
-        while not inbox:
-            if self.half_closed:
-                return None
+        while self.read_would_wait():
             # Nothing more to read: what this call's handler wrote goes out now, not a turn later.
             self.conn.flush_if_pending()
             reader = self.reader = self.conn.loop.create_future()  # no getpid() per wait
@@ -100,10 +97,17 @@ class BridgeServerCall:
                 await reader
             finally:
                 self.reader = None
+        inbox = self.inbox
+        if not inbox:
+            return None  # HalfClose, and everything before it was read
         frame, size = inbox.popleft()
         conn = self.conn
         conn.consumed(self, size)
         return conn.codec.unpack_message(frame, self.spec.request_type)
+
+    def read_would_wait(self) -> bool:
+        """Whether :meth:`read` waits for the client now (see :class:`~asap.core.service.ServerCall`)."""
+        return not self.inbox and not self.half_closed
 
     async def write(self, message: Message) -> None:
         """Send one response message; a unary response is kept and sent with the OK status.

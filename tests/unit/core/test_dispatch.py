@@ -8,14 +8,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pytest
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
 from asap import errors
+from asap.core import dispatch
 from asap.core.agent import Agent, Incoming
 from asap.core.context import CallContext
 from asap.core.interceptors import Interceptor
 from asap.core.method import SERVICE_NAME, Arity, MethodSpec
 from asap.core.service import ServerCall
+from asap.core.tasks import YIELD_INTERVAL
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
 
 
@@ -310,3 +313,61 @@ async def test_call_middleware_runs_in_order_and_can_refuse(kit: Kit) -> None:
     assert result.error.message == "b says no"
     assert order == ["a", "b"]
     assert result.written == []
+
+
+class _ProbedCall:
+    """A streaming test call that takes every write at once and may say when a read will wait."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[Message] = asyncio.Queue()
+        self.waiting = asyncio.Event()
+        self.taken = 0
+
+    async def read(self) -> Message | None:
+        if self.requests.empty():
+            self.waiting.set()
+        return await self.requests.get()
+
+    async def write(self, message: Message) -> None:  # pragma: no cover - try_write takes all
+        raise AssertionError
+
+    def try_write(self, message: Message) -> bool:
+        self.taken += 1
+        return True
+
+
+class _WaitReportingCall(_ProbedCall):
+    def read_would_wait(self) -> bool:
+        return self.requests.empty()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("reports_waits", [True, False])
+async def test_a_read_that_waits_gives_the_loop_the_turn_a_streaming_call_owes(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, *, reports_waits: bool
+) -> None:
+    """Once YIELD_INTERVAL has passed, try_write is refused (write pays the loop turn) until a
+    read the transport says waits has given the loop that turn; a read that returns at once
+    does not count, and without read_would_wait no read does."""
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    call = _WaitReportingCall() if reports_waits else _ProbedCall()
+    guarded = dispatch._GuardedCall(kit.ctx("Stream"), call)
+    response = agent_service_pb2.StreamResponse()
+    request = agent_service_pb2.StreamRequest()
+    assert guarded.try_write(response)
+
+    now[0] += 2 * YIELD_INTERVAL
+    assert not guarded.try_write(response)
+    call.requests.put_nowait(request)
+    assert await guarded.read() is request  # there already: no wait, no turn
+    assert not guarded.try_write(response)
+
+    async with asyncio.TaskGroup() as group:
+        reading = group.create_task(guarded.read())
+        await call.waiting.wait()
+        call.requests.put_nowait(request)
+    assert reading.result() is request
+    assert guarded.try_write(response) is reports_waits
+    assert call.taken == 1 + reports_waits
