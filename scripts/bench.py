@@ -24,6 +24,9 @@ example agent's ``echo`` skill whose input holds a 1 KiB string for ASAP. Scenar
 For each: sequential latency (p50/p99 of N calls after a warm-up), throughput with 1, 16 and 64
 calls in flight (a fixed number of calls, wall time), and CPU time per call in this client
 (``time.process_time``) and in the server (its own ``process_time``, asked over its stdin).
+Every scenario of a round has its connection open at once, and each phase is cut into slices
+that the scenarios take in turn (:func:`measure`): ASAP and the raw baseline it is divided by are
+measured moments apart, not minutes, so a change in the machine's speed moves both.
 "Calls in flight" are concurrent calls on one connection for unary calls, and a window of
 unanswered messages on one stream (or one raw WebSocket connection) for streams. Then the ratios
 ASAP/raw with the project's targets, and the idle-connections measurement: K idle bridge
@@ -120,6 +123,9 @@ class Settings:
     idle_connections: int
     idle_heartbeat: float
     idle_latency_calls: int
+    slices: int
+    """Each phase's calls are split into this many slices, and the scenarios take turns slice by
+    slice (see :func:`measure`)."""
 
 
 QUICK = Settings(
@@ -127,6 +133,7 @@ QUICK = Settings(
     warmup=200,
     latency_calls=1000,
     throughput_calls=2000,
+    slices=2,
     idle_connections=200,
     idle_heartbeat=1.0,
     idle_latency_calls=1000,
@@ -136,6 +143,7 @@ FULL = Settings(
     warmup=500,
     latency_calls=3000,
     throughput_calls=8000,
+    slices=4,
     idle_connections=2000,
     idle_heartbeat=2.0,
     idle_latency_calls=3000,
@@ -854,38 +862,94 @@ async def latency(
     return samples
 
 
-async def measure(driver: Driver, server: ServerProcess, settings: Settings) -> dict[str, Any]:
-    """Warm up, then the latency phase and one throughput phase per in-flight level."""
-    await driver.check()
-    for _ in range(settings.warmup):
-        await driver.call()
-    await driver.run(settings.warmup, max(IN_FLIGHT))
-    with Meter(server) as meter:
-        samples = await latency(driver, settings.latency_calls)
-    calls = settings.latency_calls
-    background = [meter.other_percent]
-    result: dict[str, Any] = {
-        "latency": {
-            "p50_us": percentile(samples, 0.50),
-            "p99_us": percentile(samples, 0.99),
-            "mean_us": statistics.fmean(samples),
-            "client_cpu_us": meter.client_cpu / calls * 1e6,
-            "server_cpu_us": meter.server_cpu / calls * 1e6,
-        },
-        "throughput": {},
-    }
-    for in_flight in IN_FLIGHT:
-        calls = settings.throughput_calls
-        with Meter(server) as meter:
-            await driver.run(calls, in_flight)
-        background.append(meter.other_percent)
-        result["throughput"][str(in_flight)] = {
-            "calls_per_s": calls / meter.wall,
-            "client_cpu_us": meter.client_cpu / calls * 1e6,
-            "server_cpu_us": meter.server_cpu / calls * 1e6,
+@dataclass(slots=True)
+class Tally:
+    """One scenario's phase, summed over its slices."""
+
+    calls: int = 0
+    wall: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    other_percent: float = 0.0
+    """The most other processes used during any of its slices, in percent of one CPU."""
+
+    def add(self, meter: Meter, calls: int) -> None:
+        """Count one slice."""
+        self.calls += calls
+        self.wall += meter.wall
+        self.client_cpu += meter.client_cpu
+        self.server_cpu += meter.server_cpu
+        self.other_percent = max(self.other_percent, meter.other_percent)
+
+    def cpu_per_call(self) -> dict[str, float]:
+        """Client and server CPU per call, in microseconds."""
+        return {
+            "client_cpu_us": self.client_cpu / self.calls * 1e6,
+            "server_cpu_us": self.server_cpu / self.calls * 1e6,
         }
-    result["background_cpu_percent"] = max(background)
-    return result
+
+
+def split(calls: int, slices: int) -> list[int]:
+    """``calls`` in ``slices`` nearly equal parts (at least one call each)."""
+    slices = max(1, min(slices, calls))
+    part, extra = divmod(calls, slices)
+    return [part + (1 if index < extra else 0) for index in range(slices)]
+
+
+async def measure(
+    drivers: dict[str, Driver], servers: dict[str, ServerProcess], settings: Settings
+) -> dict[str, dict[str, Any]]:
+    """Warm every driver up, then the latency phase and one throughput phase per in-flight level.
+
+    Interleaved: each phase is cut into ``settings.slices`` slices, and the scenarios take turns
+    slice by slice (in reverse order every other slice), so a scenario and the raw baseline it is
+    compared with are measured within moments of each other, under the same conditions of a
+    shared machine, instead of minutes apart. A scenario's numbers are summed over its slices.
+    ``servers`` is keyed like ``drivers``.
+    """
+    keys = list(drivers)
+    for key in keys:
+        driver = drivers[key]
+        await driver.check()
+        for _ in range(settings.warmup):
+            await driver.call()
+        await driver.run(settings.warmup, max(IN_FLIGHT))
+
+    def turns(index: int) -> list[str]:
+        return keys if index % 2 == 0 else keys[::-1]
+
+    samples: dict[str, list[float]] = {key: [] for key in keys}
+    latency_tally = {key: Tally() for key in keys}
+    for index, calls in enumerate(split(settings.latency_calls, settings.slices)):
+        for key in turns(index):
+            with Meter(servers[key]) as meter:
+                samples[key].extend(await latency(drivers[key], calls))
+            latency_tally[key].add(meter, calls)
+    throughput: dict[str, dict[int, Tally]] = {key: {} for key in keys}
+    for in_flight in IN_FLIGHT:
+        for index, calls in enumerate(split(settings.throughput_calls, settings.slices)):
+            for key in turns(index):
+                with Meter(servers[key]) as meter:
+                    await drivers[key].run(calls, in_flight)
+                throughput[key].setdefault(in_flight, Tally()).add(meter, calls)
+    results: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        ordered = sorted(samples[key])
+        tallies = [latency_tally[key], *throughput[key].values()]
+        results[key] = {
+            "latency": {
+                "p50_us": percentile(ordered, 0.50),
+                "p99_us": percentile(ordered, 0.99),
+                "mean_us": statistics.fmean(ordered),
+                **latency_tally[key].cpu_per_call(),
+            },
+            "throughput": {
+                str(in_flight): {"calls_per_s": tally.calls / tally.wall, **tally.cpu_per_call()}
+                for in_flight, tally in throughput[key].items()
+            },
+            "background_cpu_percent": max(tally.other_percent for tally in tallies),
+        }
+    return results
 
 
 def median_tree(rounds: Sequence[Any]) -> Any:  # noqa: ANN401 - JSON-shaped results
@@ -909,23 +973,31 @@ class Suite:
     idle: dict[str, Any] | None = None
 
     async def run(self, servers: dict[str, ServerProcess], *, idle: bool) -> None:
-        """All rounds; each round measures every scenario once, in order, on a new connection."""
+        """All rounds; each round opens a new connection per scenario and measures them all."""
         for number in range(1, self.settings.rounds + 1):
-            for scenario in self.scenarios:
-                server = servers[scenario.server]
-                started = time.perf_counter()
-                driver = await scenario.open(server.value)
-                try:
-                    result = await measure(driver, server, self.settings)
-                finally:
+            started = time.perf_counter()
+            drivers: dict[str, Driver] = {}
+            try:
+                for scenario in self.scenarios:
+                    drivers[scenario.key] = await scenario.open(servers[scenario.server].value)
+                by_key = {scenario.key: servers[scenario.server] for scenario in self.scenarios}
+                results = await measure(drivers, by_key, self.settings)
+            finally:
+                for driver in drivers.values():
                     await driver.close()
+            print(
+                f"  [{self.loop} round {number}/{self.settings.rounds}] "
+                f"({time.perf_counter() - started:.1f} s)",
+                flush=True,
+            )
+            for scenario in self.scenarios:
+                result = results[scenario.key]
                 self.rounds.setdefault(scenario.key, []).append(result)
                 print(
-                    f"  [{self.loop} round {number}/{self.settings.rounds}] {scenario.label}: "
-                    f"p50 {result['latency']['p50_us']:.0f} us, "
-                    f"{result['throughput']['64']['calls_per_s']:.0f} calls/s at 64, "
-                    f"other processes {result['background_cpu_percent']:.0f} % CPU "
-                    f"({time.perf_counter() - started:.1f} s)",
+                    f"    {scenario.label}: p50 {result['latency']['p50_us']:.0f} us, "
+                    f"{result['throughput']['16']['calls_per_s']:.0f} calls/s at 16, "
+                    f"{result['throughput']['64']['calls_per_s']:.0f} at 64, "
+                    f"other processes {result['background_cpu_percent']:.0f} % CPU",
                     flush=True,
                 )
         if idle:

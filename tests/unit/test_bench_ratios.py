@@ -1,8 +1,10 @@
-"""scripts/bench.py judges each target at the in-flight level it is set at."""
+"""scripts/bench.py: each target judged at its in-flight level; scenarios measured interleaved."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
 
 from scripts import bench
 
@@ -44,3 +46,71 @@ def test_a_target_without_a_level_holds_at_every_level() -> None:
     row = _row(bench.ratios(medians), "asap-ws-proto-send-metrics")
     assert row["target_at"] is None
     assert not row["met"]  # 0.8 at 64 under its 0.9
+
+
+def test_split_cuts_calls_into_nearly_equal_slices() -> None:
+    """Every call is in one slice, slices differ by one call at most, none is empty."""
+    assert bench.split(8000, 4) == [2000, 2000, 2000, 2000]
+    assert bench.split(10, 4) == [3, 3, 2, 2]
+    assert bench.split(3, 4) == [1, 1, 1]
+    assert bench.split(5, 0) == [5]
+
+
+class _Server(bench.ServerProcess):
+    """A server process that is not one: its CPU time is what the test says."""
+
+    def __init__(self) -> None:  # no subprocess
+        self.cpu = 0.0
+
+    def stats(self) -> bench.Stats:
+        return bench.Stats(self.cpu, 0)
+
+
+class _Recording(bench.Driver):
+    """A driver that records its throughput phases in a log shared with the others."""
+
+    def __init__(self, name: str, log: list[tuple[str, int, int]], server: _Server) -> None:
+        self.name = name
+        self.log = log
+        self.server = server
+
+    async def call(self) -> None:
+        self.server.cpu += 0.001
+
+    async def run(self, total: int, in_flight: int) -> None:
+        self.log.append((self.name, total, in_flight))
+        self.server.cpu += 0.001 * total
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_measure_interleaves_the_scenarios_slice_by_slice() -> None:
+    """Each level's calls are cut into slices that the scenarios take in turn (reversed every
+    other slice); a scenario's numbers add up over its slices."""
+    log: list[tuple[str, int, int]] = []
+    server = _Server()
+    drivers: dict[str, bench.Driver] = {name: _Recording(name, log, server) for name in "ab"}
+    settings = bench.Settings(
+        rounds=1,
+        warmup=2,
+        latency_calls=8,
+        throughput_calls=10,
+        idle_connections=0,
+        idle_heartbeat=1.0,
+        idle_latency_calls=0,
+        slices=4,
+    )
+    results = await bench.measure(drivers, {"a": server, "b": server}, settings)
+    assert log[:2] == [("a", 2, 64), ("b", 2, 64)]  # the warm-ups come first
+    measured = log[2:]
+    at_16 = [(name, total) for name, total, level in measured if level == 16]
+    assert at_16 == [("a", 3), ("b", 3), ("b", 3), ("a", 3), ("a", 2), ("b", 2), ("b", 2), ("a", 2)]
+    assert {level for _, _, level in measured} == set(bench.IN_FLIGHT)
+    for name in "ab":
+        result = results[name]
+        assert set(result["throughput"]) == {str(level) for level in bench.IN_FLIGHT}
+        # 1 ms of server CPU per call, whatever the slices: the sums are over all of them.
+        assert result["throughput"]["16"]["server_cpu_us"] == pytest.approx(1000.0)
+        assert result["latency"]["server_cpu_us"] == pytest.approx(1000.0)
