@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from enum import IntEnum
 from typing import ClassVar, Literal, TypeVar
 
+import orjson
 from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2
@@ -453,8 +454,8 @@ class JsonCodec(Codec):
         try:
             data = jsoncodec.to_json(frame)
         except _FAST_WRITE_DECLINED:  # json_format decides (and raises what it raises)
-            data = self._frame_to_dict(frame)
-        return _JSON_ENCODER.encode(data)
+            return _JSON_ENCODER.encode(self._frame_to_dict(frame))
+        return _dump_json(data)
 
     def _frame_to_dict(self, frame: bridge_pb2.Frame) -> object:
         """The frame as protobuf's json_format converts it (the slow path)."""
@@ -476,7 +477,7 @@ class JsonCodec(Codec):
         ):
             raise FrameError(CloseCode.MESSAGE_TOO_BIG, "message over the frame size limit")
         try:
-            parsed: object = json.loads(data)
+            parsed = _load_json(data)
         except (ValueError, RecursionError):
             raise FrameError(CloseCode.INVALID_PAYLOAD, "text is not valid JSON") from None
         if not isinstance(parsed, dict):
@@ -602,7 +603,7 @@ class JsonCodec(Codec):
         frame: dict[str, object] = (
             {_JSON_STREAM_ID: stream_id, kind: value} if stream_id else {kind: value}
         )
-        return _JSON_ENCODER.encode(frame)
+        return _dump_json(frame)
 
     def pack_message(self, message: Message) -> bridge_pb2.MessageFrame:
         """Pack a message into ``MessageFrame.typed``."""
@@ -670,7 +671,35 @@ _JSON_ERRORS = (
     ArithmeticError,  # OverflowError: an integer like 10**400 where protobuf wants a double
 )
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-"""Compact proto3 JSON text (one encoder, not one per frame as ``json.dumps`` with options)."""
+"""Compact proto3 JSON text of json_format's dicts (one encoder, not one per frame)."""
+
+
+def _dump_json(document: object) -> str:
+    """Compact JSON text of a document :mod:`jsoncodec` wrote, with orjson.
+
+    The same text as :data:`_JSON_ENCODER` but for how floats are spelled (``1e-7``, not
+    ``1e-07``: the same number), in a tenth of the time. Only for jsoncodec's documents: they hold
+    no NaN or infinite float (it writes those as proto3 JSON's strings, or declines), which orjson
+    would write as ``null``; json_format's dicts go through :data:`_JSON_ENCODER`.
+    """
+    return orjson.dumps(document).decode()
+
+
+def _load_json(text: str) -> object:
+    """Parse JSON text: orjson, and the standard library for what orjson refuses.
+
+    orjson is strict RFC 8259, where ``json.loads`` also takes ``NaN`` literals, numbers beyond
+    a double (``10**400``) and lone surrogate escapes; those are left to ``json.loads`` so that
+    jsoncodec and json_format see them and answer as they always did (a typed error for the call,
+    not a closed connection). orjson reads integers beyond 64 bits as floats: no protobuf integer
+    field holds one (both are out of range), and a Struct number is a double either way.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 _FRAME_FIELDS = bridge_pb2.Frame.DESCRIPTOR.fields_by_name
 _JSON_STREAM_ID = _FRAME_FIELDS["stream_id"].json_name
 _JSON_START = _FRAME_FIELDS["start"].json_name

@@ -34,7 +34,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
-from asap.protocol import jsoncodec, jsonwire
+from asap.protocol import frames, jsoncodec, jsonwire
 from asap.protocol.frames import FrameError, JsonCodec
 from asap.v1 import agent_service_pb2, bridge_pb2, envelope_pb2, opaque_pb2, status_pb2
 
@@ -513,6 +513,55 @@ def test_the_codec_encodes_frames_as_before() -> None:
                 expected = _reference_write(reference)
                 if expected[0] == "ok":
                     assert json.loads(text) == json.loads(_text(expected[1]))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":[NaN,Infinity,-Infinity]}',  # literals json.loads takes and orjson refuses
+        '{"n":' + str(10**400) + "}",  # beyond a double
+        '{"s":"\\ud800"}',  # a lone surrogate escape
+        '{"n":' + str(2**70) + ',"m":-1.5e-7,"t":"\u00e9"}',  # orjson takes these
+    ],
+)
+def test_json_text_reads_as_the_standard_library_reads_it(text: str) -> None:
+    """Whatever orjson refuses is read by json.loads (so jsoncodec and json_format decide, as
+    before); what it reads is the same document, an integer beyond 64 bits aside (a float)."""
+    expected = json.loads(text)
+    document = frames._load_json(text)
+    if "NaN" in text:
+        assert repr(document) == repr(expected)
+    elif str(2**70) in text:
+        assert document == {**expected, "n": float(2**70)}
+    else:
+        assert document == expected
+
+
+def test_a_frame_orjson_would_refuse_is_answered_as_before() -> None:
+    """10**400 in a Struct: the frame still decodes, and the call fails typed, not the connection."""
+    text = (
+        '{"streamId":1,"start":{"method":"/asap.v1.AgentService/Send","message":{"typed":'
+        '{"@type":"type.googleapis.com/asap.v1.SendRequest","envelope":{"taskRequest":'
+        '{"input":{"n":' + str(10**400) + "}}}}}}}"
+    )
+    assert _decode(text) == _reference_decode(text)
+
+
+def test_jsoncodec_documents_are_written_as_the_standard_library_writes_them() -> None:
+    """Same text as json.dumps (compact, UTF-8) for the documents jsoncodec writes; floats are
+    the same numbers."""
+    gen = Gen(11)
+    for _ in range(300):
+        frame = gen.message(bridge_pb2.Frame.DESCRIPTOR, depth=5)
+        try:
+            document = jsoncodec.to_json(frame)
+        except (jsoncodec.Unsupported, ValueError, TypeError, KeyError):
+            continue
+        reference = frames._JSON_ENCODER.encode(document)
+        text = frames._dump_json(document)
+        assert json.loads(text) == json.loads(reference)
+        if "e-" not in reference and "e+" not in reference:
+            assert text == reference
 
 
 def test_plan_caches_are_bounded_by_the_pool() -> None:
