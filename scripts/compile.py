@@ -38,6 +38,7 @@ MODULES = (
     "asap/protocol/frames.py",
     "asap/protocol/jsoncodec.py",
     "asap/protocol/limits.py",
+    "asap/protocol/pbmethods.py",
     "asap/protocol/metadata.py",
     "asap/protocol/ratelimit.py",
     "asap/protocol/session.py",

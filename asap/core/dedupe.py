@@ -30,6 +30,7 @@ from typing import Final, Protocol
 from mypy_extensions import mypyc_attr
 
 from asap.core import probes
+from asap.protocol.pbmethods import serialize
 from asap.v1 import envelope_pb2
 
 
@@ -69,7 +70,7 @@ def fingerprint(envelope: envelope_pb2.Envelope) -> bytes:
     fields in number order, each on its own, so the bytes hashed are exactly those of the envelope
     without them.
     """
-    data = envelope.SerializeToString(deterministic=True)
+    data = serialize(envelope, deterministic=True)
     digest = hashlib.sha256()
     kept = 0  # data[kept:pos] is hashed once a volatile field (or the end) follows it
     pos = 0

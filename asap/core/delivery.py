@@ -34,6 +34,7 @@ from asap.errors import (
     to_status,
 )
 from asap.protocol.frames import varint
+from asap.protocol.pbmethods import has_field, serialize
 from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
 
 
@@ -365,11 +366,11 @@ class Deliverer:
             result, answered, placed = await self._run(
                 ctx, envelope, payload, sink, route, answer_into
             )
-            if not (result.HasField("error") and Code(result.error.code) in _TRANSIENT):
-                outcome = result.SerializeToString()
+            if not (has_field(result, "error") and Code(result.error.code) in _TRANSIENT):
+                outcome = serialize(result)
                 if placed is not None:
                     # DeliveryResult.envelope is field 1, as the answer would be serialized there.
-                    outcome = _envelope_field(placed.SerializeToString()) + outcome
+                    outcome = _envelope_field(serialize(placed)) + outcome
                 try:
                     await self._store.complete(key, claim, outcome)
                 except AsapError as error:
@@ -378,7 +379,7 @@ class Deliverer:
             if (
                 not answered
                 and sink.attached
-                and (placed is not None or result.HasField("envelope"))
+                and (placed is not None or has_field(result, "envelope"))
             ):
                 # Only to a call still there: a detached delivery has nobody to answer, and
                 # its sink's loop turn would only delay the end (and its bookkeeping) at random.

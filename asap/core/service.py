@@ -33,6 +33,7 @@ from asap.errors import (
     to_status,
 )
 from asap.protocol.limits import Limits
+from asap.protocol.pbmethods import has_field
 from asap.v1 import agent_service_pb2, envelope_pb2, manifest_pb2
 
 
@@ -296,9 +297,9 @@ class _Window:
 
 def _raise_for(result: agent_service_pb2.DeliveryResult) -> None:
     """Raise the error a failed delivery recorded, with its REJECTED ack among the details."""
-    if result.HasField("error"):
+    if has_field(result, "error"):
         error = from_status(result.error)
-        if result.HasField("ack"):
+        if has_field(result, "ack"):
             error.details = (*error.details, result.ack)
         raise error
 
@@ -342,9 +343,9 @@ class AgentServiceCore:
         response = agent_service_pb2.SendResponse()
         result = await self._deliverer.deliver(ctx, envelope, answer_into=response.envelope)
         _raise_for(result)
-        if result.HasField("envelope"):  # a stored outcome (the new answer is in place already)
+        if has_field(result, "envelope"):  # a stored outcome (the new answer is in place already)
             response.envelope.CopyFrom(result.envelope)
-        if result.HasField("ack"):
+        if has_field(result, "ack"):
             response.ack.CopyFrom(result.ack)
         await call.write(response)
 
@@ -464,12 +465,12 @@ class AgentServiceCore:
                     result = await deliverer.deliver(
                         ctx, envelope, push, ack_received=True, answer_into=placed
                     )
-                if result.HasField("error"):
+                if has_field(result, "error"):
                     error = agent_service_pb2.EnvelopeError(
                         envelope_id=envelope.id, status=result.error
                     )
                     await queue(slot, agent_service_pb2.StreamResponse(error=error))
-                if result.HasField("ack"):
+                if has_field(result, "ack"):
                     await push(deliverer.ack_envelope(envelope, result.ack))
             finally:
                 slot.finished = True

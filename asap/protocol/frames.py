@@ -32,6 +32,7 @@ from mypy_extensions import mypyc_attr
 from asap.errors import MalformedFrame, MessageTooLarge
 from asap.protocol import jsoncodec, jsonwire
 from asap.protocol.limits import Limits
+from asap.protocol.pbmethods import serialize
 from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2, status_pb2
 
 
@@ -774,7 +775,7 @@ def _spliced(
     two length-delimited headers, so its bytes are copied once rather than once per nesting level.
     """
     prefix = _stream_prefix(stream_id)
-    body = message.SerializeToString()
+    body = serialize(message)
     size = len(body)
     _check_size(size, max_message_bytes)
     size_varint = varint(size)
