@@ -37,9 +37,5 @@ def _method(name: str) -> object:
 
 has_field: Final = cast("Callable[[Message, str], bool]", _method("HasField"))
 """``message.HasField(name)``."""
-which_oneof: Final = cast("Callable[[Message, str], str | None]", _method("WhichOneof"))
-"""``message.WhichOneof(name)``."""
 serialize: Final = cast("_Serialize", _method("SerializeToString"))
 """``message.SerializeToString(deterministic=...)``."""
-byte_size: Final = cast("Callable[[Message], int]", _method("ByteSize"))
-"""``message.ByteSize()``."""
