@@ -32,7 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Appended, not inserted first: with ``--compiled`` the PYTHONPATH's compiled tree must come before
+# the checkout, or the client measured (this script, ``--drive``) would run the sources.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from scripts import bench  # the scenarios and the server process of bench.py
 
