@@ -250,7 +250,7 @@ class _RandomIds:
         return self._hex[start : start + 32]
 
 
-_IDS_PER_READ = 256
+_IDS_PER_READ: Final = 256
 _random_ids = _RandomIds()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_random_ids.reset)

@@ -8,7 +8,7 @@ import functools
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from asap._typing import Metadata, MetadataValue
 from asap.core.method import MethodSpec
@@ -27,14 +27,14 @@ class Identity:
     """Further facts the verifier established (scopes, tenant, …)."""
 
 
-ANONYMOUS_PREFIX = "peer:"
+ANONYMOUS_PREFIX: Final = "peer:"
 """How :attr:`CallContext.principal` starts for a caller with no identity."""
 
 
-AUTHORIZATION = "authorization"
+AUTHORIZATION: Final = "authorization"
 """The metadata key (and HTTP header) that carries ``Bearer <token>``."""
 
-REDACTED = "[redacted]"
+REDACTED: Final = "[redacted]"
 """What ``ctx.metadata`` holds instead of each ``authorization`` value (see :class:`CallContext`)."""
 
 
@@ -55,7 +55,7 @@ def redact_credentials(metadata: Metadata) -> tuple[Metadata, MetadataValue | No
     return redacted, first
 
 
-DEADLINE_TOLERANCE = 0.005
+DEADLINE_TOLERANCE: Final = 0.005
 """Seconds before the deadline a cancellation already counts as the deadline's.
 
 An event loop runs a timer up to its clock resolution early, and a transport's own deadline timer

@@ -36,7 +36,7 @@ from asap.v1 import envelope_pb2
 
 _log = logging.getLogger("asap.dedupe")
 
-FINGERPRINT_BYTES = 32
+FINGERPRINT_BYTES: Final = 32
 """Length of a :func:`fingerprint` (SHA-256)."""
 
 
@@ -50,9 +50,9 @@ def dedupe_key(principal: str, envelope: envelope_pb2.Envelope) -> str:
     return f"{principal}\x00{envelope.sender}\x00{envelope.id}"
 
 
-_VOLATILE_TAGS = frozenset({0x12, 0x1A, 0x3A})
+_VOLATILE_TAGS: Final = frozenset({0x12, 0x1A, 0x3A})
 """Envelope fields a retransmission may change: asap_version (2), timestamp (3), trace_id (7)."""
-_LAST_HEADER_FIELD = 7
+_LAST_HEADER_FIELD: Final = 7
 """Fields 1-7 of Envelope are all length-delimited; the scan stops at the first field after them."""
 
 
@@ -158,9 +158,9 @@ class DedupeStore(Protocol):
         ...
 
 
-WARNING_INTERVAL = 10.0
+WARNING_INTERVAL: Final = 10.0
 """Seconds between two warnings about evictions inside the replay window (all are counted)."""
-ENTRY_OVERHEAD = 160
+ENTRY_OVERHEAD: Final = 160
 """Bytes charged per entry on top of its key, fingerprint and outcome (the Python objects)."""
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 from asap import validation
 from asap.core import probes
@@ -43,7 +43,7 @@ _log = logging.getLogger("asap.delivery")
 Emit = Callable[[envelope_pb2.Envelope], Awaitable[None]]
 """Receives each envelope a delivery produces (acks, updates, the answer) as it is produced."""
 
-_TRANSIENT = frozenset(
+_TRANSIENT: Final = frozenset(
     {
         Code.CANCELLED,
         Code.UNKNOWN,
@@ -56,7 +56,7 @@ _TRANSIENT = frozenset(
 )
 """Failures that are not remembered: a retransmission of the envelope is processed again."""
 
-_PREVIEW = 64
+_PREVIEW: Final = 64
 """Characters of a refused recipient quoted in the error message."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
 
 from google.protobuf import message_factory
 from google.protobuf.message import Message
@@ -11,7 +12,7 @@ from google.protobuf.message import Message
 from asap.v1 import agent_service_pb2
 
 
-SERVICE_NAME = "asap.v1.AgentService"
+SERVICE_NAME: Final = "asap.v1.AgentService"
 """The fully qualified name of the one service ASAP serves."""
 
 
@@ -72,7 +73,7 @@ def _load_methods() -> dict[str, MethodSpec]:
     return methods
 
 
-METHODS: dict[str, MethodSpec] = _load_methods()
+METHODS: Final[dict[str, MethodSpec]] = _load_methods()
 """Every method of AgentService, by path."""
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from asap._typing import MetadataValue
 from asap.core import probes
@@ -109,9 +109,9 @@ class BearerAuth(Interceptor):
             raise
 
 
-_MISSING = "missing authorization metadata"
-_NOT_BEARER = "authorization must be 'Bearer <token>'"
-_INVALID = "the bearer token is not valid"
+_MISSING: Final = "missing authorization metadata"
+_NOT_BEARER: Final = "authorization must be 'Bearer <token>'"
+_INVALID: Final = "the bearer token is not valid"
 
 
 class SenderBinding(Interceptor):

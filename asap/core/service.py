@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar, cast
+from typing import Final, Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 
@@ -90,22 +90,22 @@ def read_wait_probe(call: object) -> ReadWouldWait | None:
 
 M = TypeVar("M", bound=Message)
 
-STREAM_WINDOW = 64
+STREAM_WINDOW: Final = 64
 """Envelopes of one Stream call in progress at once: read, and not yet all answers written.
 
 Reading requests pauses while the window is full, so a caller that sends without reading makes the
 server stop reading after ``STREAM_WINDOW`` envelopes plus those whose answers the transport has
 taken (what its flow-control window buffers)."""
 
-STREAM_OUTBOX = 2 * STREAM_WINDOW
+STREAM_OUTBOX: Final = 2 * STREAM_WINDOW
 """Answers of one Stream call queued for writing; a handler's emit waits beyond it. Twice the
 window, so envelopes that give one or two answers each (the usual case) never wait to queue them;
 a handler streaming many updates still waits once this many are queued."""
 
-_ENVELOPE = "asap.stream.envelope"
+_ENVELOPE: Final = "asap.stream.envelope"
 """The name of the task that goes on delivering a Stream envelope once it suspends."""
 
-_RESULT_TAG_BYTES = 1
+_RESULT_TAG_BYTES: Final = 1
 """The tag of ``results`` (field 1) in SendBatchResponse and PublishResponse."""
 
 

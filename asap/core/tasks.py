@@ -7,7 +7,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine, Generator
-from typing import Generic, Protocol, TypeVar, cast
+from typing import Final, Generic, Protocol, TypeVar, cast
 
 from asap.errors import InvalidState
 
@@ -206,7 +206,7 @@ class Eager(Protocol):
     eager: bool
 
 
-YIELD_INTERVAL = 0.001
+YIELD_INTERVAL: Final = 0.001
 """Seconds of handler time between the loop turns the core gives a handler that never awaits
 (at its streamed writes), so it cannot hold the loop from every other call."""
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Hashable
+from typing import Final
 
 
-IPV6_PREFIX = 64
+IPV6_PREFIX: Final = 64
 """IPv6 peers are grouped by this prefix length (one site's usual allocation)."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import ClassVar, cast
+from typing import ClassVar, Final, cast
 
 from google.protobuf.message import Message
 
@@ -41,10 +41,10 @@ from asap.protocol.wire import read_status
 from asap.v1 import bridge_pb2, status_pb2
 
 
-_DEFAULT_LIMITS = Limits()
+_DEFAULT_LIMITS: Final = Limits()
 
 
-_MAX_CACHED_STARTS = 64
+_MAX_CACHED_STARTS: Final = 64
 """(method, timeout) pairs whose CallStart a client session keeps (then it starts over)."""
 
 

@@ -19,13 +19,15 @@ credit later), so rule 4 is checked against the receiver's own count.
 
 from __future__ import annotations
 
+from typing import Final
+
 from asap.errors import FlowControlViolation, MalformedFrame
 
 
-DEFAULT_WINDOW_BYTES = 65_536
+DEFAULT_WINDOW_BYTES: Final = 65_536
 """A stream's initial window until the peer's Settings say otherwise (bridge.proto "Settings")."""
 
-MAX_WINDOW_BYTES = 2**31 - 1
+MAX_WINDOW_BYTES: Final = 2**31 - 1
 """No credit may grow past this (as HTTP/2's flow-control windows)."""
 
 

@@ -21,7 +21,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, Final, Literal, TypeVar
 
 import orjson
 from google.protobuf import descriptor_pool, json_format
@@ -36,35 +36,35 @@ from asap.protocol.pbmethods import serialize
 from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2, status_pb2
 
 
-SUBPROTOCOL_PROTO = "asap.v1.1.proto"
+SUBPROTOCOL_PROTO: Final = "asap.v1.1.proto"
 """Binary subprotocol, bridge revision 2 (flow-controlled): serialized Frames in binary messages."""
-SUBPROTOCOL_JSON = "asap.v1.1.json"
+SUBPROTOCOL_JSON: Final = "asap.v1.1.json"
 """JSON subprotocol, bridge revision 2 (flow-controlled): canonical proto3 JSON Frames in text."""
-LEGACY_SUBPROTOCOL_PROTO = "asap.v1.proto"
+LEGACY_SUBPROTOCOL_PROTO: Final = "asap.v1.proto"
 """Binary subprotocol, bridge revision 1: no Settings, WindowUpdate or credit (bridge.proto "Older peers")."""
-LEGACY_SUBPROTOCOL_JSON = "asap.v1.json"
+LEGACY_SUBPROTOCOL_JSON: Final = "asap.v1.json"
 """JSON subprotocol, bridge revision 1."""
-SUBPROTOCOLS = (
+SUBPROTOCOLS: Final = (
     SUBPROTOCOL_PROTO,
     SUBPROTOCOL_JSON,
     LEGACY_SUBPROTOCOL_PROTO,
     LEGACY_SUBPROTOCOL_JSON,
 )
 """Supported subprotocols, most preferred first."""
-FLOW_CONTROLLED = frozenset({SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON})
+FLOW_CONTROLLED: Final = frozenset({SUBPROTOCOL_PROTO, SUBPROTOCOL_JSON})
 """The subprotocols of bridge revision 2, which have Settings, WindowUpdate and per-stream credit."""
-JSON_SUBPROTOCOLS = frozenset({SUBPROTOCOL_JSON, LEGACY_SUBPROTOCOL_JSON})
+JSON_SUBPROTOCOLS: Final = frozenset({SUBPROTOCOL_JSON, LEGACY_SUBPROTOCOL_JSON})
 """The subprotocols whose frames are JSON text (capped at ``Limits.max_json_frame_bytes``)."""
-DEFAULT_PATH = "/asap/v1/ws"
+DEFAULT_PATH: Final = "/asap/v1/ws"
 """The bridge's default URL path."""
 
-MAX_STREAM_ID = 2**32 - 1
+MAX_STREAM_ID: Final = 2**32 - 1
 """Stream ids are ``uint32``."""
 
 # Importing these modules registers their message types in the default descriptor pool, so the
 # JSON codec can resolve the "@type" of every Any the bridge carries: AgentService requests and
 # responses in MessageFrame.typed and google.rpc details in Status.details.
-_REGISTERED_FILES = (
+_REGISTERED_FILES: Final = (
     agent_service_pb2.DESCRIPTOR,
     error_details_pb2.DESCRIPTOR,
     opaque_pb2.DESCRIPTOR,
@@ -75,7 +75,7 @@ _M = TypeVar("_M", bound=Message)
 MessageBody = bridge_pb2.MessageFrame | bytes
 """A received call message: its MessageFrame, or the bytes of ``MessageFrame.binary`` when the
 frame was read straight off the wire (:mod:`asap.protocol.wire`)."""
-_DEFAULT_MAX_FRAME_BYTES = Limits().max_frame_bytes
+_DEFAULT_MAX_FRAME_BYTES: Final = Limits().max_frame_bytes
 
 
 class CloseCode(IntEnum):
@@ -661,7 +661,7 @@ def codec_for(subprotocol: str, *, max_frame_bytes: int = _DEFAULT_MAX_FRAME_BYT
     raise ValueError(msg)
 
 
-_JSON_ERRORS = (
+_JSON_ERRORS: Final = (
     json_format.ParseError,
     ValueError,
     TypeError,
@@ -671,7 +671,7 @@ _JSON_ERRORS = (
     RecursionError,
     ArithmeticError,  # OverflowError: an integer like 10**400 where protobuf wants a double
 )
-_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_JSON_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 """Compact proto3 JSON text of json_format's dicts (one encoder, not one per frame)."""
 
 
@@ -701,26 +701,26 @@ def _load_json(text: str) -> object:
         return json.loads(text)
 
 
-_FRAME_FIELDS = bridge_pb2.Frame.DESCRIPTOR.fields_by_name
-_JSON_STREAM_ID = _FRAME_FIELDS["stream_id"].json_name
-_JSON_START = _FRAME_FIELDS["start"].json_name
-_JSON_MESSAGE = _FRAME_FIELDS["message"].json_name
-_JSON_STATUS = _FRAME_FIELDS["status"].json_name
-_JSON_START_MESSAGE = bridge_pb2.CallStart.DESCRIPTOR.fields_by_name["message"].json_name
-_JSON_HALF_CLOSE = bridge_pb2.CallStart.DESCRIPTOR.fields_by_name["half_close"].json_name
-_JSON_STATUS_MESSAGE = bridge_pb2.CallStatus.DESCRIPTOR.fields_by_name["message"].json_name
-_JSON_TYPED = bridge_pb2.MessageFrame.DESCRIPTOR.fields_by_name["typed"].json_name
-_FAST_READ_DECLINED = (jsoncodec.Unsupported, *_JSON_ERRORS)
+_FRAME_FIELDS: Final = bridge_pb2.Frame.DESCRIPTOR.fields_by_name
+_JSON_STREAM_ID: Final = _FRAME_FIELDS["stream_id"].json_name
+_JSON_START: Final = _FRAME_FIELDS["start"].json_name
+_JSON_MESSAGE: Final = _FRAME_FIELDS["message"].json_name
+_JSON_STATUS: Final = _FRAME_FIELDS["status"].json_name
+_JSON_START_MESSAGE: Final = bridge_pb2.CallStart.DESCRIPTOR.fields_by_name["message"].json_name
+_JSON_HALF_CLOSE: Final = bridge_pb2.CallStart.DESCRIPTOR.fields_by_name["half_close"].json_name
+_JSON_STATUS_MESSAGE: Final = bridge_pb2.CallStatus.DESCRIPTOR.fields_by_name["message"].json_name
+_JSON_TYPED: Final = bridge_pb2.MessageFrame.DESCRIPTOR.fields_by_name["typed"].json_name
+_FAST_READ_DECLINED: Final = (jsoncodec.Unsupported, *_JSON_ERRORS)
 """What :func:`jsoncodec.parse` raises when it leaves a frame to json_format."""
-_FAST_WRITE_DECLINED = (jsoncodec.Unsupported, ValueError, TypeError, KeyError, DecodeError)
+_FAST_WRITE_DECLINED: Final = (jsoncodec.Unsupported, ValueError, TypeError, KeyError, DecodeError)
 """What :func:`jsoncodec.to_json` raises when it leaves a frame to json_format."""
 
 
-OK = status_pb2.Status()
+OK: Final = status_pb2.Status()
 """The OK status (code 0, nothing else); never modified."""
-OK_CALL_STATUS = bridge_pb2.CallStatus(status=OK)
+OK_CALL_STATUS: Final = bridge_pb2.CallStatus(status=OK)
 """The CallStatus of nearly every call (OK, no trailers), built once; never modified."""
-_OK_CALL_STATUS_BYTES = OK_CALL_STATUS.SerializeToString()
+_OK_CALL_STATUS_BYTES: Final = OK_CALL_STATUS.SerializeToString()
 
 
 def body_kind(body: MessageBody) -> str | None:
@@ -740,12 +740,12 @@ def _check_size(size: int, limit: int | None) -> None:
 
 
 # Tags (field number << 3 | wire type 2, length-delimited) of the fields spliced by hand.
-_FRAME_START = b"\x12"  # Frame.start = 2
-_FRAME_STATUS = b"\x3a"  # Frame.status = 7
-_START_MESSAGE = b"\x22"  # CallStart.message = 4
-_STATUS_MESSAGE = b"\x1a"  # CallStatus.message = 3
-_MESSAGE_BINARY = b"\x0a"  # MessageFrame.binary = 1
-_START_HALF_CLOSE = b"\x28\x01"  # CallStart.half_close = 5 (varint), true
+_FRAME_START: Final = b"\x12"  # Frame.start = 2
+_FRAME_STATUS: Final = b"\x3a"  # Frame.status = 7
+_START_MESSAGE: Final = b"\x22"  # CallStart.message = 4
+_STATUS_MESSAGE: Final = b"\x1a"  # CallStatus.message = 3
+_MESSAGE_BINARY: Final = b"\x0a"  # MessageFrame.binary = 1
+_START_HALF_CLOSE: Final = b"\x28\x01"  # CallStart.half_close = 5 (varint), true
 
 
 def _stream_prefix(stream_id: int) -> bytes:
@@ -798,7 +798,7 @@ def _spliced(
     )
 
 
-_ONE_BYTE_VARINTS = tuple(bytes((value,)) for value in range(0x80))
+_ONE_BYTE_VARINTS: Final = tuple(bytes((value,)) for value in range(0x80))
 
 
 def varint(value: int) -> bytes:

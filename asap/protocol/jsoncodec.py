@@ -109,7 +109,7 @@ _SPECIAL: Final = frozenset(
     {_ANY, _VALUE, "google.protobuf.Struct", "google.protobuf.ListValue"} | _STRING_FORM
 )
 
-_C = FieldDescriptor
+_C: Final = FieldDescriptor
 _INTEGERS: Final = frozenset({_C.CPPTYPE_INT32, _C.CPPTYPE_UINT32})
 _INTEGERS64: Final = frozenset({_C.CPPTYPE_INT64, _C.CPPTYPE_UINT64})
 
@@ -171,11 +171,11 @@ def parse(document: object, message: Message) -> None:
 
 # -- plans ------------------------------------------------------------------------------------
 
-_WRITERS: dict[Descriptor, _Write] = {}
-_MERGERS: dict[Descriptor, _Merge] = {}
-_ANY_MERGERS: dict[Descriptor, _Merge] = {}
+_WRITERS: Final[dict[Descriptor, _Write]] = {}
+_MERGERS: Final[dict[Descriptor, _Merge]] = {}
+_ANY_MERGERS: Final[dict[Descriptor, _Merge]] = {}
 """Regular messages inside an Any: their members and ``@type``."""
-_TYPES: dict[str, Descriptor] = {}
+_TYPES: Final[dict[str, Descriptor]] = {}
 """Any type names (the part of a type URL after its last ``/``) found in the pool."""
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Final
 
 
-MIB = 1024 * 1024
+MIB: Final = 1024 * 1024
 """One mebibyte."""
 
-FRAME_OVERHEAD_BYTES = 64 * 1024
+FRAME_OVERHEAD_BYTES: Final = 64 * 1024
 """Room for a frame's own fields (metadata, type URL, JSON quoting) on top of the message it carries."""
 
-DEFAULT_MAX_MESSAGE_BYTES = 4 * MIB
+DEFAULT_MAX_MESSAGE_BYTES: Final = 4 * MIB
 """gRPC's default maximum received message size."""
 
 

@@ -9,6 +9,7 @@ the same metadata whichever transport carried the call.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from asap.errors import MalformedFrame, ResourceExhausted
 from asap.v1 import bridge_pb2
@@ -17,14 +18,14 @@ from asap.v1 import bridge_pb2
 Metadata = tuple[tuple[str, str | bytes], ...]
 """Metadata as ordered ``(key, value)`` pairs; keys ending in ``-bin`` carry bytes, others str."""
 
-_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
-_TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
+_KEY_CHARS: Final = frozenset("0123456789abcdefghijklmnopqrstuvwxyz_.-")
+_TEXT_CHARS: Final = frozenset(chr(c) for c in range(0x20, 0x7F))
 
 
-ENTRY_OVERHEAD_BYTES = 32
+ENTRY_OVERHEAD_BYTES: Final = 32
 """What HTTP/2 adds to each header's key and value when it counts a header list (RFC 7541 §4.1)."""
 
-RESERVED_PREFIX = "grpc-"
+RESERVED_PREFIX: Final = "grpc-"
 """Keys gRPC reserves for itself; a call may not carry them (gRPC clients refuse to send them)."""
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Final
 
 
-_EPSILON = 1e-9
+_EPSILON: Final = 1e-9
 """Tolerance for float rounding when comparing tokens with a cost."""
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar, Self, cast
+from typing import ClassVar, Final, Self, cast
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
@@ -84,8 +84,10 @@ from asap.protocol.wire import read_start
 from asap.v1 import bridge_pb2, status_pb2
 
 
-_DEFAULT_LIMITS = Limits()
-_MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
+_DEFAULT_LIMITS: Final = Limits()
+_MAX_CLOSE_REASON_BYTES: Final = (
+    123  # RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
+)
 _Handler = Callable[[int, bridge_pb2.Frame, float], None]
 _MetadataIn = Iterable[tuple[str, str | bytes]]
 

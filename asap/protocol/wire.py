@@ -22,10 +22,10 @@ from typing import Final
 from asap.protocol.frames import MAX_STREAM_ID
 
 
-_LEN = 2
+_LEN: Final = 2
 """Wire type of length-delimited fields."""
-_MAX_INT64 = 2**63 - 1
-_MAX_INT32 = 2**31 - 1
+_MAX_INT64: Final = 2**63 - 1
+_MAX_INT32: Final = 2**31 - 1
 
 
 class StartFields:

@@ -37,6 +37,7 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterable
+from typing import Final
 from urllib.parse import urlsplit
 
 from google.protobuf.message import Message
@@ -83,9 +84,9 @@ from asap.v1 import manifest_pb2
 
 _log = logging.getLogger("asap.client")
 
-_CLOSED_MESSAGE = "the channel is closed"
+_CLOSED_MESSAGE: Final = "the channel is closed"
 
-_LEGACY_OF = {
+_LEGACY_OF: Final = {
     SUBPROTOCOL_PROTO: LEGACY_SUBPROTOCOL_PROTO,
     SUBPROTOCOL_JSON: LEGACY_SUBPROTOCOL_JSON,
 }

@@ -47,7 +47,7 @@ from asap.transports.ws.pump import BridgePump
 from asap.v1 import status_pb2
 
 
-USER_AGENT = f"asap-python websockets/{websockets_version}"
+USER_AGENT: Final = f"asap-python websockets/{websockets_version}"
 """The User-Agent header of the bridge client's handshake."""
 
 _log = logging.getLogger("asap.client")

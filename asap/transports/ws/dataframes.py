@@ -14,6 +14,7 @@ No I/O: functions over bytes, and a pool of masking keys.
 from __future__ import annotations
 
 import os
+from typing import Final
 
 from websockets.utils import apply_mask as _apply_mask_py
 
@@ -32,13 +33,13 @@ __all__ = [
     "parse_header",
 ]
 
-BINARY = 0x82
+BINARY: Final = 0x82
 """First byte of a whole binary message: FIN, no reserved bits, opcode 2."""
-TEXT = 0x81
+TEXT: Final = 0x81
 """First byte of a whole text message: FIN, no reserved bits, opcode 1."""
 
-_MASKED = 0x80
-_MASK_POOL_BYTES = 4096
+_MASKED: Final = 0x80
+_MASK_POOL_BYTES: Final = 4096
 """Masking keys drawn from the OS at a time (1,024 frames); the pool's whole memory."""
 
 

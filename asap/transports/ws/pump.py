@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Generic, TypeVar, cast
+from typing import Final, Generic, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState as WsInvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import CONNECTING, OPEN, SEND_EOF
+from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
 from asap.core.tasks import loop_clock
@@ -65,27 +65,32 @@ from asap.transports.ws.dataframes import (
 
 S = TypeVar("S", bound=Session)
 
-LEGACY_INBOX_HIGH_WATER = 64
+# websockets' states as this module's constants: compiled, a C variable each, read on every frame
+# (an imported name is looked up in the module's namespace at every use).
+CONNECTING: Final = State.CONNECTING
+OPEN: Final = State.OPEN
+
+LEGACY_INBOX_HIGH_WATER: Final = 64
 """Revision 1 only: unread messages of one call before its connection stops reading (no credit)."""
 
-_PAUSED = object()
+_PAUSED: Final = object()
 """The read hold of :meth:`BridgePump.pause_reading_for`."""
 
 _log = logging.getLogger("asap.ws")
 
-_HEAD_END = b"\r\n\r\n"
+_HEAD_END: Final = b"\r\n\r\n"
 
 # How data_received reads (see "Reading" in the module docstring).
-_READ_HEAD = 0
+_READ_HEAD: Final = 0
 """Feeding websockets the opening handshake, up to the end of its HTTP head."""
-_READ_BOUNDARY = 1
+_READ_BOUNDARY: Final = 1
 """The head was fed whole: websockets waits for a frame's first byte, nothing buffered."""
-_READ_DIRECT = 2
+_READ_DIRECT: Final = 2
 """Whole data frames decoded here, every other frame handed whole to websockets."""
-_READ_WEBSOCKETS = 3
+_READ_WEBSOCKETS: Final = 3
 """Every byte to websockets (closing, refused, or a peer that sent frames before the 101)."""
 
-MAX_CLOSE_REASON_BYTES = 123
+MAX_CLOSE_REASON_BYTES: Final = 123
 """A close frame's reason is at most 123 UTF-8 bytes (RFC 6455 §5.5)."""
 
 

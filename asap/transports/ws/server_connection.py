@@ -24,7 +24,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from google.protobuf.message import Message
 from websockets.http11 import Request, Response
@@ -72,27 +72,27 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("asap.server")
 
-TRANSPORT = "ws"
+TRANSPORT: Final = "ws"
 """The ``CallContext.transport`` of calls this transport serves (for logs only)."""
 
-GOAWAY_REASON = "server shutting down"
+GOAWAY_REASON: Final = "server shutting down"
 """The GoAway and close reason of a graceful stop."""
 
-CALL_TASK = "asap.ws.server.call"
+CALL_TASK: Final = "asap.ws.server.call"
 """The name of a call's task."""
 
-HANDSHAKE_TASK = "asap.ws.server.handshake"
+HANDSHAKE_TASK: Final = "asap.ws.server.handshake"
 """The name of the task that verifies a handshake's credentials."""
 
-_VERIFYING = object()
+_VERIFYING: Final = object()
 """The read hold while a handshake's credentials are verified."""
 
-USER_AGENT = "user-agent"
+USER_AGENT: Final = "user-agent"
 """The metadata key of the client's user agent (gRPC's header; the bridge's handshake header)."""
-_MAX_USER_AGENT = 512
-_TEXT_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F))
-_NO_RESPONSE = "the method produced no response"
-IDLE_REASON = "idle timeout"
+_MAX_USER_AGENT: Final = 512
+_TEXT_CHARS: Final = frozenset(chr(c) for c in range(0x20, 0x7F))
+_NO_RESPONSE: Final = "the method produced no response"
+IDLE_REASON: Final = "idle timeout"
 """The GoAway and close (1001) reason of a connection closed for carrying no call."""
 
 
