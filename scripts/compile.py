@@ -44,6 +44,7 @@ MODULES = (
     "asap/protocol/session.py",
     "asap/protocol/stream.py",
     "asap/protocol/wire.py",
+    "asap/core/agent.py",
     "asap/core/context.py",
     "asap/core/dedupe.py",
     "asap/core/delivery.py",

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, TypeAlias, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from asap import schema, validation
 from asap.core.context import CallContext
 from asap.errors import NoHandler, SkillNotFound
@@ -37,14 +39,15 @@ Reply: TypeAlias = Payload | envelope_pb2.Envelope
 P = TypeVar("P", bound=Payload)
 
 
-@dataclass(slots=True, init=False)
 class Incoming(Generic[P]):
     """What a handler receives: the envelope, its typed payload and the call context.
 
-    Read-only by contract rather than frozen: one is made per call, and a frozen dataclass's
-    ``__init__`` costs several times a plain one. (``payload`` cannot be ``Final``: its type is a
-    type variable.)
+    Read-only by contract rather than frozen: one is made per call. A plain class, not a
+    dataclass: compiled (mypyc), its fields are a C struct's and its ``__init__`` native.
+    (``payload`` cannot be ``Final``: its type is a type variable.)
     """
+
+    __slots__ = ("call", "envelope", "payload")
 
     envelope: Final[envelope_pb2.Envelope]
     payload: P
@@ -54,6 +57,9 @@ class Incoming(Generic[P]):
         self.envelope = envelope
         self.payload = payload
         self.call = call
+
+    def __repr__(self) -> str:
+        return f"Incoming(envelope={self.envelope!r}, payload={self.payload!r}, call={self.call!r})"
 
 
 UnaryHandler: TypeAlias = Callable[[Incoming[P]], Awaitable[Reply | None]]
@@ -72,6 +78,7 @@ class Route:
     """A plain function: it never suspends, so a unary call may run to the end without a task."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Agent:
     """An agent: its identity and manifest, and the handlers for the payloads it serves.
 
