@@ -66,6 +66,7 @@ __all__ = [
     "PAYLOAD_KINDS",
     "PAYLOAD_TYPES",
     "EnvelopeFields",
+    "EnvelopeHead",
     "Payload",
     "PayloadKind",
     "ValidationPolicy",
@@ -76,6 +77,7 @@ __all__ = [
     "payload_kind",
     "payload_of",
     "validate",
+    "validated_head",
     "wrap",
 ]
 
@@ -315,11 +317,12 @@ def _unknown_payload_numbers(envelope: envelope_pb2.Envelope) -> list[int]:
     return sorted(numbers)
 
 
-def payload_of(envelope: envelope_pb2.Envelope) -> Payload:
+def payload_of(envelope: envelope_pb2.Envelope, kind: PayloadKind | None = None) -> Payload:
     """Return the envelope's payload message (the message itself, not a copy).
 
     Args:
         envelope: The envelope.
+        kind: Its payload kind, if the caller has it already (:attr:`EnvelopeHead.kind`).
 
     Returns:
         The message in the set payload field; ``PAYLOAD_KINDS[type(result)]`` is its kind.
@@ -328,7 +331,7 @@ def payload_of(envelope: envelope_pb2.Envelope) -> Payload:
         InvalidEnvelope: ``MISSING_PAYLOAD`` when no payload is set, as :func:`payload_kind`.
         UnknownPayload: The payload is of a kind this schema does not know, as :func:`payload_kind`.
     """
-    return _ACCESSOR_BY_KIND[payload_kind(envelope)](envelope)
+    return _ACCESSOR_BY_KIND[payload_kind(envelope) if kind is None else kind](envelope)
 
 
 def wrap(payload: Payload, **fields: Unpack[EnvelopeFields]) -> envelope_pb2.Envelope:
@@ -394,6 +397,23 @@ def fill_defaults(
         envelope.asap_version = ASAP_VERSION
 
 
+class EnvelopeHead:
+    """The fields :func:`validated_head` read, for its caller to reuse instead of reading again.
+
+    On upb every read of a string field makes a new ``str`` (and searches the message's names
+    first), so a delivery that needs the id, sender, recipient and payload kind after validating
+    takes them from here.
+    """
+
+    __slots__ = ("id", "kind", "recipient", "sender")
+
+    def __init__(self, envelope_id: str, sender: str, recipient: str, kind: PayloadKind) -> None:
+        self.id: Final = envelope_id
+        self.sender: Final = sender
+        self.recipient: Final = recipient
+        self.kind: Final = kind
+
+
 def validate(
     envelope: envelope_pb2.Envelope,
     policy: ValidationPolicy = DEFAULT_POLICY,
@@ -418,16 +438,31 @@ def validate(
             ``INVALID_ID``, ``INVALID_URN``, ``MISSING_CORRELATION_ID``, ``STALE_TIMESTAMP`` or
             ``FUTURE_TIMESTAMP`` and a ``google.rpc.BadRequest`` detail naming the field.
     """
+    validated_head(envelope, policy, now=now, timestamp=timestamp)
+
+
+def validated_head(
+    envelope: envelope_pb2.Envelope,
+    policy: ValidationPolicy = DEFAULT_POLICY,
+    *,
+    now: float,
+    timestamp: bool = True,
+) -> EnvelopeHead:
+    """:func:`validate`, returning the fields it read (see :class:`EnvelopeHead`)."""
     check_version(envelope.asap_version)
     kind = payload_kind(envelope)
-    _check_id(envelope.id)
-    _check_urn(envelope.sender, "sender")
-    _check_urn(envelope.recipient, "recipient")
+    envelope_id = envelope.id
+    _check_id(envelope_id)
+    sender = envelope.sender
+    _check_urn(sender, "sender")
+    recipient = envelope.recipient
+    _check_urn(recipient, "recipient")
     if kind in CORRELATED_KINDS and not envelope.correlation_id:
         text = f"a {kind} envelope must carry the id of the envelope it answers in correlation_id"
         raise _invalid(text, reason="MISSING_CORRELATION_ID", field="correlation_id")
     if timestamp:
         check_timestamp(envelope, policy, now)
+    return EnvelopeHead(envelope_id, sender, recipient, kind)
 
 
 def check_version(asap_version: str) -> None:

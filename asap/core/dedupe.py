@@ -47,7 +47,12 @@ def dedupe_key(principal: str, envelope: envelope_pb2.Envelope) -> str:
     caller (:attr:`~asap.core.context.CallContext.principal`), so one caller can never be answered
     with the stored outcome of another's envelope, whatever ``sender`` either declares.
     """
-    return f"{principal}\x00{envelope.sender}\x00{envelope.id}"
+    return dedupe_key_of(principal, envelope.sender, envelope.id)
+
+
+def dedupe_key_of(principal: str, sender: str, envelope_id: str) -> str:
+    """:func:`dedupe_key` from the envelope's sender and id, already read."""
+    return f"{principal}\x00{sender}\x00{envelope_id}"
 
 
 _VOLATILE_TAGS: Final = frozenset({0x12, 0x1A, 0x3A})

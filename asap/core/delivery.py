@@ -20,7 +20,7 @@ from asap.core import probes
 from asap.core.agent import Agent, Incoming, Reply, Route
 from asap.core.boundary import as_asap_error
 from asap.core.context import CallContext, CancelReason
-from asap.core.dedupe import DedupeStore, Owned, Reused, Stored, dedupe_key, fingerprint
+from asap.core.dedupe import DedupeStore, Owned, Reused, Stored, dedupe_key_of, fingerprint
 from asap.core.middleware import Middleware
 from asap.core.tasks import YIELD_INTERVAL, Finished, leave_eager, start_eagerly_for_result
 from asap.errors import (
@@ -212,14 +212,16 @@ class Deliverer:
         outcome's answer is in the result as always. Either way the stored outcome holds it.
         """
         try:
-            validation.validate(envelope, self._policy, now=self._clock(), timestamp=False)
+            head = validation.validated_head(
+                envelope, self._policy, now=self._clock(), timestamp=False
+            )
         except AsapError as error:
             return self.refused(envelope, error)
-        if envelope.recipient != self.agent.id:
+        if head.recipient != self.agent.id:
             # An agent answers only for itself: served for another URN, it would sign its answer
             # with whatever the caller claims it is.
             return self.refused(envelope, self._unknown_recipient(envelope))
-        key = dedupe_key(ctx.principal, envelope)
+        key = dedupe_key_of(ctx.principal, head.sender, head.id)
         digest = fingerprint(envelope)
         store_is_local = getattr(self._store, "eager_safe", False)
         if ctx.eager and not store_is_local:
@@ -245,10 +247,10 @@ class Deliverer:
             await self._store.abandon(key, claim)
             return self.refused(envelope, ShuttingDown())
         # validate() has checked the payload's kind, so payload_of cannot fail here.
-        payload = validation.payload_of(envelope)
+        payload = validation.payload_of(envelope, head.kind)
         route = self._route(payload)
         process = self._process(
-            ctx, envelope, payload, key, claim, sink, ack_received, route, answer_into
+            ctx, envelope, head, payload, key, claim, sink, ack_received, route, answer_into
         )
         # A plain function (or none will run: the envelope fails in _run).
         synchronous = store_is_local and (route is None or route.synchronous)
@@ -350,6 +352,7 @@ class Deliverer:
         self,
         ctx: CallContext,
         envelope: envelope_pb2.Envelope,
+        head: validation.EnvelopeHead,
         payload: validation.Payload,
         key: str,
         claim: Owned,
@@ -364,7 +367,7 @@ class Deliverer:
             if ack_received and envelope.requires_ack:
                 await sink(self._ack(envelope, payload_pb2.ACK_STATUS_RECEIVED))
             result, answered, placed = await self._run(
-                ctx, envelope, payload, sink, route, answer_into
+                ctx, envelope, head, payload, sink, route, answer_into
             )
             if not (has_field(result, "error") and Code(result.error.code) in _TRANSIENT):
                 outcome = serialize(result)
@@ -396,6 +399,7 @@ class Deliverer:
         self,
         ctx: CallContext,
         envelope: envelope_pb2.Envelope,
+        head: validation.EnvelopeHead,
         payload: validation.Payload,
         emit: _Sink,
         route: Route | None,
@@ -423,7 +427,7 @@ class Deliverer:
                 stream = cast("AsyncGenerator[Reply, None]", route.handler(incoming))
                 async with contextlib.aclosing(stream):
                     async for item in stream:
-                        answer = self._answer(envelope, item)
+                        answer = self._answer(envelope, item, head=head)
                         await emit(answer)
                 answered = True
             else:
@@ -433,7 +437,7 @@ class Deliverer:
                     reply = await route.handler(incoming)  # type: ignore[misc]
                 if reply is not None:
                     # Built where it is sent from (or kept): no copy of the answer.
-                    answer = self._answer(envelope, reply, into=into)
+                    answer = self._answer(envelope, reply, into=into, head=head)
         except Exception as exc:  # noqa: BLE001 - the delivery boundary: every failure becomes a status
             error = as_asap_error(exc, where=f"handler for {envelope.id}")
             if answer_into is not None:
@@ -471,23 +475,26 @@ class Deliverer:
         reply: Reply,
         *,
         into: envelope_pb2.Envelope | None = None,
+        head: validation.EnvelopeHead | None = None,
     ) -> envelope_pb2.Envelope:
         """Wrap a handler's reply in an envelope from the agent back to the request's sender.
 
         The sender is always the agent's own id, also on an envelope the handler built: a server
         never answers as anyone else. With ``into`` (an empty envelope), a payload reply is
         wrapped there, in place, and ``into`` is returned; an envelope reply is returned as is.
+        ``head`` is the request's, if validated already (its fields are not read again).
         """
+        request_id = request.id if head is None else head.id
         if isinstance(reply, envelope_pb2.Envelope):
             answer = reply
             answer.sender = self.agent.id
             if not answer.correlation_id:
-                answer.correlation_id = request.id
+                answer.correlation_id = request_id
         else:
             answer = envelope_pb2.Envelope() if into is None else into
             answer.sender = self.agent.id
-            answer.recipient = request.sender
-            answer.correlation_id = request.id
+            answer.recipient = request.sender if head is None else head.sender
+            answer.correlation_id = request_id
             answer.trace_id = request.trace_id
             validation.put_payload(answer, reply)
         validation.fill_defaults(answer, now=self._clock(), new_id=validation.new_envelope_id)

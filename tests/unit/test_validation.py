@@ -91,6 +91,35 @@ def test_valid_envelope_of_every_kind_passes(kind: validation.PayloadKind) -> No
     validation.validate(_envelope(kind), validation.DEFAULT_POLICY, now=NOW)
 
 
+@pytest.mark.parametrize("kind", sorted(validation.PAYLOAD_TYPES))
+def test_validated_head_holds_the_fields_it_read(kind: validation.PayloadKind) -> None:
+    """What a delivery reuses instead of reading the envelope again: exactly its fields."""
+    envelope = _envelope(kind)
+    head = validation.validated_head(envelope, now=NOW)
+    assert (head.id, head.sender, head.recipient, head.kind) == (
+        envelope.id,
+        envelope.sender,
+        envelope.recipient,
+        kind,
+    )
+    assert validation.payload_of(envelope, head.kind) is not None
+    assert type(validation.payload_of(envelope, head.kind)) is validation.PAYLOAD_TYPES[kind]
+
+
+def test_validated_head_refuses_what_validate_refuses() -> None:
+    """One rule set: an envelope validate refuses, validated_head refuses with the same error."""
+    envelope = _envelope()
+    envelope.sender = "not a urn"
+    with pytest.raises(errors.InvalidEnvelope) as by_validate:
+        validation.validate(envelope, now=NOW)
+    with pytest.raises(errors.InvalidEnvelope) as by_head:
+        validation.validated_head(envelope, now=NOW)
+    assert by_head.value.reason == by_validate.value.reason == "INVALID_URN"
+    with pytest.raises(errors.InvalidEnvelope):
+        validation.validated_head(_envelope(), now=NOW + 301)  # the timestamp rule too
+    validation.validated_head(_envelope(), now=NOW + 301, timestamp=False)
+
+
 def test_validate_uses_default_policy() -> None:
     """Validate works without an explicit policy and applies the default bounds."""
     validation.validate(_envelope(), now=NOW)

@@ -21,6 +21,7 @@ from asap.core.dedupe import (
     Reused,
     Stored,
     dedupe_key,
+    dedupe_key_of,
     fingerprint,
 )
 from asap.v1 import envelope_pb2
@@ -139,6 +140,8 @@ def test_key_is_scoped_by_principal_and_sender() -> None:
     other = _envelope()
     other.sender = "urn:asap:agent:x"
     assert dedupe_key("p", envelope) != dedupe_key("p", other)
+    # The form a delivery uses, from fields it has read already, is the same key.
+    assert dedupe_key_of("p", other.sender, other.id) == dedupe_key("p", other)
 
 
 @pytest.mark.asyncio
