@@ -373,7 +373,7 @@ def fill_defaults(
     envelope: envelope_pb2.Envelope,
     *,
     now: float,
-    new_id: Callable[[], str] = new_envelope_id,
+    new_id: Callable[[], str] | None = None,
 ) -> None:
     """Fill the fields a sender may leave for the library to choose, in place.
 
@@ -384,12 +384,16 @@ def fill_defaults(
     Args:
         envelope: The envelope to complete; it is modified.
         now: The current time in Unix seconds (as ``time.time()`` returns).
-        new_id: Makes a fresh envelope id; called only when the id is empty.
+        new_id: Makes a fresh envelope id; called only when the id is empty (default:
+            :func:`new_envelope_id`).
     """
     if not envelope.id:
-        envelope.id = new_id()
+        # Called directly when it is the default: compiled, a native call, not a generic one.
+        envelope.id = new_envelope_id() if new_id is None else new_id()
     if not envelope.HasField("timestamp"):
-        seconds = math.floor(now)
+        seconds = int(now)  # math.floor, as native float arithmetic (a call to math is generic)
+        if seconds > now:
+            seconds -= 1
         stamp = envelope.timestamp  # one sub-message wrapper, not one per field set
         stamp.seconds = seconds
         stamp.nanos = min(round((now - seconds) * 1e9), 999_999_999)

@@ -497,7 +497,7 @@ class Deliverer:
             answer.correlation_id = request_id
             answer.trace_id = request.trace_id
             validation.put_payload(answer, reply)
-        validation.fill_defaults(answer, now=self._clock(), new_id=validation.new_envelope_id)
+        validation.fill_defaults(answer, now=self._clock())
         return answer
 
     @staticmethod

@@ -481,6 +481,18 @@ def test_fill_defaults_fills_empty_fields() -> None:
     assert envelope.asap_version == validation.ASAP_VERSION == schema.protocol_version()
 
 
+@pytest.mark.parametrize(
+    ("now", "seconds", "nanos"),
+    [(-1.25, -2, 750_000_000), (-2.0, -2, 0), (0.0, 0, 0), (7.999_999_999_9, 7, 999_999_999)],
+)
+def test_fill_defaults_floors_the_seconds(now: float, seconds: int, nanos: int) -> None:
+    """Timestamp's rule: seconds rounded down, also before 1970; nanos in [0, 1e9)."""
+    envelope = validation.wrap(payload_pb2.TaskCancel(task_id="t"))
+    validation.fill_defaults(envelope, now=now)
+    assert len(envelope.id) == 32  # the default id source
+    assert (envelope.timestamp.seconds, envelope.timestamp.nanos) == (seconds, nanos)
+
+
 def test_fill_defaults_keeps_set_fields() -> None:
     """Fields already set are kept and new_id is not called."""
     stamp = timestamp_pb2.Timestamp(seconds=5, nanos=6)
