@@ -32,7 +32,7 @@ from mypy_extensions import mypyc_attr
 from asap.errors import MalformedFrame, MessageTooLarge
 from asap.protocol import jsoncodec, jsonwire
 from asap.protocol.limits import Limits
-from asap.protocol.pbmethods import serialize
+from asap.protocol.pbmethods import has_field, serialize
 from asap.v1 import agent_service_pb2, bridge_pb2, opaque_pb2, status_pb2
 
 
@@ -412,16 +412,13 @@ class ProtoCodec(Codec):
         max_message_bytes: int | None = None,
     ) -> bytes:
         """Encode a CallStatus by hand around the response (see :meth:`Codec.encode_status`)."""
-        if message is None or call_status.HasField("message"):
+        ok = call_status is OK_CALL_STATUS  # shared and never modified: no message in it
+        if message is None or (not ok and has_field(call_status, "message")):
             return self.encode(
                 self._status_frame(stream_id, call_status, message, max_message_bytes)
             )
         # CallStatus.message is field 3, after status (1) and trailers (2): protobuf's order.
-        head = (
-            _OK_CALL_STATUS_BYTES
-            if call_status is OK_CALL_STATUS
-            else call_status.SerializeToString()
-        )
+        head = _OK_CALL_STATUS_BYTES if ok else serialize(call_status)
         return _spliced(
             stream_id, _FRAME_STATUS, head, _STATUS_MESSAGE, message, b"", max_message_bytes
         )
