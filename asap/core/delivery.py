@@ -40,6 +40,9 @@ from asap.v1 import agent_service_pb2, envelope_pb2, payload_pb2
 
 _log = logging.getLogger("asap.delivery")
 
+_monotonic: Final = time.monotonic
+"""``time.monotonic``, bound once: compiled, a module attribute is looked up at every use."""
+
 Emit = Callable[[envelope_pb2.Envelope], Awaitable[None]]
 """Receives each envelope a delivery produces (acks, updates, the answer) as it is produced."""
 
@@ -83,7 +86,7 @@ class _Sink:
         self.error: Exception | None = None
         self.detached = False
         """True once the call went away (its task was cancelled) while the delivery ran."""
-        self._yielded_at = time.monotonic()
+        self._yielded_at = _monotonic()
 
     @property
     def attached(self) -> bool:
@@ -107,7 +110,7 @@ class _Sink:
                 raise DeadlineExceeded
             # Nothing is written, so nothing suspends: give the loop a turn once per
             # YIELD_INTERVAL, or a handler that never awaits would hold every other call up.
-            now = time.monotonic()
+            now = _monotonic()
             if now - self._yielded_at >= YIELD_INTERVAL:
                 self._yielded_at = now
                 await asyncio.sleep(0)

@@ -14,6 +14,9 @@ from asap.errors import InvalidState
 
 _log = logging.getLogger(__name__)
 
+_copy_context: Final = contextvars.copy_context
+"""Bound once: compiled, a module attribute is looked up at every use (one eager call each)."""
+
 
 class TaskOwner:
     """Owns a set of background tasks and guarantees none outlives :meth:`close`.
@@ -190,7 +193,7 @@ def _first_step(
         What it ended with (no future is made for that: most eager calls end here); else the
         continuation to hand to a task and the context that task must run in.
     """
-    context = contextvars.copy_context()
+    context = _copy_context()
     try:
         pending = context.run(coro.send, None)
     except StopIteration as stop:

@@ -72,6 +72,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("asap.server")
 
+# Bound once: compiled, a module attribute is looked up at every use (per read, per call).
+_thread_time: Final = time.thread_time
+_perf_counter: Final = time.perf_counter
+
 TRANSPORT: Final = "ws"
 """The ``CallContext.transport`` of calls this transport serves (for logs only)."""
 
@@ -164,12 +168,12 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         while the thread waits (another process on the core, another thread holding the GIL) the
         loop runs nobody's frames, so that wait is not the peer's to pay.
         """
-        started = time.thread_time()
+        started = _thread_time()
         self._handler_time = 0.0
         super().data_received(data)
         # Only decoding counts: calls that ran eagerly inside this read did the peer's legitimate
         # (rate-limited) work, and charging it would throttle a busy, honest connection.
-        used = time.thread_time() - started - self._handler_time
+        used = _thread_time() - started - self._handler_time
         limits = self.listener.limits
         if used > limits.decode_slice and not self.closed:
             self.pause_reading_for(used * limits.decode_pause_factor)
@@ -421,9 +425,9 @@ class ServerBridgeConnection(BridgePump[ServerSession]):
         # The wall clock, not the thread's CPU time as data_received reads it: a tenth of the
         # cost, paid per call. It can only overstate what the handler used (time the thread was
         # preempted), so an honest connection is never charged more decode time for it.
-        started = time.perf_counter()
+        started = _perf_counter()
         call.task = start_eagerly(self.tasks, coro, name=CALL_TASK)
-        self._handler_time += time.perf_counter() - started
+        self._handler_time += _perf_counter() - started
         ctx.eager = False  # finished, or suspended and now continuing in call.task
 
     def _forget(self, call: BridgeServerCall) -> None:
