@@ -249,7 +249,7 @@ class Deliverer:
         if self._closed:
             await self._store.abandon(key, claim)
             return self.refused(envelope, ShuttingDown())
-        # validate() has checked the payload's kind, so payload_of cannot fail here.
+        # validated_head() has read and checked the payload's kind, so payload_of cannot fail here.
         payload = validation.payload_of(envelope, head.kind)
         route = self._route(payload)
         process = self._process(
