@@ -45,6 +45,7 @@ MODULES = (
     "asap/protocol/stream.py",
     "asap/protocol/wire.py",
     "asap/core/agent.py",
+    "asap/core/certificates.py",
     "asap/core/context.py",
     "asap/core/dedupe.py",
     "asap/core/delivery.py",
