@@ -33,7 +33,7 @@ from asap.core.context import CallContext
 from asap.core.dispatch import Dispatcher
 from asap.core.health import HealthState
 from asap.core.method import METHODS, SERVICE_NAME, Arity, MethodSpec
-from asap.core.tasks import TaskOwner
+from asap.core.tasks import TaskOwner, loop_clock
 from asap.errors import (
     AsapError,
     Cancelled,
@@ -340,7 +340,9 @@ def certificate_of(auth_context: Mapping[str, Iterable[bytes]]) -> PeerCertifica
     )
 
 
-def _context(spec: MethodSpec, context: Servicer, prepare: Prepare | None) -> CallContext:
+def _context(
+    spec: MethodSpec, context: Servicer, prepare: Prepare | None, clock: Callable[[], float]
+) -> CallContext:
     # invocation_metadata() is a tuple of (key, value) pairs at run time; the stubs say Metadata.
     metadata = context.invocation_metadata()
     ctx = CallContext(
@@ -350,6 +352,7 @@ def _context(spec: MethodSpec, context: Servicer, prepare: Prepare | None) -> Ca
         transport=TRANSPORT,
         timeout=context.time_remaining(),
         deadline_enforced_by_transport=True,  # grpc cancels at the deadline and answers DEADLINE_EXCEEDED
+        clock=clock,
     )
     if prepare is not None:
         prepare(ctx, context)
@@ -362,6 +365,7 @@ def _behaviour(
     max_bytes: int,
     deserialize: Deserializer,
     prepare: Prepare | None,
+    clock: Callable[[], float],
 ) -> Behaviour:
     """Build the grpc behaviour of one method; each is a closure so the hot path looks up nothing.
 
@@ -398,7 +402,7 @@ def _behaviour(
 
             async def unary_unary(request: Message, context: Servicer) -> Message:
                 return await answer(
-                    _context(spec, context, prepare),
+                    _context(spec, context, prepare, clock),
                     _UnaryRequestCall(request, context, deserialize),
                     context,
                 )
@@ -407,7 +411,7 @@ def _behaviour(
 
         async def stream_unary(_requests: object, context: Servicer) -> Message:
             return await answer(
-                _context(spec, context, prepare), _ClientStreamCall(context), context
+                _context(spec, context, prepare, clock), _ClientStreamCall(context), context
             )
 
         return stream_unary
@@ -416,13 +420,13 @@ def _behaviour(
 
         async def unary_stream(request: Message, context: Servicer) -> None:
             call = _BidiCall(context, max_bytes, request)
-            await stream_answers(_context(spec, context, prepare), call, context)
+            await stream_answers(_context(spec, context, prepare, clock), call, context)
 
         return unary_stream
 
     async def stream_stream(_requests: object, context: Servicer) -> None:
         await stream_answers(
-            _context(spec, context, prepare), _BidiCall(context, max_bytes), context
+            _context(spec, context, prepare, clock), _BidiCall(context, max_bytes), context
         )
 
     return stream_stream
@@ -441,17 +445,22 @@ def method_handlers(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     *,
     prepare: Prepare | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> dict[str, grpc.RpcMethodHandler[Message, Message]]:
     """One grpc method handler per AgentService method, by method name.
 
     Streamed responses over ``max_message_bytes`` raise MessageTooLarge from the call's ``write``;
-    ``prepare`` completes each call's context from its connection.
+    ``prepare`` completes each call's context from its connection. ``clock`` is the serving
+    loop's (:func:`~asap.core.tasks.loop_clock`); None takes the running loop's, so the
+    handlers are built inside the loop that serves them.
     """
+    if clock is None:
+        clock = loop_clock(asyncio.get_running_loop())
     handlers: dict[str, grpc.RpcMethodHandler[Message, Message]] = {}
     for spec in METHODS.values():
         deserialize = _deserializer(spec.request_type)
         handlers[spec.name] = _HANDLER_FACTORIES[spec.arity](
-            _behaviour(dispatcher, spec, max_message_bytes, deserialize, prepare),
+            _behaviour(dispatcher, spec, max_message_bytes, deserialize, prepare, clock),
             # The handler's reads accept the _Undecodable marker too (see _checked).
             request_deserializer=cast("Callable[[bytes], Message]", deserialize),
             response_serializer=spec.response_type.SerializeToString,
@@ -601,17 +610,18 @@ class GrpcServerTransport(TLSListener):
             self._limits.max_message_bytes,
             prepare=self._prepare if mutual or self._proxies else None,
         )
+        # Generic handlers only, deliberately not add_registered_method_handlers (which the
+        # generated add_*_to_server uses): grpc.aio's accept loop keeps one pending request
+        # task per registered method and asyncio.wait()s on all of them for every call it
+        # accepts, so eight registered methods cost 43,000 instructions per Send (705,889 ->
+        # 661,652, scripts/bench_instructions.py); a dict lookup by path costs a few hundred.
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
-        # The same handlers as registered methods: grpc core then matches the path itself, the
-        # fast path generated servicers take.
-        server.add_registered_method_handlers(SERVICE_NAME, handlers)
         health = health_handlers(self._health, self._health_servicer)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(HEALTH_SERVICE_NAME, health),)
         )
-        server.add_registered_method_handlers(HEALTH_SERVICE_NAME, health)
         if self._reflection:
             reflection.enable_server_reflection(
                 (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
