@@ -1,9 +1,10 @@
-"""The bridge's I/O layer: one ``asyncio.Protocol`` pumping websockets' sans-I/O protocol and a session.
+"""The bridge's I/O layer: a buffered asyncio protocol pumping websockets' sans-I/O protocol and a session.
 
 Theory of operation (the shape python-websockets gives its own asyncio layer, and the design note in
 ``shared/design/flow-control.md``). A connection is one :class:`BridgePump`:
 
-``data_received(bytes)``
+``data_received(bytes)`` (the transport reads into the thread's :func:`read_buffer`; what it read is
+copied out as ``bytes`` at once)
   → ``websockets`` ``Protocol.receive_data`` → WebSocket frames (messages, pings, pongs, close)
   → :meth:`~asap.protocol.session.Session.receive_data` for each message → bridge events
   → :meth:`BridgePump.on_event` (subclasses start calls, feed readers, apply credit, cancel)
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Final, Generic, TypeVar, cast
 
 from mypy_extensions import mypyc_attr
@@ -94,6 +96,28 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 """A close frame's reason is at most 123 UTF-8 bytes (RFC 6455 §5.5)."""
 
 
+READ_BUFFER_BYTES: Final = 256 * 1024
+"""The most one read takes from the socket: asyncio's own (``max_size`` of its socket transports)."""
+
+_read_buffers: Final = threading.local()
+
+
+def read_buffer() -> memoryview:
+    """The buffer this thread's transports read into, :data:`READ_BUFFER_BYTES`, made once.
+
+    A plain ``asyncio.Protocol`` gets every read as a fresh ``bytes`` of asyncio's 256 KiB read
+    size, cut down to what arrived: over glibc's mmap threshold, each read was an ``mmap``, page
+    faults, an ``mremap`` and a ``munmap`` (measured: three system calls per read on the bridge
+    server). A :class:`BridgePump` instead lends its transport this buffer and copies the bytes
+    read out of it before returning (:meth:`BridgePump.buffer_updated`), so every connection a
+    thread serves can share one: a loop runs in one thread, and nothing keeps a view of the buffer.
+    """
+    view: memoryview | None = getattr(_read_buffers, "view", None)
+    if view is None:
+        view = _read_buffers.view = memoryview(bytearray(READ_BUFFER_BYTES))
+    return view
+
+
 def close_reason(text: str) -> str:
     """Cut ``text`` to fit a close frame, at a character boundary."""
     return text.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
@@ -111,7 +135,7 @@ def peer_of(transport: asyncio.BaseTransport) -> str:
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class BridgePump(asyncio.Protocol, Generic[S]):
+class BridgePump(asyncio.BufferedProtocol, Generic[S]):
     """One WebSocket connection: websockets' sans-I/O protocol, the bridge session, the transport.
 
     Subclasses handle the opening handshake (:meth:`on_handshake`) and the session's events
@@ -165,8 +189,9 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         """Bytes :attr:`_partial` must hold before its frame is whole (0: its header is partial)."""
         self._client_side = isinstance(ws, ClientProtocol)
         self._masks: MaskPool | None = MaskPool() if self._client_side else None
+        self._read_view = read_buffer()
 
-    # -- asyncio.Protocol ----------------------------------------------------------------
+    # -- asyncio.BufferedProtocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the transport (an ``asyncio.Transport`` for TCP and TLS)."""
@@ -174,6 +199,14 @@ class BridgePump(asyncio.Protocol, Generic[S]):
         # implement asyncio.Transport's methods without subclassing it.
         self.transport = cast("asyncio.Transport", transport)
         self.peer = peer_of(transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the transport reads to: the thread's shared :func:`read_buffer`."""
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """The transport read ``nbytes`` into the buffer: take them out, then handle them."""
+        self.data_received(self._read_view[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         """Feed the network's bytes through both protocols and write what they produced."""

@@ -1,7 +1,7 @@
 """WebSocketServerTransport: the WebSocket bridge (bridge.proto) in front of the core's Dispatcher.
 
 Theory of operation. An asyncio server accepts TCP (or TLS) connections; each one is a
-:class:`~asap.transports.ws.server_connection.ServerBridgeConnection`, an ``asyncio.Protocol`` over
+:class:`~asap.transports.ws.server_connection.ServerBridgeConnection`, an ``asyncio.BufferedProtocol`` over
 websockets' sans-I/O server protocol (:mod:`asap.transports.ws.pump`). The opening handshake is
 checked by :mod:`asap.transports.ws.handshake` before anything else runs; plain HTTP probes go to
 :mod:`asap.transports.ws.http_endpoints`. This module owns only the listener: binding, the
