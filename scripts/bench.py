@@ -8,8 +8,9 @@ Usage::
 
 Every server runs in its own subprocess (``scripts/_bench_servers.py``, started with this
 interpreter) bound to 127.0.0.1; with two or more CPUs the servers and this client are pinned to
-disjoint CPU sets. The payload is 1 KiB: raw bytes for the raw echoes, a TaskRequest of the
-example agent's ``echo`` skill whose input holds a 1 KiB string for ASAP. Scenarios:
+disjoint CPU sets, which trade places every other slice (:class:`CpuSwap`). The payload is 1 KiB:
+raw bytes for the raw echoes, a TaskRequest of the example agent's ``echo`` skill whose input
+holds a 1 KiB string for ASAP. Scenarios:
 
 - raw gRPC unary and bidi echo (bytes in, bytes out; no serializers);
 - raw websockets echo (binary frames, no compression; pipelined on one connection);
@@ -164,16 +165,49 @@ def split_cpus() -> tuple[set[int], set[int]]:
     return set(cpus[:half]), set(cpus[half:])
 
 
-def pin(cpus: set[int]) -> None:
-    """Pin every thread of this process (and threads created later) to ``cpus``."""
+def pin(cpus: set[int], pid: int | None = None) -> None:
+    """Pin every thread of this process, or of process ``pid``, to ``cpus``.
+
+    Threads the process creates later inherit the set of the thread that creates them.
+    """
     if not cpus or not hasattr(os, "sched_setaffinity"):
         return
-    os.sched_setaffinity(0, cpus)
-    task_dir = Path("/proc/self/task")
+    os.sched_setaffinity(0 if pid is None else pid, cpus)
+    task_dir = Path(f"/proc/{'self' if pid is None else pid}/task")
     if task_dir.is_dir():
         for entry in task_dir.iterdir():
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):  # a thread that has just ended
                 os.sched_setaffinity(int(entry.name), cpus)
+
+
+class CpuSwap:
+    """Which CPUs the servers run on and which this client runs on, swapped every other slice.
+
+    A VM's virtual CPUs do not keep one speed: the host runs other guests on them, and for
+    seconds at a time one of the two can be much slower than the other (timed here: the same
+    loop took 0.21 to 0.50 s on either). That is no bias between two server-bound pairs, but a
+    raw echo is bound by its client and an ASAP call by its server, so a faster client CPU raises
+    the raw baseline alone. Swapping the sets every other slice gives every scenario as many
+    slices on one placement as on the other. Called as ``place(index)`` by :func:`measure`.
+    """
+
+    def __init__(
+        self, servers: Sequence[ServerProcess], server_cpus: set[int], client_cpus: set[int]
+    ) -> None:
+        self._servers = servers
+        self._placements = ((server_cpus, client_cpus), (client_cpus, server_cpus))
+        self._current = 0
+
+    def __call__(self, index: int) -> None:
+        """Place the processes for slice ``index``: even slices as given, odd ones swapped."""
+        choice = index % 2
+        server_cpus, client_cpus = self._placements[choice]
+        if choice == self._current or not server_cpus or not client_cpus:
+            return
+        for server in self._servers:
+            pin(server_cpus, server.pid)
+        pin(client_cpus)
+        self._current = choice
 
 
 @dataclass(frozen=True, slots=True)
@@ -897,7 +931,10 @@ def split(calls: int, slices: int) -> list[int]:
 
 
 async def measure(
-    drivers: dict[str, Driver], servers: dict[str, ServerProcess], settings: Settings
+    drivers: dict[str, Driver],
+    servers: dict[str, ServerProcess],
+    settings: Settings,
+    place: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Warm every driver up, then the latency phase and one throughput phase per in-flight level.
 
@@ -905,7 +942,8 @@ async def measure(
     slice by slice (in reverse order every other slice), so a scenario and the raw baseline it is
     compared with are measured within moments of each other, under the same conditions of a
     shared machine, instead of minutes apart. A scenario's numbers are summed over its slices.
-    ``servers`` is keyed like ``drivers``.
+    ``servers`` is keyed like ``drivers``; ``place(index)``, when given, puts the processes on
+    their CPUs before slice ``index`` of every phase (:class:`CpuSwap`) and ``place(0)`` after.
     """
     keys = list(drivers)
     for key in keys:
@@ -918,20 +956,26 @@ async def measure(
     def turns(index: int) -> list[str]:
         return keys if index % 2 == 0 else keys[::-1]
 
+    def placed(index: int) -> int:
+        if place is not None:
+            place(index)
+        return index
+
     samples: dict[str, list[float]] = {key: [] for key in keys}
     latency_tally = {key: Tally() for key in keys}
     for index, calls in enumerate(split(settings.latency_calls, settings.slices)):
-        for key in turns(index):
+        for key in turns(placed(index)):
             with Meter(servers[key]) as meter:
                 samples[key].extend(await latency(drivers[key], calls))
             latency_tally[key].add(meter, calls)
     throughput: dict[str, dict[int, Tally]] = {key: {} for key in keys}
     for in_flight in IN_FLIGHT:
         for index, calls in enumerate(split(settings.throughput_calls, settings.slices)):
-            for key in turns(index):
+            for key in turns(placed(index)):
                 with Meter(servers[key]) as meter:
                     await drivers[key].run(calls, in_flight)
                 throughput[key].setdefault(in_flight, Tally()).add(meter, calls)
+    placed(0)
     results: dict[str, dict[str, Any]] = {}
     for key in keys:
         ordered = sorted(samples[key])
@@ -981,7 +1025,8 @@ class Suite:
                 for scenario in self.scenarios:
                     drivers[scenario.key] = await scenario.open(servers[scenario.server].value)
                 by_key = {scenario.key: servers[scenario.server] for scenario in self.scenarios}
-                results = await measure(drivers, by_key, self.settings)
+                place = CpuSwap(list(servers.values()), self.server_cpus, self.client_cpus)
+                results = await measure(drivers, by_key, self.settings, place)
             finally:
                 for driver in drivers.values():
                     await driver.close()
@@ -1434,7 +1479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"bench: {'quick' if options.quick else 'full'}, {settings.rounds} round(s), "
         f"ASAP {build_kind()}, "
-        f"server CPUs {sorted(server_cpus) or 'any'}, client CPUs {sorted(client_cpus) or 'any'}",
+        f"server CPUs {sorted(server_cpus) or 'any'}, client CPUs {sorted(client_cpus) or 'any'}"
+        f"{' (swapped every other slice)' if server_cpus and client_cpus else ''}",
         flush=True,
     )
     started = time.perf_counter()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import subprocess
+import sys
+from typing import Any, cast
 
 import pytest
 
@@ -114,3 +117,70 @@ async def test_measure_interleaves_the_scenarios_slice_by_slice() -> None:
         # 1 ms of server CPU per call, whatever the slices: the sums are over all of them.
         assert result["throughput"]["16"]["server_cpu_us"] == pytest.approx(1000.0)
         assert result["latency"]["server_cpu_us"] == pytest.approx(1000.0)
+
+
+@pytest.mark.asyncio
+async def test_measure_places_the_processes_before_every_slice_and_restores_them() -> None:
+    """``place(index)`` runs before each slice of every phase, and ``place(0)`` once at the end."""
+    log: list[tuple[str, int, int]] = []
+    server = _Server()
+    drivers: dict[str, bench.Driver] = {name: _Recording(name, log, server) for name in "ab"}
+    settings = bench.Settings(
+        rounds=1,
+        warmup=2,
+        latency_calls=8,
+        throughput_calls=10,
+        idle_connections=0,
+        idle_heartbeat=1.0,
+        idle_latency_calls=0,
+        slices=4,
+    )
+    placed: list[int] = []
+    await bench.measure(drivers, {"a": server, "b": server}, settings, placed.append)
+    phases = 1 + len(bench.IN_FLIGHT)  # latency, then one phase per level
+    assert placed == [0, 1, 2, 3] * phases + [0]
+
+
+class _Pid:
+    """A ServerProcess stand-in that is only a process id (all CpuSwap needs)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+def test_cpu_swap_trades_the_server_and_client_cpus_every_other_slice() -> None:
+    """Odd slices put the servers on the client's CPUs and this process on the servers'; even
+    slices put them back. A real subprocess's threads move; with one CPU nothing moves."""
+    mine = os.sched_getaffinity(0)
+    cpus = sorted(mine)
+    child = subprocess.Popen(  # blocks on its stdin until the test closes it
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        if len(cpus) < 2:
+            swap = bench.CpuSwap([cast("bench.ServerProcess", _Pid(child.pid))], set(), set())
+            swap(1)
+            assert os.sched_getaffinity(child.pid) == mine
+            return
+        server_cpus, client_cpus = {cpus[0]}, {cpus[1]}
+        bench.pin(server_cpus, child.pid)
+        bench.pin(client_cpus)
+        swap = bench.CpuSwap(
+            [cast("bench.ServerProcess", _Pid(child.pid))], server_cpus, client_cpus
+        )
+        swap(0)
+        assert os.sched_getaffinity(child.pid) == server_cpus
+        assert os.sched_getaffinity(0) == client_cpus
+        swap(1)
+        assert os.sched_getaffinity(child.pid) == client_cpus
+        assert os.sched_getaffinity(0) == server_cpus
+        swap(3)
+        assert os.sched_getaffinity(child.pid) == client_cpus
+        swap(2)
+        assert os.sched_getaffinity(child.pid) == server_cpus
+        assert os.sched_getaffinity(0) == client_cpus
+    finally:
+        bench.pin(mine)
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
