@@ -185,10 +185,11 @@ class CpuSwap:
 
     A VM's virtual CPUs do not keep one speed: the host runs other guests on them, and for
     seconds at a time one of the two can be much slower than the other (timed here: the same
-    loop took 0.21 to 0.50 s on either). That is no bias between two server-bound pairs, but a
-    raw echo is bound by its client and an ASAP call by its server, so a faster client CPU raises
-    the raw baseline alone. Swapping the sets every other slice gives every scenario as many
-    slices on one placement as on the other. Called as ``place(index)`` by :func:`measure`.
+    loop took 0.21 to 0.50 s on either). A raw echo's client and server do about the same work
+    and keep both CPUs busy, while an ASAP call is bound by its server (its client idles a
+    quarter of the time): a slow client CPU holds back the raw baseline alone, a slow server CPU
+    ASAP more. Swapping the sets every other slice gives every scenario as many slices on one
+    placement as on the other. Called as ``place(index)`` by :func:`measure`.
     """
 
     def __init__(

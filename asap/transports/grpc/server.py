@@ -613,8 +613,8 @@ class GrpcServerTransport(TLSListener):
         # Generic handlers only, deliberately not add_registered_method_handlers (which the
         # generated add_*_to_server uses): grpc.aio's accept loop keeps one pending request
         # task per registered method and asyncio.wait()s on all of them for every call it
-        # accepts, so eight registered methods cost 43,000 instructions per Send (705,889 ->
-        # 661,652, scripts/bench_instructions.py); a dict lookup by path costs a few hundred.
+        # accepts, so eight registered methods cost 43,800 instructions per Send (703,824 ->
+        # 660,048, scripts/bench_instructions.py); a dict lookup by path costs a few hundred.
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
         )
