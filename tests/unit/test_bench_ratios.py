@@ -88,6 +88,19 @@ class _Recording(bench.Driver):
         pass
 
 
+_FOUR_SLICES = bench.Settings(
+    rounds=1,
+    warmup=2,
+    latency_calls=8,
+    throughput_calls=10,
+    idle_connections=0,
+    idle_heartbeat=1.0,
+    idle_latency_calls=0,
+    slices=4,
+)
+"""A tiny measurement: 8 latency calls and 10 calls per level, each phase in four slices."""
+
+
 @pytest.mark.asyncio
 async def test_measure_interleaves_the_scenarios_slice_by_slice() -> None:
     """Each level's calls are cut into slices that the scenarios take in turn (reversed every
@@ -95,16 +108,7 @@ async def test_measure_interleaves_the_scenarios_slice_by_slice() -> None:
     log: list[tuple[str, int, int]] = []
     server = _Server()
     drivers: dict[str, bench.Driver] = {name: _Recording(name, log, server) for name in "ab"}
-    settings = bench.Settings(
-        rounds=1,
-        warmup=2,
-        latency_calls=8,
-        throughput_calls=10,
-        idle_connections=0,
-        idle_heartbeat=1.0,
-        idle_latency_calls=0,
-        slices=4,
-    )
+    settings = _FOUR_SLICES
     results = await bench.measure(drivers, {"a": server, "b": server}, settings)
     assert log[:2] == [("a", 2, 64), ("b", 2, 64)]  # the warm-ups come first
     measured = log[2:]
@@ -125,16 +129,7 @@ async def test_measure_places_the_processes_before_every_slice_and_restores_them
     log: list[tuple[str, int, int]] = []
     server = _Server()
     drivers: dict[str, bench.Driver] = {name: _Recording(name, log, server) for name in "ab"}
-    settings = bench.Settings(
-        rounds=1,
-        warmup=2,
-        latency_calls=8,
-        throughput_calls=10,
-        idle_connections=0,
-        idle_heartbeat=1.0,
-        idle_latency_calls=0,
-        slices=4,
-    )
+    settings = _FOUR_SLICES
     placed: list[int] = []
     await bench.measure(drivers, {"a": server, "b": server}, settings, placed.append)
     phases = 1 + len(bench.IN_FLIGHT)  # latency, then one phase per level
