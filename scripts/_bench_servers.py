@@ -3,9 +3,11 @@
 Run as ``python scripts/_bench_servers.py KIND [options]``; ``bench.py`` starts each one with its
 own interpreter (``sys.executable``), so they use the project's virtualenv. Kinds:
 
-- ``raw-grpc``: grpc.aio echo of bytes, no (de)serializers: ``/bench.Echo/Unary`` (unary) and
-  ``/bench.Echo/Bidi`` (streams both ways, one reply per message). The handlers are registered the
-  same way ASAP registers its own (a generic handler plus registered method handlers).
+- ``raw-grpc``: grpc.aio echo of bytes, no (de)serializers: ``/bench.Echo/Unary`` (unary),
+  ``/bench.Echo/UnaryToEnd`` (unary, and one more receive that finds the end of the request
+  stream: the least a unary handler that refuses a second request does) and ``/bench.Echo/Bidi``
+  (streams both ways, one reply per message). The handlers are registered the same way ASAP
+  registers its own (one generic handler).
 - ``raw-ws``: websockets echo of every message (``compression=None``).
 - ``asap-grpc`` / ``asap-ws``: :class:`asap.server.Server` serving the example agent
   (:mod:`asap.example`, skill ``echo``) on one listener, with rate limiting off and the
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 RAW_SERVICE = "bench.Echo"
-"""Service name of the raw gRPC echo (paths ``/bench.Echo/Unary`` and ``/bench.Echo/Bidi``)."""
+"""Service name of the raw gRPC echo (methods ``Unary``, ``UnaryToEnd`` and ``Bidi``)."""
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -109,6 +111,16 @@ async def serve_raw_grpc(_options: argparse.Namespace) -> None:
     async def unary(request: bytes, _context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return request
 
+    async def unary_to_end(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        # What a unary handler that refuses a second request must add (asap/transports/grpc/
+        # server.py, _UnaryRequestCall): one more receive, which returns EOF after the request.
+        following: object = await context.read()  # the stubs leave EOF out of its type
+        if following is not grpc.aio.EOF:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a second request")
+        return request
+
     async def bidi(
         requests: AsyncIterator[bytes], _context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> AsyncIterator[bytes]:
@@ -117,6 +129,7 @@ async def serve_raw_grpc(_options: argparse.Namespace) -> None:
 
     handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "UnaryToEnd": grpc.unary_unary_rpc_method_handler(unary_to_end),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
     }
     server = grpc.aio.server(
